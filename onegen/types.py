@@ -13,7 +13,7 @@ class Mention:
     start: int  # char offset (code points) into the source text
     end: int  # one past the last character; text[start:end] == surface always
     surface: str
-    vector: np.ndarray  # (D,) float32, hidden state at the mention's [LK] token (not normalised)
+    vector: np.ndarray  # (D,) float32, L2-normalised hidden state at the mention's [LK] token
 
 
 @dataclass
