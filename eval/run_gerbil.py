@@ -1,0 +1,247 @@
+"""GERBIL-style evaluation from the command line: score predictions, run a linker over datasets, serve a linker.
+
+    python eval/run_gerbil.py score --gold ../shared/data/gerbil/msnbc.ttl --pred out/msnbc.parquet
+    python eval/run_gerbil.py run --datasets aida-testb,reuters-128 --linker baseline
+    python eval/run_gerbil.py serve --port 8080 --linker baseline
+"""
+import os
+import sys
+
+if __package__ in (None, ""):
+    # Run as a script: drop eval/ from sys.path (its modules would shadow top-level names such as
+    # `datasets` or `types`) and put the repo root there, so `import eval.xxx` works.
+    _EVAL_DIR = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _EVAL_DIR]
+    sys.path.insert(0, os.path.dirname(_EVAL_DIR))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from eval.datasets import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file  # noqa: E402
+from eval.ids import Redirects  # noqa: E402
+from eval.linkers import LINKER_NAMES, Linker, get_linker  # noqa: E402
+from eval.predictions import read_predictions  # noqa: E402
+from eval.scorer import score  # noqa: E402
+from eval.types import Document  # noqa: E402
+
+# errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
+USER_ERRORS = (OSError, ValueError, ImportError)
+EXIT_USER_ERROR = 2
+MIN_LINK_CHUNK = 64  # documents per linker call in `run`, so the progress bar moves
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def pct(x: float) -> str:
+    """A score in [0, 1] as a percentage with two decimals."""
+    return f"{100 * x:.2f}"
+
+
+def load_redirects(path: str | None) -> Redirects:
+    """The redirects table at `path`, or the empty table when no path is given."""
+    return Redirects.from_tsv(path) if path else Redirects.empty()
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write `data` as indented JSON, creating the parent folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a prediction file against a gold file and print the table."""
+    gold = load_dataset_file(args.gold, args.split)
+    pred = read_predictions(args.pred)
+    report = score(gold, pred, match=args.match, task=args.task, redirects=load_redirects(args.redirects))
+    print(f"gold: {args.gold} ({len(gold)} documents); predictions: {args.pred} ({len(pred)} documents, "
+          f"{len(pred.errors)} with status=error, scored as no annotations)")
+    if missing := len({d.doc_id for d in gold} - set(pred)):
+        print(f"warning: {missing} gold document(s) have no prediction and score as empty", file=sys.stderr)
+    print(report.format_table())
+    if args.json:
+        write_json(args.json, report.to_dict() | {"prediction_errors": len(pred.errors)})
+    return 0
+
+
+def linker_from_args(args: argparse.Namespace) -> Linker:
+    """Build --linker with the options given on the command line (the rest stay at the linker's defaults)."""
+    return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases,
+                      batch_size=args.batch_size, nil_threshold=args.nil_threshold)
+
+
+def resolve_linker_paths(args: argparse.Namespace) -> None:
+    """Default --kb and --aliases to the files of --data-dir, so one flag moves all data."""
+    kb_dir = Path(args.data_dir) / "kb"
+    args.kb = args.kb or str(kb_dir / "entities.jsonl")
+    args.aliases = args.aliases or str(kb_dir / "aida_train_aliases.tsv")
+
+
+def load_datasets(args: argparse.Namespace) -> list[tuple[str, list[Document]]]:
+    """(name, documents) for every --datasets name, then every --dataset-file (named by its file stem)."""
+    names = [n.strip() for group in args.datasets or [] for n in group.split(",") if n.strip()]
+    files = [Path(p) for p in args.dataset_file or []]
+    if not names and not files:
+        raise ValueError("no dataset given; pass --datasets NAMES (e.g. aida-testb,msnbc) and/or --dataset-file PATH")
+    if names and not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"data dir not found: {args.data_dir} (set it with --data-dir)")
+    valid = dataset_names(args.data_dir)
+    if unknown := [n for n in names if n not in valid]:
+        raise ValueError(f"unknown dataset(s) {', '.join(unknown)} in {args.data_dir}; choose from: {', '.join(valid)}")
+    return [(n, load_dataset(n, args.data_dir)) for n in names] + [(p.stem, load_dataset_file(p)) for p in files]
+
+
+def link_documents(linker: Linker, docs: list[Document], chunk: int, desc: str) -> dict[str, list]:
+    """doc_id -> predicted annotations, linking `chunk` documents per call with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    pred: dict[str, list] = {}
+    with tqdm(total=len(docs), desc=desc, unit="doc", file=sys.stderr, disable=None) as bar:
+        for i in range(0, len(docs), chunk):
+            batch = docs[i:i + chunk]
+            for doc, annotations in zip(batch, linker.link([d.text for d in batch]), strict=True):
+                pred[doc.doc_id] = annotations
+            bar.update(len(batch))
+    return pred
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Link every document of each dataset, score it and print one GERBIL-style table."""
+    started = time.perf_counter()
+    if args.redirects is None and (Path(args.data_dir) / "kb" / "redirects.tsv").is_file():
+        args.redirects = str(Path(args.data_dir) / "kb" / "redirects.tsv")
+    datasets = load_datasets(args)
+    redirects = load_redirects(args.redirects)
+    resolve_linker_paths(args)
+    linker = linker_from_args(args)
+    load_seconds = time.perf_counter() - started
+    chunk = max(MIN_LINK_CHUNK, args.batch_size or 0)
+    rows, results = [], []
+    for name, docs in datasets:
+        t0 = time.perf_counter()
+        pred = link_documents(linker, docs, chunk, desc=name)
+        seconds = time.perf_counter() - t0
+        report = score(docs, pred, match=args.match, task="a2kb", redirects=redirects)
+        m = report.inkb.micro
+        rate = len(docs) / seconds if seconds > 0 else float("inf")
+        rows.append([name, len(docs), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1),
+                     pct(report.inkb.macro.f1), f"{rate:.1f}"])
+        results.append({"dataset": name, "docs": len(docs), "gold_inkb": m.tp + m.fn, "link_seconds": seconds,
+                        "docs_per_second": rate, "report": report.to_dict()})
+    total = time.perf_counter() - started
+    print(f"linker: {args.linker}; A2KB, {args.match} match, InKB (percent); "
+          f"redirects: {args.redirects or 'none'}; KB: {args.kb}")
+    print(format_table(["dataset", "docs", "gold InKB", "P", "R", "micro-F1", "macro-F1", "docs/s"], rows))
+    print(f"total {total:.1f} s (loading data and linker {load_seconds:.1f} s; docs/s counts linking only)")
+    if args.json:
+        write_json(args.json, {
+            "linker": args.linker,
+            "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold")},
+            "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
+            "load_seconds": load_seconds, "total_seconds": total, "datasets": results,
+        })
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the linker as a GERBIL NIF annotator web service until interrupted."""
+    from eval.serve import serve
+
+    resolve_linker_paths(args)
+    linker = linker_from_args(args)
+    serve(args.host, args.port, linker)
+    return 0
+
+
+def add_linker_options(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, --linker and the linker's options (--kb, --aliases default to DATA_DIR/kb files)."""
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
+                        help="data bundle with aida/, gerbil/ and kb/ (default: %(default)s)")
+    parser.add_argument("--linker", required=True, help=f"linker to run: {', '.join(LINKER_NAMES)}")
+    parser.add_argument("--model", help="baseline: spaCy model name; onegen: model name or folder")
+    parser.add_argument("--kb", help="entities JSONL (default: DATA_DIR/kb/entities.jsonl)")
+    parser.add_argument("--aliases", help="alias prior mention<TAB>entity<TAB>count (default: DATA_DIR/kb/aida_train_aliases.tsv)")
+    parser.add_argument("--batch-size", type=int, help="texts per model batch (default: the linker's)")
+    parser.add_argument("--nil-threshold", type=float, help="onegen: minimum score to link, else NIL")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its three subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="python eval/run_gerbil.py",
+        description="GERBIL-style entity-linking evaluation (A2KB/D2KB, strong/weak match, InKB and EE scores).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `python eval/run_gerbil.py COMMAND --help` for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "score", help="score predictions (NIF or link-job Parquet) against a gold NIF file or AIDA TSV",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score predictions against gold annotations and print InKB and EE precision, recall and F1.\n\n"
+                    "example:\n  python eval/run_gerbil.py score --gold ../shared/data/aida/AIDA-YAGO2-dataset.tsv "
+                    "--split testb \\\n      --pred out/aida-testb/ --redirects ../shared/data/kb/redirects.tsv --json score.json")
+    p.add_argument("--gold", required=True, help="gold NIF file (.ttl) or AIDA TSV file")
+    p.add_argument("--pred", required=True, help="predictions: NIF file, or link-job Parquet file or folder "
+                                                  "(doc_id = NIF context URI or AIDA doc id)")
+    p.add_argument("--split", choices=("train", "testa", "testb"), help="AIDA split of --gold (default: all documents)")
+    p.add_argument("--match", choices=("strong", "weak"), default="strong", help="annotation match (default: strong)")
+    p.add_argument("--task", choices=("a2kb", "d2kb"), default="a2kb", help="GERBIL task (default: a2kb)")
+    p.add_argument("--redirects", help="from<TAB>to redirects applied to gold and predicted ids (default: none)")
+    p.add_argument("--json", help="write the report as JSON to this file")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "run", help="link every document of named datasets and print a GERBIL-style table",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Link every document of each dataset with a linker, score A2KB InKB and print one row per dataset\n"
+                    "(dataset, docs, gold InKB, P, R, micro-F1, macro-F1, docs/s).\n"
+                    "Dataset names: aida-train, aida-testa, aida-testb and the stem of any NIF file in DATA_DIR/gerbil.\n\n"
+                    "example:\n  python eval/run_gerbil.py run --datasets aida-testb,reuters-128,msnbc "
+                    "--linker baseline --json baseline.json")
+    p.add_argument("--datasets", action="append", metavar="NAMES", help="comma-separated dataset names (repeatable)")
+    p.add_argument("--dataset-file", action="append", metavar="PATH", help="a NIF or AIDA TSV file (repeatable)")
+    p.add_argument("--match", choices=("strong", "weak"), default="strong", help="annotation match (default: strong)")
+    p.add_argument("--redirects", help="redirects table (default: DATA_DIR/kb/redirects.tsv when present)")
+    p.add_argument("--json", help="write per-dataset reports and timings as JSON to this file")
+    add_linker_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "serve", help="serve a linker as a GERBIL-compatible NIF annotator web service",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Answer POSTed NIF Turtle (one nif:Context) with the same Turtle plus one nif:Phrase per link.\n\n"
+                    "example:\n  python eval/run_gerbil.py serve --host 0.0.0.0 --port 8080 --linker baseline\n"
+                    "  curl -X POST -H 'Content-Type: application/x-turtle' --data-binary @doc.ttl http://localhost:8080/")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
+    add_linker_options(p)
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the command; user errors print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
