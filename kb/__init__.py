@@ -1,0 +1,26 @@
+"""Knowledge base: the KB JSONL contract, dump readers and the sharded entity index.
+
+`read_kb`/`iter_kb`/`write_kb` (kb.jsonl) read and write the KB; `EntityIndex` (kb.index) is the
+on-disk index with `load(dir, expect=fingerprint)` and `search(vectors, k) -> (D, I)`. The Ray
+parts live in kb.serving (`RayIndexClient`, `open_index`) and kb.build (`build_index`,
+`update_index`), imported on demand so that reading a KB does not import Ray.
+"""
+from kb.index import EntityIndex
+from kb.jsonl import KbError, KbReport, iter_kb, read_kb, write_kb
+from kb.manifest import IndexCorruptError, IndexLoadError, IndexMismatchError, IndexSpec, Manifest
+from kb.types import Entity
+
+__all__ = [
+    "Entity",
+    "EntityIndex",
+    "IndexCorruptError",
+    "IndexLoadError",
+    "IndexMismatchError",
+    "IndexSpec",
+    "KbError",
+    "KbReport",
+    "Manifest",
+    "iter_kb",
+    "read_kb",
+    "write_kb",
+]

@@ -1,0 +1,239 @@
+"""Building and updating an entity index with Ray Data (DESIGN sections 3 and 8).
+
+    KB JSONL --validate--> staged Parquet (row, id, title, description)
+      --Ray Data map_batches(EntityEncoder, ActorPoolStrategy)--> [SE] vectors
+      --driver--> chunk files (atomic, keyed by their rows) --> shards + manifest.json
+
+Encoded vectors land in `OUT/.build/chunks/` as atomically renamed files of `chunk_rows` rows, so an
+interrupted build continues with `resume=True`, re-encoding only the rows no chunk holds yet.
+`update_index` runs the same encoding over a delta KB (in `OUT/.update/`) and hands the
+vectors to `EntityIndex.update`, which touches only the affected shards.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from kb.index import EntityIndex, read_checked_manifest
+from kb.io import atomic_output, sha256_file
+from kb.jsonl import KbReport, iter_kb
+from kb.manifest import MANIFEST_NAME, IndexSpec, fingerprints_match
+from kb.types import Entity
+
+LOG = logging.getLogger(__name__)
+
+BUILD_DIR = ".build"  # work folder of a build inside OUT (removed when the build succeeds)
+UPDATE_DIR = ".update"  # work folder of an update inside OUT
+STAGED_KB = "kb.parquet"  # validated KB rows, in row order
+STATE_FILE = "state.json"  # what the work folder was made from (KB hash, model fingerprint)
+CHUNK_DIR = "chunks"  # encoded vectors, one .npz per batch
+STAGE_ROWS = 65_536  # KB rows per Parquet row group while staging
+
+
+@dataclass
+class BuildConfig:
+    """Options of `python jobs/build_index.py` (see its --help)."""
+
+    kb: Path  # KB JSONL to index (or, with update=True, the delta KB)
+    out: Path  # index folder
+    model: str | None = None  # model folder or name; None: the embedded default
+    shards: int = 1  # index shards (contiguous row ranges)
+    batch_size: int = 32  # entities per forward pass inside a replica
+    chunk_rows: int = 1024  # entities per Ray Data batch, i.e. per resumable chunk file
+    dtype: str = "float32"  # stored vector dtype: float32 or float16
+    index: IndexSpec = field(default_factory=IndexSpec)  # FAISS index type and parameters
+    pca: int | None = None  # PCA output dimension, None: no PCA
+    resume: bool = False  # continue an interrupted build in OUT
+    num_replicas: int = 1  # model replicas in the Ray actor pool (one GPU each when there are GPUs)
+
+
+class EntityEncoder:
+    """Ray Data callable: one OneGen replica; a batch of KB rows -> their [SE] vectors."""
+
+    def __init__(self, model: str | None, batch_size: int):
+        from onegen.model import OneGen
+
+        self.onegen = OneGen.from_pretrained(model)  # loaded once per actor
+        self.batch_size = batch_size  # entities per forward pass
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entities = [Entity(id=i, title=t, description=d) for i, t, d in zip(batch["id"], batch["title"], batch["description"])]
+        vectors = self.onegen.embed_entities(entities, batch_size=self.batch_size)  # (B, D) float32 unit rows
+        return {"row": batch["row"], "vector": vectors}
+
+
+def model_identity(model: str | None) -> tuple[dict, int]:
+    """(fingerprint, hidden size) of a model, computed in a Ray task so the driver never holds it."""
+
+    @ray.remote(num_cpus=1)
+    def identify(name: str | None) -> tuple[dict, int]:
+        from onegen.model import OneGen
+
+        onegen = OneGen.from_pretrained(name, device="cpu", dtype="bfloat16")  # half the memory; hashes are of the files
+        return onegen.fingerprint(), onegen.hidden_size
+
+    return ray.get(identify.remote(model))
+
+
+def stage_kb(kb: Path, work: Path) -> KbReport:
+    """Validate the KB and write its rows (row, id, title, description) to `work/kb.parquet`."""
+    report = KbReport(path=str(kb))
+    schema = pa.schema([("row", pa.int64()), ("id", pa.string()), ("title", pa.string()), ("description", pa.string())])
+    columns: dict[str, list] = {name: [] for name in schema.names}
+    with pq.ParquetWriter(work / STAGED_KB, schema) as writer:  # complete once state.json is written
+        for row, entity in enumerate(iter_kb(kb, report=report)):
+            for name, value in zip(schema.names, (row, entity.id, entity.title, entity.description)):
+                columns[name].append(value)
+            if len(columns["row"]) == STAGE_ROWS:
+                writer.write_table(pa.table(columns, schema=schema))
+                columns = {name: [] for name in schema.names}
+        writer.write_table(pa.table(columns, schema=schema))
+    LOG.info("%s", report.summary())
+    return report
+
+
+def prepare_work_dir(work: Path, kb: Path, fingerprint: dict, resume: bool) -> dict:
+    """The work folder's state; made afresh unless `resume` and it was made from the same KB and model."""
+    state = {"kb_sha256": sha256_file(kb), "model": fingerprint}
+    state_file = work / STATE_FILE
+    if resume and state_file.is_file():
+        previous = json.loads(state_file.read_text(encoding="utf-8"))
+        if previous.get("kb_sha256") == state["kb_sha256"] and fingerprints_match(previous.get("model", {}), fingerprint):
+            LOG.info("resuming from %s", work)
+            return previous
+        raise ValueError(
+            f"cannot resume in {work}: it was started from another KB file or model "
+            f"({previous.get('kb_sha256', '')[:12]}.../{previous.get('model')}, now {state['kb_sha256'][:12]}.../{fingerprint}). "
+            "Run again without --resume to start afresh."
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    (work / CHUNK_DIR).mkdir(parents=True)
+    report = stage_kb(kb, work)
+    state["rows"] = report.entities
+    state["kb_report"] = report.summary()
+    with atomic_output(state_file) as f:
+        json.dump(state, f, indent=2)
+    return state
+
+
+def write_chunk(chunk_dir: Path, rows: np.ndarray, vectors: np.ndarray) -> Path:
+    """Save one encoded batch atomically as `chunk-FIRST-LAST-COUNT.npz` (rows (n,), vectors (n, D))."""
+    path = chunk_dir / f"chunk-{rows.min():010d}-{rows.max():010d}-{len(rows)}.npz"
+    with atomic_output(path, "wb") as f:
+        np.savez(f, rows=rows, vectors=vectors)
+    return path
+
+
+def encoded_rows(chunk_dir: Path, total: int) -> np.ndarray:
+    """(total,) bool mask of the rows some chunk file already holds."""
+    done = np.zeros(total, dtype=bool)
+    for path in chunk_dir.glob("chunk-*.npz"):
+        with np.load(path) as chunk:
+            done[chunk["rows"]] = True
+    return done
+
+
+def _drop_rows(batch: dict[str, np.ndarray], done: np.ndarray) -> dict[str, np.ndarray]:
+    keep = ~done[batch["row"]]
+    return {name: column[keep] for name, column in batch.items()}
+
+
+def encode_kb(work: Path, config: BuildConfig, total: int) -> None:
+    """Encode every staged KB row no chunk holds yet, with a Ray Data actor pool of model replicas."""
+    chunk_dir = work / CHUNK_DIR
+    done = encoded_rows(chunk_dir, total)
+    pending = total - int(done.sum())
+    if not pending:
+        return
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    # CPU threads per replica: 1 beside a GPU; on a CPU-only cluster the CPUs shared out, one left for reading
+    cpus = 1 if gpus else max(1, int(resources.get("CPU", 1) // config.num_replicas) - 1)
+    ds = ray.data.read_parquet(str(work / STAGED_KB))
+    if done.any():
+        ds = ds.map_batches(_drop_rows, fn_kwargs={"done": done}, batch_format="numpy")
+    ds = ds.map_batches(
+        EntityEncoder,
+        fn_constructor_kwargs={"model": config.model, "batch_size": config.batch_size},
+        batch_size=config.chunk_rows,  # entities per replica call
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=config.num_replicas),  # model replicas, loaded once each
+        num_gpus=1 if gpus else 0,  # a whole GPU per replica when the cluster has GPUs
+        num_cpus=cpus,  # torch threads of a replica (Ray sets OMP_NUM_THREADS to it)
+    )
+    with tqdm(total=total, initial=total - pending, unit="ent", desc="encode entities") as bar:
+        for batch in ds.iter_batches(batch_size=config.chunk_rows, batch_format="numpy"):  # one chunk file each
+            write_chunk(chunk_dir, batch["row"], np.asarray(batch["vector"], dtype=np.float32))
+            bar.update(len(batch["row"]))
+
+
+def assemble(work: Path, total: int, dim: int) -> tuple[list[str], np.ndarray]:
+    """Entity ids (N,) and a (N, D) float32 memmap of their vectors, in KB row order, from the chunks."""
+    vectors = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(total, dim))
+    done = np.zeros(total, dtype=bool)
+    for path in sorted((work / CHUNK_DIR).glob("chunk-*.npz")):
+        with np.load(path) as chunk:
+            vectors[chunk["rows"]] = chunk["vectors"]
+            done[chunk["rows"]] = True
+    if not done.all():
+        raise RuntimeError(f"{int((~done).sum())} KB rows were not encoded; run the build again with --resume")
+    ids = pq.read_table(work / STAGED_KB, columns=["id"]).column("id").to_pylist()
+    return ids, vectors
+
+
+def build_index(config: BuildConfig) -> EntityIndex:
+    """Encode a KB with the model and write a new index to `config.out` (Ray must be initialised)."""
+    started = time.perf_counter()
+    out = Path(config.out)
+    if (out / MANIFEST_NAME).is_file():
+        raise FileExistsError(
+            f"{out} already holds a complete index. Add entities with --update KB_DELTA, "
+            "or choose another --out (or delete it) to build afresh."
+        )
+    fingerprint, dim = model_identity(config.model)
+    work = out / BUILD_DIR
+    state = prepare_work_dir(work, Path(config.kb), fingerprint, config.resume)
+    encode_kb(work, config, state["rows"])
+    ids, vectors = assemble(work, state["rows"], dim)
+    index = EntityIndex.build(
+        out,
+        ids,
+        vectors,
+        fingerprint=fingerprint,
+        num_shards=config.shards,
+        dtype=config.dtype,
+        spec=config.index,
+        pca_dim=config.pca,
+        kb={"path": str(Path(config.kb).resolve()), "sha256": state["kb_sha256"], "report": state["kb_report"]},
+        build_seconds=time.perf_counter() - started,
+    )
+    del vectors
+    shutil.rmtree(work)
+    return index
+
+
+def update_index(config: BuildConfig) -> EntityIndex:
+    """Encode the delta KB `config.kb` and add or replace its entities in the index at `config.out`."""
+    out = Path(config.out)
+    fingerprint, dim = model_identity(config.model)
+    read_checked_manifest(out, fingerprint, dim)  # refuse before encoding anything
+    work = out / UPDATE_DIR
+    state = prepare_work_dir(work, Path(config.kb), fingerprint, config.resume)
+    encode_kb(work, config, state["rows"])
+    ids, vectors = assemble(work, state["rows"], dim)
+    index = EntityIndex.load(out, fingerprint, expect_dim=dim)
+    report = index.update(ids, np.asarray(vectors), kb={"path": str(Path(config.kb).resolve()), "sha256": state["kb_sha256"]})
+    LOG.info("update: %d added, %d replaced, revision %d", report.added, report.replaced, report.revision)
+    del vectors
+    shutil.rmtree(work)
+    return index

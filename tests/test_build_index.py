@@ -1,0 +1,136 @@
+"""The Ray Data build job: a clean build, an interrupted and resumed build, an update, the CLI."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kb.jsonl import write_kb
+from kb.types import Entity
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_cli_runs_as_a_script():
+    result = subprocess.run(
+        [sys.executable, "jobs/build_index.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--kb", "--out", "--model", "--shards", "--resume", "--update", "--num-replicas", "--pca"):
+        assert option in result.stdout
+
+
+def kb_entities(n, start=0, tag=""):
+    return [Entity(id=f"Entity_{i}", title=f"Entity {i}", description=f"thing number {i}{tag}" if i % 3 else "")
+            for i in range(start, start + n)]
+
+
+def test_work_folder_stages_the_kb_and_resumes_only_the_same_build(tmp_path):
+    from kb.build import assemble, encoded_rows, prepare_work_dir, write_chunk
+
+    kb = tmp_path / "kb.jsonl"
+    write_kb(kb_entities(10), kb)
+    work = tmp_path / "work"
+    fingerprint = {"model": "m", "weights_sha256": "a" * 64, "tokenizer_sha256": "b" * 64}
+    state = prepare_work_dir(work, kb, fingerprint, resume=False)
+    assert state["rows"] == 10 and "10 entities" in state["kb_report"]
+    write_chunk(work / "chunks", np.array([4, 2, 3]), np.eye(3, 4, dtype=np.float32))
+    assert encoded_rows(work / "chunks", 10).tolist() == [False, False, True, True, True] + [False] * 5
+    with pytest.raises(RuntimeError, match="7 KB rows were not encoded; run the build again with --resume"):
+        assemble(work, 10, 4)
+
+    assert prepare_work_dir(work, kb, dict(fingerprint, model="/moved/m"), resume=True) == state  # same weights
+    assert encoded_rows(work / "chunks", 10).sum() == 3  # the chunk survived the resume
+    write_kb(kb_entities(11), kb)
+    with pytest.raises(ValueError, match="cannot resume .* Run again without --resume"):
+        prepare_work_dir(work, kb, fingerprint, resume=True)
+    assert prepare_work_dir(work, kb, fingerprint, resume=False)["rows"] == 11
+    assert encoded_rows(work / "chunks", 11).sum() == 0  # a fresh build starts from nothing
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from tiny import tiny_model, tiny_tokenizer
+
+    from onegen.model import OneGen
+
+    tokenizer = tiny_tokenizer()
+    folder = tmp_path_factory.mktemp("tiny-model")
+    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.ray
+def test_interrupted_build_resumes_to_the_clean_result_and_updates(tmp_path, ray_cluster, tiny_model_dir, monkeypatch):
+    import kb.build as build
+    from kb.index import EntityIndex
+    from kb.manifest import IndexMismatchError
+    from onegen.model import OneGen
+
+    onegen = OneGen.from_pretrained(tiny_model_dir)
+    entities = kb_entities(40)
+    expected = onegen.embed_entities(entities)  # (40, 32): what a clean build must index
+    kb = tmp_path / "kb.jsonl"
+    write_kb(entities, kb)
+    config = build.BuildConfig(kb=kb, out=tmp_path / "index", model=tiny_model_dir, shards=2, chunk_rows=8, batch_size=4)
+
+    # interrupt after two chunk files, then resume
+    real_write, written = build.write_chunk, []
+
+    def failing_write(chunk_dir, rows, vectors):
+        if len(written) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        written.append(real_write(chunk_dir, rows, vectors))
+        return written[-1]
+
+    monkeypatch.setattr(build, "write_chunk", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_index(config)
+    monkeypatch.setattr(build, "write_chunk", real_write)
+    chunks = tmp_path / "index" / build.BUILD_DIR / build.CHUNK_DIR
+    kept = {p.name: p.stat().st_mtime_ns for p in chunks.glob("*.npz")}
+    assert len(kept) == 2 and not (tmp_path / "index" / "manifest.json").exists()
+
+    encoded_again = []
+    monkeypatch.setattr(build, "write_chunk", lambda d, rows, v: encoded_again.extend(rows) or real_write(d, rows, v))
+    config.resume = True
+    index = build.build_index(config)
+    assert len(encoded_again) == 40 - 16  # the two kept chunks were not encoded again
+    assert not (tmp_path / "index" / build.BUILD_DIR).exists()
+    assert index.manifest.model == onegen.fingerprint() and [s.count for s in index.manifest.shards] == [20, 20]
+    stored = np.concatenate([shard.index.reconstruct_n(0, shard.index.ntotal) for shard in index.shards])
+    np.testing.assert_allclose(stored, expected, atol=1e-5)
+    assert [i for shard in index.shards for i in shard.ids] == [e.id for e in entities]
+
+    with pytest.raises(FileExistsError, match="--update"):
+        build.build_index(config)
+
+    # update: one replaced entity, two new ones; the others keep their vectors
+    changed = [Entity(id="Entity_3", title="Entity 3", description="now something else entirely")] + kb_entities(2, start=40)
+    delta = tmp_path / "delta.jsonl"
+    write_kb(changed, delta)
+    updated = build.update_index(build.BuildConfig(kb=delta, out=tmp_path / "index", model=tiny_model_dir))
+    assert len(updated) == 42 and updated.manifest.revision == 1
+    reloaded = EntityIndex.load(tmp_path / "index", onegen.fingerprint())
+    new_vectors = onegen.embed_entities(changed)
+    d, i = reloaded.search(new_vectors, k=1)
+    assert i[:, 0].tolist() == ["Entity_3", "Entity_40", "Entity_41"]
+    np.testing.assert_allclose(reloaded.shards[0].index.reconstruct(3), new_vectors[0], atol=1e-5)
+    np.testing.assert_allclose(reloaded.shards[0].index.reconstruct_n(0, 3), expected[:3], atol=1e-5)
+
+    other = tmp_path / "other-model"
+    from tiny import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    OneGen(tiny_model(len(tokenizer) + 3, seed=1), tokenizer).save_pretrained(other)
+    with pytest.raises(IndexMismatchError, match="python jobs/build_index.py"):
+        build.update_index(build.BuildConfig(kb=delta, out=tmp_path / "index", model=str(other)))
