@@ -1,0 +1,139 @@
+"""Batches of OneGen examples: mention sequences and entity sequences packed for ONE forward pass.
+
+Rows 0..B-1 of a batch are the mention sequences (prompt + marked target), rows B..B+E-1 the entity
+sequences (`entity_sequence(...)` ending in `[SE]`) of the batch's anchors: their positives, then their
+negatives, each entity once however many anchors use it. Rows are right-padded to the longest row of
+the batch (never to a fixed length). Entity rows carry CE labels too (DESIGN: "CE also covers the
+entity descriptions").
+
+Negatives: each anchor keeps its example's hard negatives except any that is the positive of an
+anchor of the batch (it would push apart a pair the loss pulls together); those are replaced by random
+KB entities, drawn from a generator seeded by `seed` and the batch's examples, so a batch is the same
+whatever the call order or the data-loader worker.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kb.types import Entity
+from onegen.data import OneGenExample
+from onegen.loss import IGNORE_INDEX
+from onegen.model import ENTITY_MAX_TOKENS, TokenIds
+from onegen.prompts import entity_input_ids
+
+
+@dataclass
+class OneGenBatch:
+    """One training batch; B mention rows, E entity rows, A anchors, K negatives per anchor."""
+
+    input_ids: torch.Tensor  # (B + E, T) long, right-padded with the pad id
+    attention_mask: torch.Tensor  # (B + E, T) long, 1 on real tokens
+    labels: torch.Tensor  # (B + E, T) long, IGNORE_INDEX (-100) on padding, prompts and tokens after [LK]
+    anchor_positions: torch.Tensor  # (A, 2) long: (row, column) of each anchor's [LK]
+    entity_positions: torch.Tensor  # (E, 2) long: (row, column) of each entity row's last [SE]
+    positives: torch.Tensor  # (A,) long: entity index (0..E-1) of each anchor's gold entity
+    negatives: torch.Tensor  # (A, K) long: entity indices of each anchor's negatives
+    entity_ids: list[str]  # (E,) KB id of each entity row
+
+    def to(self, device) -> OneGenBatch:
+        """The batch with every tensor on `device`."""
+        return OneGenBatch(
+            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        )
+
+
+class OneGenCollator:
+    """Turns a list of `OneGenExample` into a `OneGenBatch` (a `collate_fn` for torch DataLoader)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        token_ids: TokenIds,
+        entities: Mapping[str, Entity],
+        *,
+        num_negatives: int = 4,
+        seed: int = 0,
+        entity_max_tokens: int = ENTITY_MAX_TOKENS,
+    ):
+        self.tokenizer = tokenizer
+        self.token_ids = token_ids
+        self.entities = entities
+        self.num_negatives = num_negatives
+        self.seed = seed
+        self.entity_max_tokens = entity_max_tokens  # as OneGen.embed_entities truncates them
+        self.entity_pool = sorted(entities)  # replacement negatives are drawn from this fixed order
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("tokenizer has neither pad_token nor eos_token; set tokenizer.pad_token before collating")
+        self.pad_id = pad
+        self._entity_ids: dict[str, list[int]] = {}  # entity id -> token ids of its sequence
+
+    def __call__(self, examples: Sequence[OneGenExample]) -> OneGenBatch:
+        rng = random.Random(f"{self.seed}:" + "|".join(f"{ex.doc_id}:{ex.start}" for ex in examples))
+        # (row, column of its [LK], gold entity, hard negatives) of every anchor of the batch
+        anchors = [(row, ex.link_positions[k], ex.link_entities[k], negs)
+                   for row, ex in enumerate(examples) for k, negs in zip(ex.anchors, ex.negatives)]
+        positive_ids = [entity for _, _, entity, _ in anchors]
+        batch_positives = set(positive_ids)
+        negative_ids = [self._negatives(negs, batch_positives, rng) for _, _, _, negs in anchors]
+        entity_ids = list(dict.fromkeys(positive_ids + [e for negs in negative_ids for e in negs]))
+        index = {e: i for i, e in enumerate(entity_ids)}
+
+        rows = [ex.input_ids for ex in examples] + [self._entity_tokens(e) for e in entity_ids]
+        row_labels = [ex.labels for ex in examples] + [self._entity_tokens(e) for e in entity_ids]
+        T = max((len(r) for r in rows), default=0)
+        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)  # (B + E, T)
+        attention_mask = torch.zeros((len(rows), T), dtype=torch.long)  # (B + E, T)
+        labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)  # (B + E, T)
+        for r, (ids, lab) in enumerate(zip(rows, row_labels)):
+            input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[r, : len(ids)] = 1
+            labels[r, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+
+        B = len(examples)
+        entity_cols = [max(i for i, t in enumerate(self._entity_tokens(e)) if t == self.token_ids.entity)
+                       for e in entity_ids]
+        return OneGenBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            anchor_positions=torch.tensor([[row, col] for row, col, _, _ in anchors],
+                                          dtype=torch.long).reshape(-1, 2),  # (A, 2)
+            entity_positions=torch.tensor([[B + i, c] for i, c in enumerate(entity_cols)],
+                                          dtype=torch.long).reshape(-1, 2),  # (E, 2)
+            positives=torch.tensor([index[e] for e in positive_ids], dtype=torch.long),  # (A,)
+            negatives=torch.tensor([[index[e] for e in negs] for negs in negative_ids],
+                                   dtype=torch.long).reshape(-1, self.num_negatives),  # (A, K)
+            entity_ids=entity_ids,
+        )
+
+    def _negatives(self, candidates: list[str], batch_positives: set[str], rng: random.Random) -> list[str]:
+        """The anchor's first `num_negatives` usable negatives, random KB entities filling the rest."""
+        chosen = []
+        for e in candidates:
+            if e not in batch_positives and e in self.entities and e not in chosen:
+                chosen.append(e)
+        chosen = chosen[: self.num_negatives]
+        if len(self.entity_pool) - len(batch_positives) < self.num_negatives:
+            raise ValueError(
+                f"the KB has {len(self.entity_pool)} entities, {len(batch_positives)} of them positives of this batch: "
+                f"too few for {self.num_negatives} negatives per anchor; use smaller batches or fewer negatives"
+            )
+        while len(chosen) < self.num_negatives:
+            e = self.entity_pool[rng.randrange(len(self.entity_pool))]
+            if e not in batch_positives and e not in chosen:
+                chosen.append(e)
+        return chosen
+
+    def _entity_tokens(self, entity_id: str) -> list[int]:
+        """Token ids of an entity's sequence (cached), as `OneGen.embed_entities` reads them."""
+        if entity_id not in self._entity_ids:
+            entity = self.entities[entity_id]
+            self._entity_ids[entity_id] = entity_input_ids(
+                self.tokenizer, entity.title, entity.description, max_length=self.entity_max_tokens
+            )
+        return self._entity_ids[entity_id]

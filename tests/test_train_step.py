@@ -1,0 +1,73 @@
+"""compute_loss: one packed forward gives the loss of separate, unpadded forwards with full logits."""
+import dataclasses
+
+import pytest
+import torch
+
+from onegen.collate import OneGenCollator
+from onegen.data import build_examples
+from onegen.loss import onegen_loss
+from onegen.train_step import compute_loss
+from test_data import KB, annotate, tok  # noqa: F401  (tok is a fixture)
+from tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(tok):  # noqa: F811
+    tokenizer, ids = tok
+    model = tiny_model(len(tokenizer), seed=1)
+    docs = [annotate("Germany beat France .", [("Germany", "Germany")], "a"),
+            annotate("Bonn is on the Rhine , far from Paris .", [("Bonn", "Bonn"), ("Paris", "Paris")], "b")]
+    examples = build_examples(docs, KB, tokenizer, ids, num_negatives=1)
+    batch = OneGenCollator(tokenizer, ids, KB, num_negatives=1)(examples)
+    return model, ids, batch
+
+
+def reference_loss(model, batch, kind):
+    """onegen_loss from the model's full logits, and vectors from each row forwarded alone, unpadded."""
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (N, T, V)
+        states = {}
+        for r in range(batch.input_ids.shape[0]):
+            n = int(batch.attention_mask[r].sum())
+            states[r] = model(batch.input_ids[r:r + 1, :n], output_hidden_states=True).hidden_states[-1][0]
+    q = torch.stack([states[r][c] for r, c in batch.anchor_positions.tolist()])  # (A, D)
+    entities = torch.stack([states[r][c] for r, c in batch.entity_positions.tolist()])  # (E, D)
+    return onegen_loss(logits, batch.labels, q, entities[batch.positives], entities[batch.negatives], kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["bpr", "infonce"])
+def test_packed_loss_equals_separate_forwards(setup, kind):
+    model, ids, batch = setup
+    assert batch.anchor_positions.shape[0] == 2 and batch.input_ids.shape[0] > 2
+    with torch.no_grad():
+        got = compute_loss(model, batch, ids, kind=kind)
+    want = reference_loss(model, batch, kind)
+    for field in ("total", "generation", "retrieval"):
+        assert torch.allclose(getattr(got, field), getattr(want, field), atol=1e-5), field
+    assert got.retrieval > 0 and got.generation > 0
+
+
+def test_loss_has_gradients_for_the_model(setup):
+    model, ids, batch = setup
+    model.zero_grad()
+    compute_loss(model, batch, ids).total.backward()
+    assert model.get_input_embeddings().weight.grad[ids.link].abs().sum() > 0  # [LK] row is trained
+    model.zero_grad()
+
+
+def test_positions_without_onegen_tokens_are_refused(setup):
+    model, ids, batch = setup
+    shifted = dataclasses.replace(batch, anchor_positions=batch.anchor_positions + torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="do not hold the OneGen tokens"):
+        compute_loss(model, shifted, ids)
+
+
+def test_models_that_transform_logits_are_refused(setup):
+    model, ids, batch = setup
+    model.config.final_logit_softcapping = 30.0
+    try:
+        with pytest.raises(ValueError, match="final_logit_softcapping"):
+            compute_loss(model, batch, ids)
+    finally:
+        model.config.final_logit_softcapping = None
