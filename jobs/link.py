@@ -1,0 +1,57 @@
+"""Link the entity mentions of a document collection: `python jobs/link.py --input IN --output OUT`.
+
+IN: Parquet or JSONL (`doc_id`, `text`; other columns carried through) as a file, folder, glob or
+URI. OUT: a Parquet dataset, one row per input document (DESIGN section 4), plus `_metrics.json`
+and `_manifest.json`. On a cluster: `ray job submit --working-dir . -- python jobs/link.py ...`
+(connects to RAY_ADDRESS); alone it starts a local Ray. With only --input and --output it uses
+the embedded default model and the bundled sample KB, whose index is built once and cached.
+The library code is onegen/pipeline/.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from onegen.pipeline.job import JobConfig, run_job  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> JobConfig:
+    defaults = JobConfig(input="", output="")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="Parquet/JSONL file, folder, glob or URI (s3://, gs://, ...)")
+    parser.add_argument("--output", required=True, help="output folder (local path or URI)")
+    parser.add_argument("--model", default=None, help="model folder or cached hub id (default: embedded SmolLM2-135M-Instruct)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--index", default=None, help="built entity index folder (python jobs/build_index.py)")
+    source.add_argument("--kb", default=None, help="KB JSONL whose index is built on first use and cached (default: samples/kb.jsonl)")
+    parser.add_argument("--num-replicas", type=int, default=None, help="model replicas (default: one per GPU, or 1)")
+    parser.add_argument("--gpus-per-replica", type=float, default=None, help="GPUs per replica (default: 1 with GPUs, else 0)")
+    parser.add_argument("--cpus-per-replica", type=float, default=defaults.cpus_per_replica, help="CPUs reserved per replica")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="documents per model call")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="candidates kept per mention")
+    parser.add_argument("--nil-threshold", type=float, default=defaults.nil_threshold, help="cosine below which a mention is NIL")
+    parser.add_argument("--aliases", default=None, help="alias prior table: mention<TAB>entity<TAB>count")
+    parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output (writes only missing rows)")
+    parser.add_argument("--incremental", action="store_true", help="process only input files new or changed since the last run")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    return JobConfig(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()})
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = parse_args(argv)
+    try:
+        summary = run_job(config)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # the message says what to do
+        sys.exit(f"error: {err}")
+    print(summary.text())
+    print(f"metrics: {summary.output.rstrip('/')}/_metrics.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The real model and index behind the link job: OneGen replicas and index-shard actors.
+
+With `--index DIR` the built index is used as it is (refused when its manifest names another
+model). Without it, the index of `--kb` (default: the bundled `samples/kb.jsonl`) is built on
+first use with `kb.build.build_index` and cached under `cache_root()/indexes/`, keyed by the
+model fingerprint and the KB's sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from functools import partial
+from pathlib import Path
+
+from onegen.default_model import cache_root
+from onegen.pipeline.job import JobConfig, Linking, index_id, model_id
+from onegen.pipeline.stages import onegen_annotator
+
+LOG = logging.getLogger(__name__)
+
+SAMPLE_KB = Path(__file__).resolve().parents[2] / "samples" / "kb.jsonl"  # the bundled sample KB
+SHARD_CPUS = 0.25  # CPUs reserved per index-shard actor: search is memory-bound and short
+
+
+def cached_index_dir(fingerprint: dict, kb_sha256: str, kb_name: str) -> Path:
+    """Cache folder of the index of one KB encoded by one model."""
+    key = hashlib.sha256(f"{fingerprint['weights_sha256']}\0{fingerprint['tokenizer_sha256']}\0{kb_sha256}".encode()).hexdigest()
+    return cache_root() / "indexes" / f"{kb_name}-{key[:16]}"
+
+
+def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
+    """The cached index of `kb` for the model, built (resumably) when missing."""
+    from kb.build import BuildConfig, build_index
+    from kb.io import sha256_file
+    from kb.manifest import MANIFEST_NAME
+
+    if not kb.is_file():
+        raise FileNotFoundError(f"KB {kb} not found: pass --kb FILE (JSONL, DESIGN section 4) or --index DIR of a built index")
+    directory = cached_index_dir(fingerprint, sha256_file(kb), kb.stem)
+    if not (directory / MANIFEST_NAME).is_file():
+        LOG.info("building the index of %s for %s into %s (once)", kb, fingerprint["model"], directory)
+        build_index(BuildConfig(kb=kb, out=directory, model=model, resume=(directory / ".build").is_dir()))
+    return directory
+
+
+def prepare_linking(config: JobConfig) -> Linking:
+    """Model identity, index (given, or built and cached) served by shard actors, and the replica factory."""
+    from kb.build import model_identity
+    from kb.manifest import MANIFEST_NAME, Manifest
+    from kb.serving import RayIndexClient
+
+    if config.index:
+        Manifest.read(config.index)  # a missing or unfinished index is refused (with the build command) before any model loads
+    fingerprint, dim = model_identity(config.model)  # in a Ray task: the driver never holds the model
+    directory = Path(config.index) if config.index else ensure_index(Path(config.kb) if config.kb else SAMPLE_KB,
+                                                                      config.model, fingerprint)
+    client = RayIndexClient(directory, fingerprint, expect_dim=dim, num_cpus=SHARD_CPUS)  # refuses a mismatched index
+    return Linking(
+        make_annotator=partial(onegen_annotator, config.model, config.batch_size),
+        retriever=client,
+        model_id=model_id(fingerprint),
+        index_id=index_id((directory / MANIFEST_NAME).read_bytes()),
+    )

@@ -1,0 +1,164 @@
+"""The `map_batches` callables of the link job: annotate (model replicas) and link (retrieve + decide).
+
+Batches are Arrow tables with the columns `inputs.rows_to_table` makes. Rows whose
+status is already "error" pass through untouched; a document the model fails on becomes
+an error row instead of failing the batch, so one bad input never stops the job.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from onegen.decide import AliasPrior, decide
+from onegen.pipeline.inputs import ERROR, OK
+from onegen.pipeline.outputs import MENTIONS_TYPE, TOKENS_COLUMN
+from onegen.types import Annotated
+
+LOG = logging.getLogger(__name__)
+
+Annotate = Callable[[list[str]], list[Annotated]]  # texts -> one Annotated per text, in order
+SPAN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string())])
+ATTEMPTS = 2  # tries of a batch, then of each of its documents, before a document is an error row
+SPANS, VECTORS = "_spans", "_vectors"  # columns passed from annotate to link, not written
+# The job's own output columns, first in every part; carried-through input columns follow.
+OUTPUT_COLUMNS = ["doc_id", "mentions", "status", "error", "text", "source", "source_row", "model", "index"]
+
+
+class Retriever(Protocol):
+    """What linking needs from an index: `kb.index.EntityIndex` or the shard-actor client."""
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """vectors (Q, D) float32 L2-normalised -> scores (Q, k) float32, entity ids (Q, k) str."""
+
+    def close(self) -> None:
+        """Release what serves the index (shard actors)."""
+
+
+def onegen_annotator(model: str | None, batch_size: int) -> Annotate:
+    """Load OneGen once (in the replica; on its GPU when it has one) and return its batched annotate call."""
+    from onegen.model import OneGen
+
+    onegen = OneGen.from_pretrained(model)
+
+    def annotate(texts: list[str]) -> list[Annotated]:
+        return onegen(texts, batch_size=batch_size)
+
+    return annotate
+
+
+def vectors_column(rows: list[list[np.ndarray]]) -> pa.ListArray:
+    """Per-row mention vectors as list<list<float32>>, built from one numpy buffer (no Python floats)."""
+    flat = [v for row in rows for v in row]
+    dim = len(flat[0]) if flat else 0
+    values = np.stack(flat).astype(np.float32, copy=False).ravel() if flat else np.zeros(0, np.float32)  # (M * D,)
+    per_mention = pa.ListArray.from_arrays(np.arange(0, len(values) + 1, max(dim, 1), dtype=np.int32)[: len(flat) + 1],
+                                           pa.array(values, pa.float32()))  # M lists of D floats
+    row_offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int32)  # (rows + 1,)
+    return pa.ListArray.from_arrays(row_offsets, per_mention)
+
+
+def column_vectors(column: pa.ChunkedArray) -> np.ndarray:
+    """All mention vectors of a `vectors_column` column, in row order: (M, D) float32."""
+    mentions = column.combine_chunks().flatten()  # list<float32>, one per mention
+    values = mentions.flatten().to_numpy(zero_copy_only=False)  # (M * D,)
+    return values.reshape(len(mentions), -1) if len(mentions) else values.reshape(0, 0)  # (M, D)
+
+
+class AnnotateStage:
+    """Actor-pool callable: holds one model replica, annotates the ok rows of a batch."""
+
+    def __init__(self, make_annotator: Callable[[], Annotate]):
+        self.annotate = make_annotator()  # loaded once per replica
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        statuses = batch.column("status").to_pylist()
+        texts = batch.column("text").to_pylist()
+        errors = batch.column("error").to_pylist()
+        todo = [i for i, s in enumerate(statuses) if s == OK]
+        results = self._annotate([texts[i] for i in todo])
+        spans, vectors, tokens = [[] for _ in statuses], [[] for _ in statuses], [0] * len(statuses)
+        for i, (annotated, error) in zip(todo, results):
+            if error is not None:
+                statuses[i], errors[i] = ERROR, error
+                continue
+            spans[i] = [{"start": m.start, "end": m.end, "surface": m.surface} for m in annotated.mentions]
+            vectors[i] = [np.asarray(m.vector, np.float32) for m in annotated.mentions]
+            tokens[i] = annotated.generated_tokens
+        batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(statuses, pa.string()))
+        batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+        return (batch.append_column(SPANS, pa.array(spans, pa.list_(SPAN_TYPE)))
+                .append_column(VECTORS, vectors_column(vectors))
+                .append_column(TOKENS_COLUMN, pa.array(tokens, pa.int64())))
+
+    def _annotate(self, texts: list[str]) -> list[tuple[Annotated | None, str | None]]:
+        """(result, None) per text. A failing batch is tried again, then one document at a time (each
+        tried again too); a document that still fails gets (None, message) and the others go on."""
+        if not texts:
+            return []
+        try:
+            return [(a, None) for a in self._retried(texts)]
+        except Exception as err:  # noqa: BLE001 - any model failure falls back to one document at a time
+            LOG.warning("batch of %d documents failed twice (%s: %s); annotating one at a time", len(texts), type(err).__name__, err)
+        results = []
+        for text in texts:
+            try:
+                results.append((self._retried([text])[0], None))
+            except Exception as err:  # noqa: BLE001
+                results.append((None, f"model failed on this document: {type(err).__name__}: {err}"))
+        return results
+
+    def _retried(self, texts: list[str]) -> list[Annotated]:
+        for attempt in range(ATTEMPTS):
+            try:
+                return self._checked(texts)
+            except Exception as err:  # noqa: BLE001
+                if attempt + 1 == ATTEMPTS:
+                    raise
+                LOG.warning("annotating %d documents failed (%s: %s); trying again", len(texts), type(err).__name__, err)
+
+    def _checked(self, texts: list[str]) -> list[Annotated]:
+        annotated = self.annotate(texts)
+        if len(annotated) != len(texts):
+            raise RuntimeError(f"annotator returned {len(annotated)} results for {len(texts)} texts")
+        return annotated
+
+
+@dataclass
+class Linker:
+    """Task callable: retrieve top-k for every mention of a batch, decide entity or NIL."""
+
+    retriever: Retriever  # index or shard-actor client
+    top_k: int  # candidates kept per mention
+    nil_threshold: float  # cosine below which a mention is NIL
+    model_id: str  # written to every row (run metadata)
+    index_id: str  # index manifest hash, written to every row
+    alias_prior: AliasPrior | None = None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        spans = batch.column(SPANS).to_pylist()
+        vectors = column_vectors(batch.column(VECTORS))  # (Q, D), one per mention
+        if len(vectors):
+            scores, ids = self.retriever.search(vectors, self.top_k)  # (Q, k), (Q, k)
+        mentions, q = [], 0
+        for row in spans:
+            out = []
+            for span in row:
+                cand_ids, cand_scores = list(ids[q]), [float(s) for s in scores[q]]
+                entity_id, score = decide(cand_ids, cand_scores, span["surface"],
+                                          nil_threshold=self.nil_threshold, alias_prior=self.alias_prior)
+                out.append({**span, "entity_id": entity_id, "score": score if np.isfinite(score) else None,
+                            "candidates": [{"entity_id": e, "score": s} for e, s in zip(cand_ids, cand_scores) if e]})
+                q += 1
+            mentions.append(out)
+        batch = batch.drop_columns([SPANS, VECTORS])
+        n = batch.num_rows
+        batch = (batch.append_column("mentions", pa.array(mentions, MENTIONS_TYPE))
+                 .append_column("model", pa.array([self.model_id] * n, pa.string()))
+                 .append_column("index", pa.array([self.index_id] * n, pa.string())))
+        return batch.select(OUTPUT_COLUMNS + [c for c in batch.column_names if c not in OUTPUT_COLUMNS])
+

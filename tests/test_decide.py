@@ -1,0 +1,53 @@
+"""decide(): entity or NIL from retrieved candidates, with an optional alias prior."""
+import math
+
+import pytest
+
+from onegen.decide import AliasPrior, decide
+
+
+def prior(tmp_path, rows: str, weight=0.2) -> AliasPrior:
+    path = tmp_path / "aliases.tsv"
+    path.write_text(rows, encoding="utf-8")
+    return AliasPrior.from_tsv(path, weight=weight)
+
+
+def test_best_candidate_above_threshold_is_linked():
+    assert decide(["Paris", "Paris_Hilton"], [0.8, 0.6], "Paris", nil_threshold=0.5) == ("Paris", pytest.approx(0.8))
+
+
+def test_best_candidate_below_threshold_is_nil_with_its_score():
+    entity, score = decide(["Paris"], [0.3], "Paris", nil_threshold=0.5)
+    assert entity is None and score == pytest.approx(0.3)
+
+
+def test_no_candidates_and_padding_ids_give_nil():
+    assert decide([], [], "x", nil_threshold=0.0) == (None, -math.inf)
+    assert decide([None, ""], [0.9, 0.9], "x", nil_threshold=0.0) == (None, -math.inf)
+
+
+def test_alias_prior_reranks_close_candidates(tmp_path):
+    table = prior(tmp_path, "paris\tParis_Hilton\t1\nParis\tParis\t9\n# comment\n")
+    ids, scores = ["Paris_Hilton", "Paris"], [0.72, 0.70]
+    assert decide(ids, scores, "Paris", nil_threshold=0.5)[0] == "Paris_Hilton"
+    assert decide(ids, scores, "  PARIS ", nil_threshold=0.5, alias_prior=table) == ("Paris", pytest.approx(0.70))
+    assert table.probability("paris", "Paris") == pytest.approx(0.9)
+
+
+def test_alias_prior_never_adds_candidates_and_threshold_uses_cosine(tmp_path):
+    table = prior(tmp_path, "paris\tParis\t100\n", weight=1.0)
+    assert decide(["Lyon"], [0.9], "Paris", nil_threshold=0.5, alias_prior=table) == ("Lyon", pytest.approx(0.9))
+    assert decide(["Paris"], [0.4], "Paris", nil_threshold=0.5, alias_prior=table)[0] is None
+
+
+@pytest.mark.parametrize("rows, message", [("a\tb\n", "expected 3 tab-separated"), ("a\tb\tmany\n", "must be a number"),
+                                           ("a\tb\t-1\n", ">= 0")])
+def test_bad_alias_table_names_the_line(tmp_path, rows, message):
+    with pytest.raises(ValueError, match=message) as err:
+        prior(tmp_path, rows)
+    assert ":1:" in str(err.value)
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError, match="differ in length"):
+        decide(["a"], [], "a", nil_threshold=0.0)

@@ -1,0 +1,63 @@
+"""The link job's map_batches callables, called directly on Arrow batches (no Ray)."""
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from link_fakes import FakeIndex, fake_annotate, vector
+from onegen.decide import AliasPrior
+from onegen.pipeline.inputs import Limits, RawRow, rows_to_table
+from onegen.pipeline.stages import AnnotateStage, Linker, column_vectors, vectors_column
+
+
+def batch(texts) -> pa.Table:
+    return rows_to_table("in.jsonl", [RawRow(i, f"d{i}", t, {}) for i, t in enumerate(texts)], Limits(), {}, [])
+
+
+def test_vectors_round_trip_through_arrow_in_row_order():
+    rows = [[vector("a"), vector("b")], [], [vector("c")]]
+    column = vectors_column(rows)
+    got = column_vectors(pa.chunked_array([column.slice(0, 2), column.slice(2)]))  # (3, D)
+    np.testing.assert_array_equal(got, np.stack([vector("a"), vector("b"), vector("c")]))
+    assert column_vectors(pa.chunked_array([vectors_column([[], []])])).shape[0] == 0
+
+
+def test_a_document_the_model_keeps_failing_on_is_the_only_error_row():
+    def annotate(texts):
+        if any("poison" in t for t in texts):
+            raise ValueError("cannot decode")
+        return fake_annotate(texts)
+
+    out = AnnotateStage(lambda: annotate)(batch(["Paris.", "poison Rome", "", "Berlin."]))
+    assert out.column("status").to_pylist() == ["ok", "error", "error", "ok"]
+    assert out.column("error").to_pylist()[1] == "model failed on this document: ValueError: cannot decode"
+    assert out.column("error").to_pylist()[2] == "text is empty"  # validation errors pass through untouched
+    assert [[s["surface"] for s in row] for row in out.column("_spans").to_pylist()] == [["Paris"], [], [], ["Berlin"]]
+
+
+def test_an_annotator_returning_the_wrong_count_is_a_failure_not_a_shifted_result():
+    out = AnnotateStage(lambda: (lambda texts: []))(batch(["Paris.", "Rome."]))
+    assert out.column("status").to_pylist() == ["error", "error"]
+    assert "returned 0 results for 1 texts" in out.column("error").to_pylist()[1]
+
+
+def test_linker_links_above_threshold_nil_below_and_keeps_top_k():
+    annotated = AnnotateStage(lambda: fake_annotate)(batch(["Paris and Normandy.", "no mentions here."]))
+    out = Linker(FakeIndex(), top_k=3, nil_threshold=0.9, model_id="m", index_id="i")(annotated)
+    assert out.column_names[:4] == ["doc_id", "mentions", "status", "error"] and "_vectors" not in out.column_names
+    (paris, normandy), nothing = out.column("mentions").to_pylist()
+    assert (paris["surface"], paris["entity_id"], nothing) == ("Paris", "Paris", [])
+    assert paris["score"] == pytest.approx(1.0, abs=1e-5) and [c["entity_id"] for c in paris["candidates"]][0] == "Paris"
+    assert len(paris["candidates"]) == 3 and normandy["entity_id"] is None and normandy["score"] < 0.9
+    assert out.column("model").to_pylist() == ["m", "m"] and out.column("index").to_pylist() == ["i", "i"]
+
+
+def test_alias_prior_changes_the_choice_among_retrieved_candidates(tmp_path):
+    _, ids = FakeIndex().search(vector("Normandy")[None], 3)  # (1, 3): what retrieval returns for "Normandy"
+    first, second = ids[0][0], ids[0][1]
+    aliases = tmp_path / "aliases.tsv"
+    aliases.write_text(f"normandy\t{second}\t5\n")
+    annotated = AnnotateStage(lambda: fake_annotate)(batch(["Normandy."]))
+    plain = Linker(FakeIndex(), 3, -1.0, "m", "i")(annotated)
+    with_prior = Linker(FakeIndex(), 3, -1.0, "m", "i", AliasPrior.from_tsv(aliases, weight=10.0))(annotated)
+    assert plain.column("mentions").to_pylist()[0][0]["entity_id"] == first
+    assert with_prior.column("mentions").to_pylist()[0][0]["entity_id"] == second
