@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Protocol
 
 from eval.datasets import DEFAULT_DATA_DIR
 from eval.types import Annotation
+from kb.aliases import AliasTable
 from kb.jsonl import iter_kb
 from kb.types import Entity
 
@@ -34,45 +34,6 @@ class Linker(Protocol):
     def link(self, texts: list[str]) -> list[list[Annotation]]:
         """One list of annotations per text, sorted by start; code-point offsets, entity_id None for NIL."""
         ...
-
-
-class AliasPrior:
-    """p(e|m) from a `mention<TAB>entity<TAB>count` table: the most frequent entity of a mention string."""
-
-    def __init__(self, counts: dict[str, dict[str, int]]):
-        self.exact = {m: _most_frequent(c) for m, c in counts.items()}  # mention string -> entity id
-        folded: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # casefolded mention -> counts
-        for mention, entity_counts in counts.items():
-            for entity, count in entity_counts.items():
-                folded[mention.casefold()][entity] += count
-        self.folded = {m: _most_frequent(c) for m, c in folded.items()}  # casefolded mention -> entity id
-
-    @classmethod
-    def from_tsv(cls, path: str | Path) -> AliasPrior:
-        """Read the alias table (e.g. shared/data/kb/aida_train_aliases.tsv)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"alias table not found: {path} (expected mention<TAB>entity<TAB>count, "
-                                    f"e.g. shared/data/kb/aida_train_aliases.tsv; set it with --aliases)")
-        counts: dict[str, dict[str, int]] = defaultdict(dict)
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.rstrip("\r\n").split("\t")
-                if parts == [""]:
-                    continue
-                if len(parts) != 3 or not parts[2].isdigit():
-                    raise ValueError(f"{path}:{lineno}: expected mention<TAB>entity<TAB>count, got {line.rstrip()!r}")
-                counts[parts[0]][parts[1]] = counts[parts[0]].get(parts[1], 0) + int(parts[2])
-        return cls(counts)
-
-    def lookup(self, mention: str) -> str | None:
-        """Most frequent entity for the exact mention string, else for its case-insensitive form, else None."""
-        return self.exact.get(mention) or self.folded.get(mention.casefold())
-
-
-def _most_frequent(counts: dict[str, int]) -> str:
-    """The entity with the highest count; ties go to the smallest id, so the choice is deterministic."""
-    return min(counts, key=lambda e: (-counts[e], e))
 
 
 def read_title_index(path: str | Path) -> dict[str, str]:
@@ -98,7 +59,7 @@ class BaselineLinker:
                  batch_size: int = 32, labels: frozenset[str] = NAME_LABELS):
         import spacy  # the CLI's score command never needs it
 
-        self.prior = AliasPrior.from_tsv(aliases)
+        self.aliases = AliasTable.from_tsv(aliases)  # AIDA-train alias counts
         self.titles = read_title_index(kb)  # exact KB title / id -> entity id
         try:
             self.nlp = spacy.load(model, exclude=list(SPACY_EXCLUDE))
@@ -110,7 +71,7 @@ class BaselineLinker:
 
     def entity_for(self, mention: str) -> str | None:
         """Alias prior (exact, then case-insensitive), then exact KB title or id, else None (NIL)."""
-        return self.prior.lookup(mention) or self.titles.get(mention)
+        return self.aliases.most_frequent(mention) or self.titles.get(mention)
 
     def link(self, texts: list[str]) -> list[list[Annotation]]:
         """Annotate each text: spaCy entities with a name label, without a leading "the", linked by `entity_for`."""

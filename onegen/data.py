@@ -24,7 +24,6 @@ back (to carry training data to a GPU machine as JSONL).
 from __future__ import annotations
 
 import bisect
-import csv
 import random
 from collections import defaultdict
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval.types import Annotation, Document
+from kb.aliases import AliasTable
 from kb.types import Entity
 from onegen.chunking import Window, sentence_spans, sentence_windows
 from onegen.loss import IGNORE_INDEX
@@ -59,18 +59,9 @@ class OneGenExample:
 
 
 def read_alias_table(path: str | Path) -> dict[str, list[str]]:
-    """Read a `mention<TAB>entity<TAB>count` TSV into mention -> entity ids, most frequent first
-    (ties by id); a mention's rows may be anywhere in the file."""
-    counts: dict[str, dict[str, int]] = defaultdict(dict)
-    with open(path, encoding="utf-8", newline="") as f:
-        for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if len(row) != 3 or not row[2].strip().lstrip("-").isdigit():
-                raise ValueError(
-                    f"{path}:{line_no}: expected 'mention<TAB>entity<TAB>count' with an integer count, got {row!r}"
-                )
-            mention, entity, count = row
-            counts[mention][entity] = counts[mention].get(entity, 0) + int(count)
-    return {m: sorted(es, key=lambda e: (-es[e], e)) for m, es in counts.items()}
+    """Read a `mention<TAB>entity<TAB>count` TSV into mention -> entity ids, most frequent first (ties by id)."""
+    table = AliasTable.from_tsv(path)
+    return {mention: table.entities(mention) for mention in table.counts}
 
 
 def build_examples(

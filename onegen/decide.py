@@ -8,57 +8,29 @@ with or without a prior.
 """
 from __future__ import annotations
 
-import csv
 import math
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-
-def normalise_surface(surface: str) -> str:
-    """The key a surface form is looked up under: case-folded, inner whitespace collapsed."""
-    return " ".join(surface.casefold().split())
+from kb.aliases import AliasTable
 
 
 @dataclass
 class AliasPrior:
-    """p(entity | mention surface) from alias counts."""
+    """p(entity | mention surface) from an alias table, weighted for re-ranking."""
 
-    probabilities: dict[str, dict[str, float]]  # normalised surface -> entity id -> p(entity | surface)
+    table: AliasTable  # alias counts
     weight: float = 0.2  # added to the cosine as weight * p when ranking candidates
-    source: str = field(default="")  # where the table came from, for messages
 
     @classmethod
     def from_tsv(cls, path: str | Path, *, weight: float = 0.2) -> AliasPrior:
-        """Read a `mention<TAB>entity<TAB>count` table (no header; `#` lines are comments)."""
-        counts: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        with open(path, encoding="utf-8", newline="") as handle:
-            for line_no, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-                if not row or row[0].startswith("#"):
-                    continue
-                if len(row) != 3:
-                    raise ValueError(
-                        f"{path}:{line_no}: expected 3 tab-separated fields (mention, entity, count), got {len(row)}: {row!r}"
-                    )
-                mention, entity, count = row
-                try:
-                    value = float(count)
-                except ValueError:
-                    raise ValueError(f"{path}:{line_no}: count must be a number, got {count!r}") from None
-                if value < 0 or not math.isfinite(value):
-                    raise ValueError(f"{path}:{line_no}: count must be finite and >= 0, got {count!r}")
-                counts[normalise_surface(mention)][entity] += value
-        probabilities = {}
-        for surface, by_entity in counts.items():
-            total = sum(by_entity.values())
-            if total > 0:
-                probabilities[surface] = {entity: c / total for entity, c in by_entity.items()}
-        return cls(probabilities=probabilities, weight=weight, source=str(path))
+        """Read a `mention<TAB>entity<TAB>count` table (kb.aliases.AliasTable)."""
+        return cls(AliasTable.from_tsv(path), weight)
 
     def probability(self, surface: str, entity_id: str) -> float:
         """p(entity | surface); 0 when the surface or the pair is unknown."""
-        return self.probabilities.get(normalise_surface(surface), {}).get(entity_id, 0.0)
+        return self.table.probability(surface, entity_id)
 
 
 def decide(

@@ -40,7 +40,7 @@ def test_alias_prior_never_adds_candidates_and_threshold_uses_cosine(tmp_path):
     assert decide(["Paris"], [0.4], "Paris", nil_threshold=0.5, alias_prior=table)[0] is None
 
 
-@pytest.mark.parametrize("rows, message", [("a\tb\n", "expected 3 tab-separated"), ("a\tb\tmany\n", "must be a number"),
+@pytest.mark.parametrize("rows, message", [("a\tb\n", "expected mention<TAB>entity<TAB>count"), ("a\tb\tmany\n", "must be a number"),
                                            ("a\tb\t-1\n", ">= 0")])
 def test_bad_alias_table_names_the_line(tmp_path, rows, message):
     with pytest.raises(ValueError, match=message) as err:

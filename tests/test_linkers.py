@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from eval.linkers import LINKER_NAMES, AliasPrior, BaselineLinker, get_linker, read_title_index
+from eval.linkers import LINKER_NAMES, BaselineLinker, get_linker, read_title_index
+from kb.aliases import AliasTable
 from eval.types import Annotation
 
 ALIASES = "\n".join([
@@ -53,21 +54,21 @@ def test_onegen_import_failure_is_explained(monkeypatch):
 
 
 def test_alias_prior_exact_then_case_insensitive(paths):
-    prior = AliasPrior.from_tsv(paths["aliases"])
-    assert prior.lookup("German") == "Germany"  # most frequent entity of the exact string
-    assert prior.lookup("kohl") == "Kohl_(vegetable)"  # exact string wins over other casings
-    assert prior.lookup("KoHL") == "Helmut_Kohl"  # casefolded counts summed: Helmut_Kohl 3 vs vegetable 2
-    assert prior.lookup("Paris") == "Paris"  # a tie goes to the smallest id, deterministically
-    assert prior.lookup("Brussels") is None
+    prior = AliasTable.from_tsv(paths["aliases"])
+    assert prior.most_frequent("German") == "Germany"  # most frequent entity of the exact string
+    assert prior.most_frequent("kohl") == "Kohl_(vegetable)"  # exact string wins over other casings
+    assert prior.most_frequent("KoHL") == "Helmut_Kohl"  # casefolded counts summed: Helmut_Kohl 3 vs vegetable 2
+    assert prior.most_frequent("Paris") == "Paris"  # a tie goes to the smallest id, deterministically
+    assert prior.most_frequent("Brussels") is None
 
 
 def test_alias_table_errors(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("German\tGermany\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.tsv:1: expected mention<TAB>entity<TAB>count"):
-        AliasPrior.from_tsv(bad)
+    with pytest.raises(ValueError, match=r"bad.tsv:1: expected mention<TAB>entity<TAB>count"):
+        AliasTable.from_tsv(bad)
     with pytest.raises(FileNotFoundError, match="alias table not found"):
-        AliasPrior.from_tsv(tmp_path / "missing.tsv")
+        AliasTable.from_tsv(tmp_path / "missing.tsv")
 
 
 def test_title_index_by_title_and_id(paths):
