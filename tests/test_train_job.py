@@ -1,0 +1,269 @@
+"""The training job (onegen/training.py, jobs/train.py): trainable parts, checkpoints, a Ray run killed and resumed.
+
+Tiny random model (tests/tiny.py) saved as a base folder, two invented NIF documents, a ten-entity KB.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.nif import to_nif
+from eval.types import Annotation, Document
+from kb.jsonl import write_kb
+from kb.types import Entity
+from onegen.collate import OneGenCollator
+from onegen.data import build_examples
+from onegen.model import OneGen
+from onegen.train_step import compute_loss
+from onegen.training import (
+    CARD_FILE, CKPT_MODEL, RUN_NAME, SCORE, TrainConfig, load_model_state, make_trainable, read_progress,
+    save_checkpoint,
+)
+from tiny import tiny_model, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCHS = 6  # of the killed-and-resumed run: an epoch takes seconds, so the kill lands well before the end
+KB = [
+    Entity("Germany", "Germany", "Country in Central Europe."),
+    Entity("France", "France", "Country in Western Europe."),
+    Entity("Paris", "Paris", "Capital city of France."),
+    Entity("Bonn", "Bonn", "City on the Rhine in Germany."),
+    Entity("Rhine", "Rhine", "River of Europe."),
+    Entity("Berlin", "Berlin", "Capital city of Germany."),
+    Entity("Spain", "Spain", "Country in Southern Europe."),
+    Entity("Madrid", "Madrid", "Capital city of Spain."),
+    Entity("Lyon", "Lyon", "City in France."),
+    Entity("Danube", "Danube", "River of Central Europe."),
+]
+DOCS = [  # invented text: (text, [(surface, entity)])
+    ("Germany beat Spain .\nParis was calm .", [("Germany", "Germany"), ("Spain", "Spain"), ("Paris", "Paris")]),
+    ("Bonn is old .\nThe Rhine is long .", [("Bonn", "Bonn"), ("Rhine", "Rhine")]),
+    ("Madrid met Lyon .\nThe Danube froze .", [("Madrid", "Madrid"), ("Lyon", "Lyon"), ("Danube", "Danube")]),
+]
+
+
+def document(i: int, text: str, spans) -> Document:
+    annotations, pos = [], 0
+    for surface, entity in spans:
+        start = text.index(surface, pos)
+        annotations.append(Annotation(start, start + len(surface), surface, entity))
+        pos = start + len(surface)
+    return Document(f"http://example.org/doc{i}", text, annotations)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    """A tiny base model folder, a NIF training file and a KB JSONL."""
+    root = tmp_path_factory.mktemp("train_job")
+    tokenizer = tiny_tokenizer()
+    OneGen(tiny_model(len(tokenizer)), tokenizer, device="cpu").save_pretrained(root / "base")
+    (root / "docs.ttl").write_text(to_nif([document(i, t, s) for i, (t, s) in enumerate(DOCS)]))
+    write_kb(KB, root / "kb.jsonl")
+    return {"base": str(root / "base"), "train": str(root / "docs.ttl"), "kb": str(root / "kb.jsonl"), "root": root}
+
+
+def tiny_config(files, output, **overrides) -> TrainConfig:
+    values = dict(train=files["train"], split=None, kb=files["kb"], base=files["base"], output=str(output),
+                  lora=4, lr=3e-2, epochs=EPOCHS, batch_size=2, max_length=256, warmup_ratio=0.0)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_config_names_unknown_keys_and_choices():
+    with pytest.raises(ValueError, match="unknown training config keys \\['epoch'\\]"):
+        TrainConfig.from_dict({"train": "t", "kb": "k", "output": "o", "epoch": 3})
+    with pytest.raises(ValueError, match="choose one of"):
+        TrainConfig(train="t", kb="k", output="o", loss="hinge")
+    with pytest.raises(ValueError, match="--use-gpu"):
+        TrainConfig(train="t", kb="k", output="o", strategy="fsdp", num_workers=2)
+
+
+def _batch(onegen: OneGen, config: TrainConfig):
+    """One small batch: the second document, two negatives per anchor (logits are (N, T, 49k): keep N small)."""
+    entities = {e.id: e for e in KB}
+    docs = [document(1, *DOCS[1])]
+    examples = build_examples(docs, entities, onegen.tokenizer, onegen.token_ids, max_length=config.max_length,
+                              num_negatives=2)
+    return OneGenCollator(onegen.tokenizer, onegen.token_ids, entities, num_negatives=2)(examples)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lora_trains_token_rows_and_saves_what_loads(tmp_path, tie):
+    """LoRA + OneGen token rows train (loss falls), and the saved adapter reloads to the same outputs."""
+    tokenizer = tiny_tokenizer()
+    OneGen(tiny_model(len(tokenizer), tie=tie), tokenizer, device="cpu").save_pretrained(tmp_path / "base")
+    onegen = OneGen.from_pretrained(str(tmp_path / "base"), device="cpu")
+    config = TrainConfig(train="", kb="", output="", base=str(tmp_path / "base"), lora=4, max_length=256)
+    model = make_trainable(onegen.model, onegen.token_ids, config)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
+    assert not any(n.endswith("embed_tokens.weight") for n in trainable)  # only 3 rows, not the matrix
+    batch = _batch(onegen, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    model.train()
+    losses = []
+    for _ in range(4):
+        loss = compute_loss(model, batch, onegen.token_ids).total
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    onegen.model = model
+    onegen.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        expected = model(input_ids=batch.input_ids[:1]).logits  # (1, T, V): the mention row
+        loaded = OneGen.from_pretrained(str(tmp_path / "adapter"), device="cpu")
+        got = loaded.model(input_ids=batch.input_ids[:1]).logits
+    torch.testing.assert_close(got, expected)
+
+
+def test_checkpoint_restores_trained_weights(tmp_path, files):
+    onegen = OneGen.from_pretrained(files["base"], device="cpu")
+    config = tiny_config(files, tmp_path / "out")
+    model = make_trainable(onegen.model, onegen.token_ids, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    compute_loss(model, _batch(onegen, config), onegen.token_ids).total.backward()
+    optimizer.step()
+    onegen.model = model
+    save_checkpoint(tmp_path / "ckpt", model, onegen, optimizer, scheduler, rank=0)
+
+    fresh = OneGen.from_pretrained(files["base"], device="cpu")
+    restored = make_trainable(fresh.model, fresh.token_ids, config)
+    load_model_state(restored, tmp_path / "ckpt", config)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for name, param in restored.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, trained[name], msg=name)
+
+
+def test_fsdp_wraps_decoder_layers_and_checkpoints_a_loadable_adapter(tmp_path, files):
+    """FSDP construction, one step and the checkpoint path, in one CPU process (Ray's FSDP needs GPUs)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from onegen.training import OneGenLoss, Progress, fsdp_kwargs, load_train_state, write_progress
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        onegen = OneGen.from_pretrained(files["base"], device="cpu")
+        config = tiny_config(files, tmp_path / "out")
+        model = make_trainable(onegen.model, onegen.token_ids, config)
+        kwargs = fsdp_kwargs(model, torch.device("cpu"))
+        kwargs.pop("mixed_precision")  # bf16 compute is for GPUs
+        sharded = FSDP(OneGenLoss(model, onegen.token_ids), **kwargs)
+        units = [m for m in sharded.modules() if isinstance(m, FSDP)]
+        assert len(units) == 1 + 2  # the root and one unit per decoder layer of the 2-layer model
+        optimizer = torch.optim.AdamW([p for p in sharded.parameters() if p.requires_grad], lr=3e-2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        sharded(_batch(onegen, config)).total.backward()
+        optimizer.step()
+        assert [u._is_root for u in units] == [True, False, False]  # the forward ran through the root
+        onegen.model = model
+        save_checkpoint(tmp_path / "ckpt", sharded, onegen, optimizer, scheduler, rank=0)
+        write_progress(tmp_path / "ckpt", Progress(epoch=1, step=1))
+        assert load_train_state(tmp_path / "ckpt", sharded, optimizer, scheduler).step == 1
+    finally:
+        dist.destroy_process_group()
+    loaded = OneGen.from_pretrained(str(tmp_path / "ckpt" / CKPT_MODEL), device="cpu")
+    assert loaded.adapter is not None
+
+
+def test_ddp_runs_the_loss_through_its_forward(tmp_path, files):
+    """DDP (one CPU process) wraps OneGenLoss: a step through the wrapper trains the LoRA weights."""
+    import torch.distributed as dist
+
+    from onegen.training import OneGenLoss
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        onegen = OneGen.from_pretrained(files["base"], device="cpu")
+        config = tiny_config(files, tmp_path / "out")
+        model = make_trainable(onegen.model, onegen.token_ids, config)
+        ddp = torch.nn.parallel.DistributedDataParallel(OneGenLoss(model, onegen.token_ids))
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=3e-2)
+        ddp(_batch(onegen, config)).total.backward()
+        optimizer.step()
+    finally:
+        dist.destroy_process_group()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("lora_B" in n for n in changed) and any("trainable_tokens" in n for n in changed)
+
+
+def _cli(files, output, *extra) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / "train.py"), "--train", files["train"], "--split", "all",
+            "--kb", files["kb"], "--base", files["base"], "--output", str(output), "--lora", "4", "--lr", "3e-2",
+            "--epochs", str(EPOCHS), "--batch-size", "2", "--max-length", "256", *extra]
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run: Path, timeout: float) -> None:
+    """Block until Ray has registered a finished checkpoint of `run` in its manager snapshot."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [c.name for c in run.glob("checkpoint_*") if (c / "progress.json").is_file()]
+        snapshots = " ".join(f.read_text() for f in run.glob("checkpoint_manager_snapshot*.json"))
+        if any(name in snapshots for name in done):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited ({proc.returncode}) before its first checkpoint:\n"
+                                 f"{proc.stdout.read().decode(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint under {run} after {timeout} s")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_run_resumes_and_writes_a_loadable_model(tmp_path, files):
+    """SIGKILL a CLI run after its first checkpoint; --resume finishes it: counters continue, model card, loadable."""
+    import ray
+
+    from onegen.training import train
+
+    output = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_object_store_memory": str(200 * 2**20)}
+    proc = subprocess.Popen(_cli(files, output, "--eval", files["train"], "--eval-split", "all"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    run = output / "ray" / RUN_NAME
+    try:
+        _wait_for_checkpoint(proc, run, timeout=150)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and the local Ray cluster it started
+        proc.wait()
+    killed_at = max(read_progress(c).epoch for c in run.glob("checkpoint_*") if (c / "progress.json").is_file())
+    assert 1 <= killed_at < EPOCHS, "the run was killed after its last epoch; nothing left to resume"
+    assert not (output / CARD_FILE).exists()
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(files, output, eval=files["train"], eval_split=None))
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
+    try:
+        result = train(tiny_config(files, output, eval=files["train"], eval_split=None, resume=True))
+    finally:
+        ray.shutdown()
+
+    history = result.progress.history
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    steps = [h["step"] for h in history]
+    assert steps == [2 * e for e in range(1, EPOCHS + 1)]  # 3 examples in batches of 2: 2 steps an epoch, counted on
+    assert steps[-1] == result.progress.step
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(SCORE in h for h in history)
+    card = (output / CARD_FILE).read_text()
+    assert "Metrics per epoch" in card and files["base"] in card and "Hardware" in card
+    assert "\n| 1 | 2 | " in card and f"\n| {EPOCHS} | {2 * EPOCHS} | " in card  # a row per epoch: epoch, step, ...
+    args = json.loads((output / "training_args.json").read_text())
+    assert args["base"] == files["base"] and args["lora"] == 4
+    assert (output / "adapter_model.safetensors").is_file() and (output / "tokenizer.json").is_file()
+    loaded = OneGen.from_pretrained(str(output), device="cpu")
+    assert loaded.adapter == str(output) and loaded.name_or_path == files["base"]
+    best = max(history, key=lambda h: h[SCORE])[SCORE]
+    assert result.checkpoint.name.startswith("checkpoint_") and read_progress(result.checkpoint).history[-1][SCORE] == best
+    assert not any(CKPT_MODEL == p.name for p in output.iterdir() if p.is_dir())
