@@ -1,0 +1,22 @@
+"""Integration: the embedded default SmolLM2-135M-Instruct loads and embeds entities (CPU, fp32)."""
+import numpy as np
+import pytest
+import torch
+
+from kb.types import Entity
+from onegen.default_model import DEFAULT_MODEL_NAME
+from onegen.model import OneGen
+
+
+@pytest.mark.slow
+def test_default_model_embeds_entities():
+    onegen = OneGen.from_pretrained(device="cpu")
+    assert onegen.name_or_path == DEFAULT_MODEL_NAME and onegen.dtype == torch.float32
+    assert onegen.hidden_size == 576 and onegen.token_ids.entity == 49152
+    entities = [Entity("Paris", "Paris", "Capital and largest city of France."), Entity("Nile", "Nile", "")]
+    vectors = onegen.embed_entities(entities)
+    assert vectors.shape == (2, 576) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(onegen.embed_entities(entities, reuse_prefix=False), vectors, atol=1e-4)
+    assert float(vectors[0] @ vectors[1]) < 0.9999  # two entities, two vectors
+    assert onegen.fingerprint() == OneGen.from_pretrained(DEFAULT_MODEL_NAME, device="cpu").fingerprint()
