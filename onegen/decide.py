@@ -15,6 +15,8 @@ from pathlib import Path
 
 from kb.aliases import AliasTable
 
+DEFAULT_NIL_THRESHOLD = 0.5  # cosine below which a mention is NIL, unless the user tunes it (on AIDA testa)
+
 
 @dataclass
 class AliasPrior:

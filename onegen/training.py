@@ -26,13 +26,13 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from eval.types import Annotation, Document
+from eval.types import Document
 from kb.types import Entity
 from onegen.default_model import DEFAULT_MODEL_NAME, default_model_dir
+from onegen.linker import ExactSearch, link_texts
 from onegen.loss import RETRIEVAL_KINDS
 from onegen.model import OneGen, TokenIds, add_onegen_tokens, token_rows
 
@@ -312,20 +312,6 @@ def load_train_state(directory: Path, model: nn.Module, optimizer, scheduler) ->
 # --- evaluation ---
 
 
-def link_exact(onegen: OneGen, texts: list[str], kb_ids: list[str], kb_vectors: np.ndarray,
-               batch_size: int = 8) -> list[list[Annotation]]:
-    """Annotate `texts` and link every mention to its cosine top-1 among `kb_vectors` (N, D); no NIL."""
-    out = []
-    for annotated in onegen(texts, batch_size=batch_size):
-        if not annotated.mentions:
-            out.append([])
-            continue
-        q = np.stack([m.vector for m in annotated.mentions])  # (M, D), L2-normalised
-        best = (q @ kb_vectors.T).argmax(axis=1)  # (M,) exact inner-product == cosine top-1
-        out.append([Annotation(m.start, m.end, m.surface, kb_ids[b]) for m, b in zip(annotated.mentions, best)])
-    return out
-
-
 def evaluate(onegen: OneGen, docs: list[Document], entities: dict[str, Entity], *, batch_size: int = 8,
              redirects: str | None = None) -> dict:
     """InKB micro precision/recall/F1 (A2KB, strong match, eval/scorer) of exact linking over `entities`."""
@@ -334,7 +320,9 @@ def evaluate(onegen: OneGen, docs: list[Document], entities: dict[str, Entity], 
 
     kb_ids = list(entities)
     kb_vectors = onegen.embed_entities([entities[i] for i in kb_ids])  # (N, D)
-    predicted = link_exact(onegen, [d.text for d in docs], kb_ids, kb_vectors, batch_size)
+    retriever = ExactSearch(kb_ids, kb_vectors)
+    predicted = link_texts(onegen, [d.text for d in docs], retriever, top_k=1, nil_threshold=-math.inf,
+                           batch_size=batch_size)
     report = score(docs, {d.doc_id: p for d, p in zip(docs, predicted)},
                    redirects=Redirects.from_tsv(redirects) if redirects else None)
     micro = report.inkb.micro

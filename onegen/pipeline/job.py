@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import ray
 
-from onegen.decide import AliasPrior
+from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior
 from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, content_hash, resolve_input, scan_inputs
 from onegen.pipeline.outputs import METRICS_FILE, AtomicParquetSink, Manifest, Output, done_rows, drop_sources
 from onegen.pipeline.stages import Annotate, AnnotateStage, Linker, Retriever
@@ -42,7 +42,7 @@ class JobConfig:
     cpus_per_replica: float = 1.0  # CPUs reserved per replica (model compute on CPU; keep small on GPU)
     batch_size: int = 8  # documents per model call
     top_k: int = 10  # candidates kept per mention
-    nil_threshold: float = 0.5  # cosine below which a mention is NIL
+    nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine below which a mention is NIL
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows

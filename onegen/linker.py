@@ -1,0 +1,86 @@
+"""OneGen as a linker for evaluation and small jobs: one pass finds and embeds mentions, then the
+entity index is searched and each mention is linked or left NIL (DESIGN section 3, in-process).
+
+`OneGenLinker(model, kb)` is what `eval/run_gerbil.py run --linker onegen` builds. The KB's index is
+built once per (model, KB) by the index-build job and cached (the link job uses the same cache);
+`index=DIR` uses a built index instead. `link_texts` is the shared core, also used by training to
+score a model against in-memory KB vectors through `ExactSearch`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from eval.types import Annotation
+from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, decide
+
+LOG = logging.getLogger(__name__)
+
+
+class ExactSearch:
+    """Exact cosine top-k over in-memory L2-normalised vectors; the retriever for small KBs."""
+
+    def __init__(self, ids: Sequence[str], vectors: np.ndarray):
+        if len(ids) != len(vectors):
+            raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {len(vectors)}")
+        self.ids = np.asarray(ids, dtype=object)  # (N,)
+        self.vectors = np.asarray(vectors, dtype=np.float32)  # (N, D)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """D (Q, k) cosine scores, I (Q, k) entity ids, best first (None and -inf past the KB size)."""
+        k_found = min(k, len(self.ids))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)  # (Q, k)
+        ids = np.full((len(queries), k), None, dtype=object)  # (Q, k)
+        if k_found:
+            sims = queries.astype(np.float32) @ self.vectors.T  # (Q, N)
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k_found]  # (Q, k_found)
+            scores[:, :k_found] = np.take_along_axis(sims, top, axis=1)
+            ids[:, :k_found] = self.ids[top]
+        return scores, ids
+
+
+def link_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
+               alias_prior: AliasPrior | None = None, batch_size: int = 8) -> list[list[Annotation]]:
+    """Annotate `texts` with `onegen` and link each mention through `retriever.search` and `decide`."""
+    out = []
+    for annotated in onegen(texts, batch_size=batch_size):
+        if not annotated.mentions:
+            out.append([])
+            continue
+        queries = np.stack([m.vector for m in annotated.mentions])  # (M, D), L2-normalised
+        scores, ids = retriever.search(queries, top_k)  # (M, k), (M, k)
+        linked = []
+        for mention, cand_ids, cand_scores in zip(annotated.mentions, ids, scores):
+            entity_id, _ = decide(list(cand_ids), list(cand_scores), mention.surface,
+                                  nil_threshold=nil_threshold, alias_prior=alias_prior)
+            linked.append(Annotation(mention.start, mention.end, mention.surface, entity_id))
+        out.append(linked)
+    return out
+
+
+class OneGenLinker:
+    """The eval/ Linker of a OneGen model over a KB (JSONL, index built and cached) or a built index."""
+
+    def __init__(self, model: str | None = None, kb: str | None = None, index: str | None = None, batch_size: int = 8,
+                 nil_threshold: float | None = None, aliases: str | None = None, top_k: int = 10):
+        from kb.index import EntityIndex
+        from onegen.model import OneGen
+        from onegen.pipeline.linking import SAMPLE_KB, ensure_index
+
+        self.onegen = OneGen.from_pretrained(model)
+        fingerprint = self.onegen.fingerprint()
+        directory = Path(index) if index else ensure_index(Path(kb) if kb else SAMPLE_KB, model, fingerprint)
+        self.index = EntityIndex.load(directory, expect=fingerprint, expect_dim=self.onegen.hidden_size)
+        LOG.info("linking with %s against %d entities in %s", fingerprint["model"], len(self.index), directory)
+        self.alias_prior = AliasPrior.from_tsv(aliases) if aliases else None
+        self.nil_threshold = DEFAULT_NIL_THRESHOLD if nil_threshold is None else nil_threshold  # cosine below: NIL
+        self.batch_size = batch_size  # texts per model batch
+        self.top_k = top_k  # candidates per mention the prior may re-rank
+
+    def link(self, texts: list[str]) -> list[list[Annotation]]:
+        """One list of annotations per text (code-point offsets, entity id or None for NIL)."""
+        return link_texts(self.onegen, texts, self.index, top_k=self.top_k, nil_threshold=self.nil_threshold,
+                          alias_prior=self.alias_prior, batch_size=self.batch_size)

@@ -1,0 +1,67 @@
+"""The OneGen linker: retrieval + NIL decision over annotated mentions, and the eval/ entry end to end."""
+import numpy as np
+import pytest
+
+from eval.types import Annotation
+from kb.index import EntityIndex
+from kb.types import Entity
+from link_fakes import ENTITIES, fake_annotate, vector
+from onegen.decide import AliasPrior
+from onegen.linker import ExactSearch, OneGenLinker, link_texts
+
+
+class FakeOneGen:
+    """Capitalised words as mentions with hashed vectors (tests/link_fakes.py)."""
+
+    def __call__(self, texts, batch_size=8):
+        return fake_annotate(texts)
+
+
+def kb_search(names=ENTITIES):
+    return ExactSearch(names, np.stack([vector(n) for n in names]))
+
+
+def test_exact_search_ranks_by_cosine_and_pads_past_the_kb():
+    search = kb_search(["Paris", "Rome"])
+    scores, ids = search.search(np.stack([vector("Rome")]), k=3)
+    assert list(ids[0]) == ["Rome", "Paris", None]
+    assert scores[0, 0] == pytest.approx(1.0) and scores[0, 1] < 1.0 and scores[0, 2] == -np.inf
+    with pytest.raises(ValueError, match="ids and vectors must be the same"):
+        ExactSearch(["a"], np.zeros((2, 4), np.float32))
+
+
+def test_link_texts_links_known_mentions_and_leaves_unknown_ones_nil():
+    text = "Paris is in France, not in Narnia."
+    (annotations,) = link_texts(FakeOneGen(), [text], kb_search(), nil_threshold=0.9)
+    assert annotations == [Annotation(0, 5, "Paris", "Paris"), Annotation(12, 18, "France", "France"),
+                           Annotation(27, 33, "Narnia", None)]
+    assert all(text[a.start:a.end] == a.surface for a in annotations)
+    assert link_texts(FakeOneGen(), ["no capitals here", ""], kb_search(), nil_threshold=0.0) == [[], []]
+
+
+def test_link_texts_alias_prior_reranks_candidates(tmp_path):
+    aliases = tmp_path / "aliases.tsv"
+    aliases.write_text("Paris\tFrance\t10\n", encoding="utf-8")
+    prior = AliasPrior.from_tsv(aliases, weight=5.0)
+    (annotations,) = link_texts(FakeOneGen(), ["Paris"], kb_search(), nil_threshold=-1.0, alias_prior=prior)
+    assert annotations[0].entity_id == "France"
+
+
+def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
+    from tiny import tiny_model, tiny_tokenizer
+
+    from onegen.model import OneGen
+
+    tokenizer = tiny_tokenizer()
+    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(tmp_path / "model")
+    onegen = OneGen.from_pretrained(str(tmp_path / "model"))
+    entities = [Entity("Paris", "Paris", "Capital of France."), Entity("Rome", "Rome", "Capital of Italy.")]
+    EntityIndex.build(tmp_path / "index", [e.id for e in entities], onegen.embed_entities(entities),
+                      fingerprint=onegen.fingerprint())
+    linker = OneGenLinker(model=str(tmp_path / "model"), index=str(tmp_path / "index"), nil_threshold=-1.0)
+    texts = ["Paris and Rome.", ""]
+    out = linker.link(texts)
+    assert len(out) == 2 and out[1] == []
+    for annotation in out[0]:  # a random model marks whatever it marks; every span must be exact and linked
+        assert texts[0][annotation.start:annotation.end] == annotation.surface
+        assert annotation.entity_id in {"Paris", "Rome"}
