@@ -99,7 +99,7 @@ class Redirects:
             current = self.table[current]
             if current in seen:  # cycle: the members are path[path.index(current):]
                 cycle = path[path.index(current):]
-                LOG.warning("redirect cycle %s", " -> ".join(cycle + [current]))
+                LOG.debug("redirect cycle %s", " -> ".join(cycle + [current]))
                 target = min(cycle)
                 break
             seen.add(current)
