@@ -1,0 +1,183 @@
+"""Decoding benchmark: plain `generate` vs the copy-speculative one-pass decoder, and one-pass vs two-pass.
+
+    python bench/decode.py [--model M] [--batch-size 8] [--texts 16] [--input docs.jsonl]
+                           [--max-new-tokens N] [--dtype float32] [--device cpu] [--repeats 2] [--random-llama7b]
+
+Same model, same prompts (the mention-detection prompt of each text), same batches, one run:
+
+- plain generate: HF `generate`, greedy, `[_CONTINUE_]` forced after `[LK]` (no vectors);
+- two-pass: that `generate` plus a second forward over prompt + output for the `[LK]` states
+  (what the official code's approach costs when the states are read afterwards);
+- one-pass, no drafts: our decoder, one token per forward, states collected on the way;
+- one-pass, copy drafts: our decoder with `CopyDrafter` (the default of `onegen.inference`).
+
+Each batch runs every method `--repeats` times, interleaved, and the fastest run counts (the
+machine is shared and noisy). It prints new tokens/s of each, the speed-up of the copy decoder over plain generate, the
+one-pass/two-pass time ratios, the drafting counters, and whether all methods produced identical
+tokens (they must, up to float ties).
+
+Which regime this measures: the embedded default (SmolLM2-135M-Instruct, untrained for OneGen)
+already answers the mention-detection prompt with a copy of the text (no markup), so drafts from
+the source are accepted as they would be for a trained OneGen model on the copied stretches; the
+acceptance rate printed is the model's own, nothing is forced. A trained model adds markup after
+each mention, which costs about two rejected drafts per mention (the start and the end of a mention
+are the model's decisions). `--random-llama7b` builds a Llama-2-7B-shaped random model (bf16) for
+GPU timing: random weights never copy, so there the copy decoder's acceptance is ~0 and the table
+shows its overhead floor, not its gain.
+
+Texts: `--input` JSONL with a `text` field, else built-in sentences written for this benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from onegen.decoding import CopyDrafter, DecodeStats, Decoded, copy_decode, greedy_decode  # noqa: E402
+from onegen.model import OneGen  # noqa: E402
+from onegen.prompts import mention_prompt  # noqa: E402
+
+SENTENCES = [  # written for this benchmark (news-like, many names)
+    "The city council of Lyon approved a new tram line on Tuesday after a long debate.",
+    "Maria Santos, the chief executive of Atlantic Freight, said profits rose by nine percent.",
+    "Heavy rain flooded roads across northern Portugal and closed the airport in Porto for six hours.",
+    "The Springfield Tigers beat the Riverside Hawks 3-2 in overtime on Saturday night.",
+    "Officials in Nairobi announced a census of the region's elephant population.",
+    "Professor Liam O'Connor of Trinity College Dublin won the award for his work on glaciers.",
+    "Shares of Nordic Steel fell sharply in Stockholm after the company cut its forecast.",
+    "The festival in Edinburgh drew more than two million visitors this summer, organisers said.",
+    "Prime Minister Anna Keller met President Jonas Weber in Vienna to discuss energy prices.",
+    "A new bridge over the Danube near Budapest will open to traffic next spring.",
+    "Engineers at Orion Labs in Austin tested a battery that charges in ten minutes.",
+    "Fans in Buenos Aires celebrated late into the night after the cup final.",
+]
+
+
+def sample_texts(n: int) -> list[str]:
+    """n texts of 1-3 sentences each (varied lengths)."""
+    return [" ".join(SENTENCES[(i + j * 5) % len(SENTENCES)] for j in range(1 + i % 3)) for i in range(n)]
+
+
+def read_texts(path: Path, n: int) -> list[str]:
+    texts = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                texts.append(json.loads(line)["text"])
+            if len(texts) == n:
+                break
+    return texts
+
+
+def random_llama7b(device: str) -> OneGen:
+    """A Llama-2-7B-shaped random model (bf16) with the default model's tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from onegen.default_model import default_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer) + 3,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
+    return OneGen(model, tokenizer, device=device)
+
+
+def timed(fn: Callable[[], list[Decoded]], device: torch.device) -> tuple[float, list[Decoded]]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--texts", type=int, default=16, help="number of texts")
+    parser.add_argument("--input", type=Path, default=None, help="JSONL with a 'text' field (default: built-in sentences)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 2 x longest text's tokens + 64")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    parser.add_argument("--draft-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per batch and method, the fastest counts (shared machines)")
+    parser.add_argument("--random-llama7b", action="store_true", help="Llama-2-7B-shaped random model, bf16 (GPU timing)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    onegen = random_llama7b(str(device)) if args.random_llama7b else OneGen.from_pretrained(args.model, device=device, dtype=args.dtype)
+    tokenizer, model, ids = onegen.tokenizer, onegen.model, onegen.token_ids
+    texts = read_texts(args.input, args.texts) if args.input else sample_texts(args.texts)
+    prompts = [tokenizer(mention_prompt(tokenizer, t), add_special_tokens=False).input_ids for t in texts]
+    source_tokens = max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+    max_new = args.max_new_tokens or 2 * source_tokens + 64
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(texts)), key=lambda i: len(prompts[i]))
+    batches = [order[b : b + args.batch_size] for b in range(0, len(order), args.batch_size)]
+    common = dict(max_new_tokens=max_new, pad_token_id=pad)
+    stats = DecodeStats()
+
+    methods = {
+        "plain generate": lambda b: greedy_decode(model, ids, [prompts[i] for i in b], states=False, **common),
+        "two-pass (generate + forward)": lambda b: greedy_decode(model, ids, [prompts[i] for i in b], **common),
+        "one-pass, no drafts": lambda b: copy_decode(model, ids, [prompts[i] for i in b], None, **common),
+        "one-pass, copy drafts": lambda b: copy_decode(
+            model, ids, [prompts[i] for i in b], CopyDrafter(tokenizer, [texts[i] for i in b], [prompts[i] for i in b]),
+            draft_tokens=args.draft_tokens, stats=stats, **common),
+    }
+    methods["plain generate"](batches[0][:1])  # warm-up (first-call allocations)
+    seconds = {name: 0.0 for name in methods}
+    outputs: dict[str, list[list[int]]] = {name: [] for name in methods}
+    for batch in batches:
+        best = {name: math.inf for name in methods}  # fastest of the repeats: the least disturbed run
+        for repeat in range(args.repeats):
+            for name, fn in methods.items():
+                t, decoded = timed(lambda: fn(batch), device)
+                best[name] = min(best[name], t)
+                if repeat == 0:
+                    outputs[name] += [d.tokens for d in decoded]
+        for name in methods:
+            seconds[name] += best[name]
+
+    new_tokens = sum(len(t) for t in outputs["plain generate"])
+    print(f"device={device} model={'random-llama7b' if args.random_llama7b else onegen.name_or_path} "
+          f"dtype={onegen.dtype} texts={len(texts)} batch={args.batch_size} max_new_tokens={max_new} "
+          f"prompt tokens={sum(map(len, prompts))} new tokens={new_tokens}")
+    print(f"{'method':32s} {'seconds':>9s} {'new tok/s':>10s}")
+    for name in methods:
+        print(f"{name:32s} {seconds[name]:9.2f} {sum(map(len, outputs[name])) / seconds[name]:10.1f}")
+    plain_rate = new_tokens / seconds["plain generate"]
+    copy_rate = sum(map(len, outputs["one-pass, copy drafts"])) / seconds["one-pass, copy drafts"]
+    print(f"copy decoder vs plain generate (tokens/s): {copy_rate / plain_rate:.2f}x")
+    print(f"two-pass / one-pass time, copy drafts: {seconds['two-pass (generate + forward)'] / seconds['one-pass, copy drafts']:.2f}x")
+    print(f"two-pass / one-pass time, no drafts:   {seconds['two-pass (generate + forward)'] / seconds['one-pass, no drafts']:.2f}x")
+    print(f"drafting: {stats.forward_passes} verify passes, {stats.accepted}/{stats.drafted} drafted tokens accepted "
+          f"({stats.accepted / max(stats.drafted, 1):.0%}), {stats.generated / max(stats.forward_passes, 1):.1f} tokens/pass "
+          f"over the batch, {stats.compactions} compactions")
+    differ = sum(a != b for name in methods for a, b in zip(outputs[name], outputs["plain generate"]))
+    print(f"identical tokens across methods: {'yes' if differ == 0 else f'NO ({differ} rows differ)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+"""Greedy decoding for OneGen: `[_CONTINUE_]` forced after every `[LK]`, the `[LK]` hidden states
+collected in the same pass, and copy-speculative verification so that a copied span costs one forward.
+
+Two decoders with the same output:
+
+- `greedy_decode`: the reference. Hugging Face `generate` (greedy) with a logits processor that forces
+  `[_CONTINUE_]` after `[LK]`, then a second forward over prompt + output to read the `[LK]` states.
+- `copy_decode`: the fast path. The marked output is mostly a copy of the source text, so a drafter
+  (`CopyDrafter`) proposes the next k tokens from the source (and the markup around a mention; prompt
+  lookup over prompt + output when the output leaves the source) and ONE forward pass scores all of them. The model's own greedy choice at each drafted slot (with the forcing
+  rule applied: the token after `[LK]` is `[_CONTINUE_]`) decides: the longest drafted prefix that
+  equals those choices is accepted, plus the model's next token after it. Every committed token is thus
+  the greedy token given its prefix: the output is token-for-token that of plain greedy decoding
+  (up to floating-point ties: a forward over k+1 new tokens rounds differently from k+1 single-token
+  forwards). The last layer's hidden state after the final norm (`hidden_states[-1]`) comes with the
+  same forward, so a committed `[LK]` has its vector with no second pass.
+
+Batching design: one KV cache for the whole batch, rows of different lengths and different acceptance.
+- The prompts' shared prefix (chat template + instruction) is prefilled once and copied to every row;
+  the rest of each prompt is left-padded after it (padding masked). Every forward gets a 2D attention mask over all cache slots (past + new)
+  and explicit per-row `position_ids` (the row's count of real tokens so far), as `generate` does.
+- Each pass appends W = 1 + max draft length slots per row: the row's last committed token, its draft,
+  then padding. Slots of rejected drafts and padding stay in the cache but are masked out (mask 0) for
+  every later query, so a row sees exactly its own committed prefix, at the right rotary positions.
+- Rows that stop (EOS, max_new_tokens) leave the batch (the cache rows are dropped), and when masked
+  slots make up too much of the cache, it is compacted: each row's live slots are gathered and
+  left-aligned again. Rotary positions were applied when the keys were written, so moving slots is exact.
+- Models with sliding-window attention (Mistral) are exact only while the cache is shorter than the
+  window, since the window counts cache slots.
+
+The draft length adapts per row: it grows while drafts are accepted and shrinks when they are not, so
+an output that does not copy (an untrained model) wastes little compute.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+
+from onegen.tokens import CONTINUE, LINK, MENTION_CLOSE, MENTION_OPEN
+
+DRAFT_TOKENS = 16  # most drafted tokens per row and pass
+MIN_DRAFT_TOKENS = 2  # a row whose drafts fail keeps drafting this many
+COMPACT_WASTE = 0.5  # compact the cache when masked slots exceed this fraction of it ...
+COMPACT_MIN_SLOTS = 64  # ... and it has more slots than this
+MIN_SHARED_PREFIX = 8  # prompts sharing at least this many first tokens prefill them once
+
+
+@dataclass
+class Decoded:
+    """The output of one prompt."""
+
+    tokens: list[int]  # generated token ids, the stopping EOS included when one was generated
+    link_positions: list[int]  # index in `tokens` of every [LK] that has a vector, in order
+    link_states: torch.Tensor  # (len(link_positions), D) float32, last-layer state after the final norm
+
+
+@dataclass
+class DecodeStats:
+    """Counters of `copy_decode` calls, added to by each call (for benchmarks and tuning)."""
+
+    forward_passes: int = 0  # forwards after the prefill
+    drafted: int = 0  # draft tokens scored
+    accepted: int = 0  # draft tokens accepted
+    generated: int = 0  # tokens committed over all rows
+    compactions: int = 0  # cache compactions
+
+
+class Drafter(Protocol):
+    """Proposes the next tokens of one row."""
+
+    def draft(self, row: int, tokens: Sequence[int], k: int) -> list[int]:
+        """Up to `k` guessed next tokens for prompt `row` after its generated `tokens`."""
+
+
+class ForceContinue(LogitsProcessor):
+    """Forces `[_CONTINUE_]` as the next token of every row whose last token is `[LK]`."""
+
+    def __init__(self, link_id: int, continue_id: int):
+        self.link_id = link_id
+        self.continue_id = continue_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows = input_ids[:, -1] == self.link_id  # (B,)
+        forced = torch.full_like(scores[rows], float("-inf"))
+        forced[:, self.continue_id] = 0.0
+        scores[rows] = forced
+        return scores
+
+
+@dataclass
+class _SourceState:
+    """Where a row's output stands against its source text (CopyDrafter)."""
+
+    plain_len: int = 0  # characters of the unmarked output already followed
+    src_pos: int = 0  # source offset right after the followed output; -1 when lost
+    synced: bool = True  # the latest output text was found in the source
+
+
+class CopyDrafter:
+    """Drafts the continuation of a marked copy of each source text.
+
+    The output so far is decoded to text. An unfinished markup run at its end (`</MEN`, `</MENTION>`,
+    `[LK]`, `<`) is set aside and completed (`... </MENTION>[LK][_CONTINUE_]`, or `<MENTION>`); the other
+    markers are removed to get the plain copy, which is matched against the source to find the source
+    offset it has reached (re-found by searching its last characters when the copy drifts). The draft is
+    the completion followed by the source text from that offset, tokenised.
+
+    When the output is not a copy of the source (the model writes a preamble, or repeats itself), the
+    draft falls back to prompt lookup: the continuation of the latest earlier occurrence of the last
+    few tokens in prompt + output.
+    """
+
+    CLOSE_RUN = MENTION_CLOSE + LINK + CONTINUE  # the markup that ends a mention, in output order
+
+    def __init__(self, tokenizer, sources: Sequence[str], prompts: Sequence[Sequence[int]] | None = None):
+        self.tokenizer = tokenizer
+        self.sources = list(sources)
+        self.prompts = [list(p) for p in prompts] if prompts is not None else [[] for _ in self.sources]
+        self.states = [_SourceState() for _ in self.sources]
+
+    def draft(self, row: int, tokens: Sequence[int], k: int) -> list[int]:
+        if k <= 0:
+            return []
+        text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+        source, state = self.sources[row], self.states[row]
+        partial, completion = self._unfinished(text)
+        _follow(source, state, _strip_markers(text[: len(text) - len(partial)]))
+        if partial == "<":  # a literal `<` of the source, or the start of `<MENTION>` or `</MENTION>`
+            if state.src_pos >= 0 and source.startswith("<", state.src_pos):
+                state.src_pos, state.plain_len, completion = state.src_pos + 1, state.plain_len + 1, ""
+            elif text.rfind(MENTION_OPEN) > text.rfind(MENTION_CLOSE):  # inside a mention
+                completion = self.CLOSE_RUN[1:]
+        rest = source[state.src_pos : state.src_pos + 8 * k] if state.synced and state.src_pos >= 0 else ""
+        if not completion + rest:
+            return _lookup(self.prompts[row] + list(tokens), k)
+        return self.tokenizer(completion + rest, add_special_tokens=False).input_ids[:k]
+
+    def _unfinished(self, text: str) -> tuple[str, str]:
+        """(the unfinished markup run ending `text`, the text that completes it); ("", "") if none."""
+        runs = [(self.CLOSE_RUN, n) for n in range(2, len(self.CLOSE_RUN))]  # `</` ... `</MENTION>[LK]`
+        runs += [(LINK + CONTINUE, len(LINK))]  # a bare [LK]
+        runs += [(MENTION_OPEN, n) for n in range(1, len(MENTION_OPEN))]  # `<` ... `<MENTION`
+        best = ("", "")
+        for run, n in runs:
+            if n > len(best[0]) and text.endswith(run[:n]):
+                best = (run[:n], run[n:])
+        return best
+
+
+def _lookup(context: list[int], k: int, sizes: tuple[int, ...] = (4, 3, 2)) -> list[int]:
+    """Prompt lookup: the k tokens that followed the latest earlier occurrence of the last n tokens."""
+    tokens = np.asarray(context)
+    for n in sizes:
+        if len(tokens) <= n:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)  # (L - n, n), each has a successor
+        hits = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n
+            return tokens[start : start + k].tolist()
+    return []
+
+
+def _follow(source: str, state: _SourceState, plain: str) -> None:
+    """Advance `state.src_pos` over the new plain characters, re-finding it when the copy drifts."""
+    new = plain[state.plain_len :]
+    state.plain_len = len(plain)
+    if not new:
+        return
+    if state.src_pos >= 0 and source.startswith(new, state.src_pos):
+        state.src_pos += len(new)
+        state.synced = True
+        return
+    state.synced = False
+    lo = max(0, state.src_pos - 2 * len(new) - 64) if state.src_pos >= 0 else 0
+    for n in (32, 16, 8):
+        if len(plain) < n:
+            continue
+        tail = plain[-n:]
+        j = source.find(tail, lo)
+        if j < 0:
+            j = source.find(tail)
+        if j >= 0:
+            state.src_pos, state.synced = j + n, True
+            return
+    state.src_pos = -1
+
+
+def _strip_markers(text: str) -> str:
+    for marker in (MENTION_OPEN, MENTION_CLOSE, LINK, CONTINUE):
+        text = text.replace(marker, "")
+    return text
+
+
+def _eos_ids(model, eos_token_ids) -> set[int]:
+    if eos_token_ids is None:
+        eos_token_ids = model.generation_config.eos_token_id
+    if eos_token_ids is None:
+        return set()
+    return {int(eos_token_ids)} if isinstance(eos_token_ids, int) else {int(i) for i in eos_token_ids}
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids (B, T), attention_mask (B, T)) with the prompts right-aligned."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch, as `generate` computes them: (B, T)."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]]) -> None:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError(f"expected a non-empty list of non-empty prompts (token id lists), got lengths {[len(p) for p in prompts]}")
+
+
+@torch.inference_mode()
+def greedy_decode(
+    model,
+    token_ids,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    pad_token_id: int,
+    eos_token_ids: int | Sequence[int] | None = None,
+    states: bool = True,
+) -> list[Decoded]:
+    """The reference: HF `generate` (greedy, `[_CONTINUE_]` forced after `[LK]`) on the left-padded batch,
+    then a second forward over prompt + output to read the `[LK]` states (skipped when `states=False`:
+    no [LK] then has a vector). `token_ids` has `.link`, `.cont`."""
+    _check_prompts(prompts)
+    device = model.device
+    eos = _eos_ids(model, eos_token_ids)
+    ids, mask = _left_pad(prompts, pad_token_id, device)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        logits_processor=LogitsProcessorList([ForceContinue(token_ids.link, token_ids.cont)]),
+        pad_token_id=pad_token_id,
+        eos_token_id=sorted(eos) or None,
+    )
+    width = ids.shape[1]
+    rows = []
+    for r in range(len(prompts)):
+        tokens = []
+        for t in out[r, width:].tolist():
+            tokens.append(t)
+            if t in eos:
+                break
+        rows.append(tokens)
+    if not states:
+        empty = torch.zeros((0, model.config.hidden_size), dtype=torch.float32)
+        return [Decoded(t, [], empty) for t in rows]
+    # second forward: prompts left-padded, outputs right-padded, padding masked
+    full = torch.full((len(rows), out.shape[1]), pad_token_id, dtype=torch.long, device=device)
+    full_mask = torch.zeros_like(full)
+    full[:, :width], full_mask[:, :width] = ids, mask
+    for r, tokens in enumerate(rows):
+        full[r, width : width + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        full_mask[r, width : width + len(tokens)] = 1
+    hidden = model(
+        input_ids=full,
+        attention_mask=full_mask,
+        position_ids=_positions(full_mask),
+        output_hidden_states=True,
+        logits_to_keep=1,  # only the states are needed
+    ).hidden_states[-1]  # (B, T, D)
+    decoded = []
+    for r, tokens in enumerate(rows):
+        positions = [i for i, t in enumerate(tokens) if t == token_ids.link]
+        states = hidden[r, [width + i for i in positions]].float().cpu()  # (n, D)
+        decoded.append(Decoded(tokens, positions, states))
+    return decoded
+
+
+@dataclass
+class _Row:
+    """Decoding state of one prompt in `copy_decode`."""
+
+    index: int  # position in the caller's prompt list
+    budget: int  # max new tokens of this row
+    tokens: list[int] = field(default_factory=list)  # committed generated tokens; the last one is not fed yet
+    live: int = 0  # live cache slots (real prompt tokens + fed tokens) = next position id
+    k: int = DRAFT_TOKENS  # current draft length
+    link_positions: list[int] = field(default_factory=list)
+    link_states: list[torch.Tensor] = field(default_factory=list)  # (D,) each
+    flush: bool = False  # finished, but its last token is an unfed [LK] whose state is still needed
+    done: bool = False
+
+
+def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
+    """Keep batch rows `keep` (R,) of every cache layer."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, keep)  # (R, H, T, d)
+        layer.values = layer.values.index_select(0, keep)
+
+
+def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Gather each row's live slots (mask 1), left-padded to the longest row; returns the new mask (B, L)."""
+    live = mask.sum(-1)  # (B,)
+    width = int(live.max())
+    # stable sort puts masked slots (0) first and live slots (1) last, in order: take the last `width`
+    order = torch.sort(mask.long(), dim=-1, stable=True).indices[:, -width:]  # (B, L)
+    for layer in cache.layers:
+        b, h, _, d = layer.keys.shape
+        index = order[:, None, :, None].expand(b, h, width, d)  # (B, H, L, d)
+        layer.keys = layer.keys.gather(2, index)
+        layer.values = layer.values.gather(2, index)
+    return mask.gather(1, order)
+
+
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of the prompts, leaving every prompt at least one more token."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return max(n, 0)
+
+
+def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, device):
+    """Run the prompts into a fresh cache: their shared prefix (the instruction) once, expanded to every
+    row, then the rests left-padded after it. Returns (cache, mask (B, T), output, last prompt ids (B,))."""
+    cache = DynamicCache()
+    shared = _shared_prefix(prompts) if len(prompts) > 1 else 0
+    if shared >= MIN_SHARED_PREFIX:
+        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)  # (1, P)
+        model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
+        for layer in cache.layers:  # (1, H, P, d) -> (B, H, P, d)
+            layer.keys = layer.keys.expand(len(prompts), -1, -1, -1).contiguous()
+            layer.values = layer.values.expand(len(prompts), -1, -1, -1).contiguous()
+    else:
+        shared = 0
+    ids, rest_mask = _left_pad([p[shared:] for p in prompts], pad_id, device)  # (B, S)
+    mask = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=device), rest_mask], dim=1)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,  # (B, P + S)
+        position_ids=shared + _positions(rest_mask),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,  # logits (B, 1, V): only the last position's
+    )
+    return cache, mask, out, ids[:, -1]
+
+
+@torch.inference_mode()
+def copy_decode(
+    model,
+    token_ids,
+    prompts: Sequence[Sequence[int]],
+    drafter: Drafter | None,
+    *,
+    max_new_tokens: int | Sequence[int],
+    pad_token_id: int,
+    eos_token_ids: int | Sequence[int] | None = None,
+    draft_tokens: int = DRAFT_TOKENS,
+    compact_waste: float = COMPACT_WASTE,
+    stats: DecodeStats | None = None,
+) -> list[Decoded]:
+    """Greedy decoding of `prompts` (token id lists) with drafts verified in one forward each (module doc).
+
+    `drafter=None` decodes one token per pass (no drafting). `max_new_tokens` is one limit or one per
+    prompt. `draft_tokens` caps the draft length; the cache is compacted when more than `compact_waste`
+    of its slots are masked. `token_ids` has `.link` and `.cont`. Returns one `Decoded` per prompt, in order."""
+    _check_prompts(prompts)
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError(f"expected one max_new_tokens per prompt ({len(prompts)}), got {len(budgets)}")
+    stats = stats if stats is not None else DecodeStats()
+    device = model.device
+    link, cont = token_ids.link, token_ids.cont
+    eos = _eos_ids(model, eos_token_ids)
+    rows = [_Row(i, budgets[i], k=draft_tokens) for i in range(len(prompts))]
+
+    # [1] prefill: the prompts' shared prefix once, then the left-padded rests; the last position gives
+    # each row's first token
+    cache, mask, out, last = _prefill(model, prompts, pad_token_id, device)
+    first = out.logits[:, -1].argmax(-1)  # (B,)
+    first = torch.where(last == link, torch.full_like(first, cont), first).tolist()
+    for row, token in zip(rows, first):
+        row.live = len(prompts[row.index])
+        if row.budget <= 0:
+            row.done = True
+        else:
+            _commit(row, [token], eos, link, fed=0)
+    active = [r for r in rows if not r.done]
+    keep = torch.tensor([r.index for r in active], dtype=torch.long, device=device)
+    if len(active) < len(rows):
+        _select_rows(cache, keep)
+        mask = mask.index_select(0, keep)
+
+    # [2] draft, verify, commit until every row stops
+    while active:
+        drafts = []
+        for row in active:
+            room = 0 if row.flush else min(row.k, row.budget - len(row.tokens) - 1)
+            draft = drafter.draft(row.index, row.tokens, room) if drafter is not None and room > 0 else []
+            drafts.append(_force_draft(row.tokens[-1], draft[:room], link, cont))
+        width = 1 + max(len(d) for d in drafts)
+        step_ids = torch.full((len(active), width), pad_token_id, dtype=torch.long)
+        step_mask = torch.zeros((len(active), width), dtype=torch.long)
+        for i, (row, draft) in enumerate(zip(active, drafts)):
+            seq = [row.tokens[-1], *draft]
+            step_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            step_mask[i, : len(seq)] = 1
+        step_ids, step_mask = step_ids.to(device), step_mask.to(device)
+        live = torch.tensor([r.live for r in active], dtype=torch.long, device=device)
+        position_ids = live[:, None] + torch.arange(width, device=device)[None, :]  # (B, W)
+        out = model(
+            input_ids=step_ids,
+            attention_mask=torch.cat([mask, step_mask], dim=1),  # (B, T + W)
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        greedy = out.logits.argmax(-1)  # (B, W)
+        greedy = torch.where(step_ids == link, torch.full_like(greedy, cont), greedy).tolist()
+        hidden = out.hidden_states[-1]  # (B, W, D), after the final norm
+        stats.forward_passes += 1
+        accepted_mask = torch.zeros_like(step_mask)
+        for i, (row, draft) in enumerate(zip(active, drafts)):
+            n = 0
+            while n < len(draft) and draft[n] == greedy[i][n]:
+                n += 1
+            stats.drafted += len(draft)
+            stats.accepted += n
+            accepted_mask[i, : n + 1] = 1
+            row.live += n + 1
+            base = len(row.tokens) - 1  # index in row.tokens of the fed pending token
+            for j, token in enumerate([row.tokens[-1], *draft[:n]]):
+                if token == link:
+                    row.link_positions.append(base + j)
+                    row.link_states.append(hidden[i, j].float().cpu())
+            if row.flush:
+                row.done = True
+                continue
+            _commit(row, draft[:n] + [greedy[i][n]], eos, link, fed=n)
+            row.k = min(draft_tokens, row.k + 4) if n == len(draft) else max(MIN_DRAFT_TOKENS, n + 2)
+        mask = torch.cat([mask, accepted_mask], dim=1)  # rejected drafts and padding stay masked
+
+        still = [i for i, r in enumerate(active) if not r.done]
+        if len(still) < len(active):
+            keep = torch.tensor(still, dtype=torch.long, device=device)
+            _select_rows(cache, keep)
+            mask = mask.index_select(0, keep)
+            active = [active[i] for i in still]
+        if active and mask.shape[1] > COMPACT_MIN_SLOTS and int(mask.sum(-1).max()) < (1 - compact_waste) * mask.shape[1]:
+            mask = _compact(cache, mask)
+            stats.compactions += 1
+
+    stats.generated += sum(len(r.tokens) for r in rows)
+    hidden_size = model.config.hidden_size
+    return [
+        Decoded(
+            r.tokens,
+            r.link_positions,
+            torch.stack(r.link_states) if r.link_states else torch.zeros((0, hidden_size), dtype=torch.float32),
+        )
+        for r in rows
+    ]
+
+
+def _force_draft(last: int, draft: list[int], link: int, cont: int) -> list[int]:
+    """The draft with the forcing rule applied: a token after [LK] is [_CONTINUE_] (cut the draft there)."""
+    previous = last
+    for j, token in enumerate(draft):
+        if previous == link and token != cont:
+            return draft[:j] + [cont]
+        previous = token
+    return draft
+
+
+def _commit(row: _Row, new: list[int], eos: set[int], link: int, fed: int) -> None:
+    """Append `new` tokens to `row` (the first `fed` of them already went through the model), stopping
+    at EOS or the row's budget. A row that stops on an unfed [LK] is flushed: one more pass for its state."""
+    for j, token in enumerate(new):
+        row.tokens.append(token)
+        if token in eos or len(row.tokens) >= row.budget:
+            row.flush = token == link and j >= fed
+            row.done = not row.flush
+            return

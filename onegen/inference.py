@@ -1,0 +1,201 @@
+"""One-pass OneGen inference: texts in, mentions with exact offsets and their [LK] vectors out.
+
+Each text is cut into sentence-aware windows (onegen.chunking), each window becomes one mention-detection
+prompt (onegen.prompts), and all windows of all texts are decoded in length-sorted batches by
+onegen.decoding, which returns the generated tokens and the [LK] hidden states of the same pass. The
+marked output of each window is aligned back to the window text (onegen.align), offsets are shifted to
+the full text, and a mention seen by two overlapping windows is kept once: the same span from the
+window where it lies farther from an inner window edge (more context on both sides), and of two
+overlapping different spans, likewise the one farther from an edge.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onegen.align import align_mentions
+from onegen.chunking import Window, sentence_windows
+from onegen.decoding import DRAFT_TOKENS, CopyDrafter, Decoded, DecodeStats, copy_decode, greedy_decode
+from onegen.prompts import mention_prompt
+from onegen.tokens import LINK
+from onegen.types import Annotated, Mention
+
+LOG = logging.getLogger(__name__)
+
+DECODERS = ("copy", "greedy")
+DEFAULT_WINDOW_TOKENS = 512  # source tokens per window
+OUTPUT_TOKENS_PER_SOURCE_TOKEN = 2  # generation budget: this many tokens per source token ...
+OUTPUT_EXTRA_TOKENS = 64  # ... plus this many (markup of a mention is ~9 tokens)
+
+
+@dataclass
+class _Job:
+    """One window of one text, to be decoded."""
+
+    text_index: int  # which input text
+    window: Window  # its span in that text
+    prompt: list[int]  # prompt token ids
+    max_new_tokens: int  # generation budget
+    inner_left: bool  # another window precedes it (its left edge is inside the text)
+    inner_right: bool  # another window follows it
+
+
+@dataclass
+class _Candidate:
+    """A mention found in one window, in full-text offsets."""
+
+    start: int
+    end: int
+    vector: np.ndarray  # (D,) float32, L2-normalised
+    edge_distance: float  # characters to the nearest inner window edge (inf when none)
+
+
+def default_window_tokens(onegen) -> int:
+    """DEFAULT_WINDOW_TOKENS, smaller when prompt + window + output would not fit the model's positions."""
+    limit = getattr(onegen.model.config, "max_position_embeddings", None)
+    if not limit:
+        return DEFAULT_WINDOW_TOKENS
+    fits = (limit - 256 - OUTPUT_EXTRA_TOKENS) // (1 + OUTPUT_TOKENS_PER_SOURCE_TOKEN)  # 256: prompt text
+    return max(16, min(DEFAULT_WINDOW_TOKENS, fits))
+
+
+def annotate(
+    onegen,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_window_tokens: int | None = None,
+    decoder: str = "copy",
+    max_new_tokens: int | None = None,
+    draft_tokens: int = DRAFT_TOKENS,
+    stats: DecodeStats | None = None,
+) -> list[Annotated]:
+    """Mark and embed the entity mentions of `texts` with one decoding pass per window.
+
+    Args:
+        onegen: a onegen.model.OneGen (uses .model, .tokenizer, .token_ids).
+        texts: documents of any length; empty or blank ones get no mentions.
+        batch_size: windows decoded together.
+        max_window_tokens: source tokens per window (default: `default_window_tokens(onegen)`).
+        decoder: "copy" (copy-speculative, fast) or "greedy" (HF generate + a second forward); same output.
+        max_new_tokens: generation budget per window (default: 2 x its source tokens + 64).
+        draft_tokens: most drafted tokens per verification pass ("copy").
+        stats: filled with decoding counters ("copy").
+    Returns:
+        One Annotated per text, mentions in text order with L2-normalised float32 [LK] vectors.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tokenizer = onegen.tokenizer
+    window_tokens = max_window_tokens or default_window_tokens(onegen)
+
+    def count_tokens(s: str) -> int:
+        return len(tokenizer(s, add_special_tokens=False).input_ids)
+
+    jobs: list[_Job] = []
+    for t, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings, got {type(text).__name__} at index {t}")
+        windows = sentence_windows(text, window_tokens, count_tokens) if text.strip() else []
+        for w, window in enumerate(windows):
+            source = text[window.start : window.end]
+            budget = max_new_tokens or OUTPUT_TOKENS_PER_SOURCE_TOKEN * count_tokens(source) + OUTPUT_EXTRA_TOKENS
+            prompt = tokenizer(mention_prompt(tokenizer, source), add_special_tokens=False).input_ids
+            jobs.append(_Job(t, window, prompt, budget, w > 0, w < len(windows) - 1))
+
+    results = [Annotated(text) for text in texts]
+    candidates: list[list[_Candidate]] = [[] for _ in texts]
+    marked: list[list[tuple[int, str]]] = [[] for _ in texts]  # (window start, marked output) per text
+    eos = set(_eos_ids(onegen.model, tokenizer))
+    jobs.sort(key=lambda j: len(j.prompt))
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b : b + batch_size]
+        sources = [texts[j.text_index][j.window.start : j.window.end] for j in batch]
+        for job, source, decoded in zip(batch, sources, _decode(onegen, batch, sources, eos, decoder, draft_tokens, stats)):
+            out = _marked_text(tokenizer, decoded, eos)
+            results[job.text_index].generated_tokens += len(decoded.tokens)
+            marked[job.text_index].append((job.window.start, out))
+            candidates[job.text_index] += _window_mentions(job, source, out, decoded)
+    for result, found, outputs in zip(results, candidates, marked):
+        result.mentions = [
+            Mention(c.start, c.end, result.text[c.start : c.end], c.vector) for c in merge_window_mentions(found)
+        ]
+        result.marked = "\n".join(out for _, out in sorted(outputs, key=lambda o: o[0]))
+    return results
+
+
+def _decode(onegen, batch: list[_Job], sources: list[str], eos: set[int], decoder: str, draft_tokens: int, stats) -> list[Decoded]:
+    tokenizer = onegen.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked everywhere: any id works
+    prompts = [j.prompt for j in batch]
+    budgets = [j.max_new_tokens for j in batch]
+    if decoder == "copy":
+        drafter = CopyDrafter(tokenizer, sources, prompts)
+        return copy_decode(onegen.model, onegen.token_ids, prompts, drafter, max_new_tokens=budgets, pad_token_id=pad,
+                           eos_token_ids=sorted(eos), draft_tokens=draft_tokens, stats=stats)
+    decoded = greedy_decode(onegen.model, onegen.token_ids, prompts, max_new_tokens=max(budgets), pad_token_id=pad,
+                            eos_token_ids=sorted(eos))
+    return [_truncate(d, budget) for d, budget in zip(decoded, budgets)]
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """The model's EOS ids (generation config) and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def _truncate(decoded: Decoded, budget: int) -> Decoded:
+    """`decoded` cut to its first `budget` tokens (greedy output is prefix-stable)."""
+    keep = [i for i, p in enumerate(decoded.link_positions) if p < budget]
+    return Decoded(decoded.tokens[:budget], [decoded.link_positions[i] for i in keep], decoded.link_states[keep])
+
+
+def _marked_text(tokenizer, decoded: Decoded, eos: set[int]) -> str:
+    """The generated text with markup, EOS dropped."""
+    tokens = decoded.tokens[:-1] if decoded.tokens and decoded.tokens[-1] in eos else decoded.tokens
+    return tokenizer.decode(tokens, skip_special_tokens=False)
+
+
+def _window_mentions(job: _Job, source: str, marked: str, decoded: Decoded) -> list[_Candidate]:
+    """Aligned mentions of one window that have an [LK] vector, in full-text offsets."""
+    states = decoded.link_states  # (L, D)
+    if marked.count(LINK) != states.shape[0]:
+        LOG.warning("window at %d: %d [LK] in the text but %d vectors; its mentions are dropped",
+                    job.window.start, marked.count(LINK), states.shape[0])
+        return []
+    found = []
+    for m in align_mentions(source, marked):
+        if m.link_index is None:
+            continue
+        vector = states[m.link_index].to(torch.float32).numpy()
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        left = m.start if job.inner_left else math.inf
+        right = len(source) - m.end if job.inner_right else math.inf
+        found.append(_Candidate(job.window.start + m.start, job.window.start + m.end, vector.astype(np.float32),
+                                min(left, right)))
+    return found
+
+
+def merge_window_mentions(candidates: list[_Candidate]) -> list[_Candidate]:
+    """De-duplicate mentions of overlapping windows: farthest from an inner window edge first, then
+    every candidate that overlaps an accepted one is dropped. Returns them in text order."""
+    starts: list[int] = []  # kept spans, sorted by start (they never overlap)
+    kept: list[_Candidate] = []
+    for c in sorted(candidates, key=lambda c: (-c.edge_distance, c.start)):
+        i = bisect.bisect_left(starts, c.start)
+        if (i > 0 and kept[i - 1].end > c.start) or (i < len(kept) and kept[i].start < c.end):
+            continue
+        starts.insert(i, c.start)
+        kept.insert(i, c)
+    return kept

@@ -1,0 +1,178 @@
+"""Copy-speculative decoding gives plain greedy's tokens and the [LK] states of a separate forward.
+
+Tiny random models run in float64 so that batched and one-token-at-a-time forwards round alike and
+argmax ties cannot flip. A random model rarely emits [LK]: its output-head row is set to a slightly
+scaled copy of the row of the token it emits most, so [LK] replaces that token and the forcing rule runs.
+"""
+import random
+
+import pytest
+import torch
+from tiny import tiny_model, tiny_tokenizer
+
+from onegen.decoding import CopyDrafter, DecodeStats, copy_decode, greedy_decode
+from onegen.model import add_onegen_tokens
+from onegen.prompts import mention_prompt
+from onegen.tokens import CONTINUE, LINK, MENTION_CLOSE
+
+TEXTS = [
+    "Germany beat France 2-1 in Paris.",
+    "The European Commission said on Thursday it disagreed with German advice to consumers to shun British lamb.",
+    "Peter Blackburn reports from Brussels.",
+]
+MAX_NEW = 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def _prompts(tokenizer, texts=TEXTS):
+    return [tokenizer(mention_prompt(tokenizer, t), add_special_tokens=False).input_ids for t in texts]
+
+
+def _linking_model(tokenizer, arch, seed):
+    """A float64 tiny model (untied head) whose greedy output contains [LK] tokens."""
+    model = tiny_model(len(tokenizer), arch=arch, tie=False, seed=seed)
+    ids = add_onegen_tokens(model, tokenizer)
+    model = model.double()
+    plain = greedy_decode(model, ids, _prompts(tokenizer), max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    counts = torch.bincount(torch.tensor([t for d in plain for t in d.tokens]))
+    frequent = int(counts.argmax())
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight  # (V, D)
+        head[ids.link] = head[frequent] * 1.05
+    return model, ids
+
+
+class ReferenceDrafter:
+    """Drafts the known greedy continuation with one wrong token at a random place (or none)."""
+
+    def __init__(self, reference, seed=0):
+        self.reference = reference
+        self.rng = random.Random(seed)
+
+    def draft(self, row, tokens, k):
+        guess = list(self.reference[row][len(tokens) : len(tokens) + k])
+        if guess and self.rng.random() < 0.5:
+            guess[self.rng.randrange(len(guess))] = 7
+        return guess
+
+
+class WrongDrafter:
+    """Drafts tokens the model never accepts (fills the cache with masked slots)."""
+
+    def draft(self, row, tokens, k):
+        return [3] * k
+
+
+def _assert_same(fast, plain, atol=1e-8):
+    for f, p in zip(fast, plain, strict=True):
+        assert f.tokens == p.tokens
+        assert f.link_positions == p.link_positions
+        torch.testing.assert_close(f.link_states, p.link_states, atol=atol, rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch,seed", [("llama", 0), ("qwen2", 2), ("mistral", 3)])
+def test_copy_decode_equals_greedy_with_any_drafter(tokenizer, arch, seed):
+    model, ids = _linking_model(tokenizer, arch, seed)
+    prompts = _prompts(tokenizer)
+    plain = greedy_decode(model, ids, prompts, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    assert sum(d.tokens.count(ids.link) for d in plain) > 0, "the test model should emit [LK]"
+    for d in plain:  # the forcing rule holds in the reference
+        assert all(d.tokens[i + 1] == ids.cont for i in d.link_positions if i + 1 < len(d.tokens))
+    reference = [d.tokens for d in plain]
+    for drafter in (None, CopyDrafter(tokenizer, TEXTS), ReferenceDrafter(reference, seed), WrongDrafter()):
+        stats = DecodeStats()
+        fast = copy_decode(model, ids, prompts, drafter, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[], stats=stats)
+        _assert_same(fast, plain)
+        if isinstance(drafter, ReferenceDrafter):
+            assert stats.accepted > 0 and stats.forward_passes < MAX_NEW
+
+
+def test_link_states_equal_an_unbatched_forward(tokenizer):
+    model, ids = _linking_model(tokenizer, "llama", 0)
+    prompts = _prompts(tokenizer)
+    fast = copy_decode(model, ids, prompts, CopyDrafter(tokenizer, TEXTS), max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    checked = 0
+    for prompt, d in zip(prompts, fast):
+        full = torch.tensor([prompt + d.tokens])
+        hidden = model(input_ids=full, output_hidden_states=True).hidden_states[-1][0]  # (T, D)
+        expected = hidden[[len(prompt) + i for i in d.link_positions]].float()
+        torch.testing.assert_close(d.link_states, expected, atol=1e-6, rtol=1e-5)
+        checked += len(d.link_positions)
+    assert checked > 0
+
+
+def test_per_row_budgets_eos_and_a_final_link(tokenizer):
+    model, ids = _linking_model(tokenizer, "llama", 1)
+    prompts = _prompts(tokenizer)
+    plain = greedy_decode(model, ids, prompts, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    row, link_at = next((r, d.link_positions[0]) for r, d in enumerate(plain) if d.link_positions)
+    budgets = [MAX_NEW - 7, MAX_NEW, 5]
+    budgets[row] = link_at + 1  # this row stops right on an [LK]: its state still comes back
+    fast = copy_decode(model, ids, prompts, ReferenceDrafter([d.tokens for d in plain]), max_new_tokens=budgets,
+                       pad_token_id=0, eos_token_ids=[])
+    for d, p, budget in zip(fast, plain, budgets):
+        assert d.tokens == p.tokens[:budget]
+        kept = [i for i, pos in enumerate(p.link_positions) if pos < budget]
+        assert d.link_positions == [p.link_positions[i] for i in kept]
+        torch.testing.assert_close(d.link_states, p.link_states[kept], atol=1e-8, rtol=1e-6)
+    assert fast[row].tokens[-1] == ids.link and fast[row].link_positions[-1] == link_at
+
+    eos = plain[0].tokens[MAX_NEW // 2]  # a token the first row emits half-way: rows stop at it
+    stopped = greedy_decode(model, ids, prompts, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[eos])
+    assert len(stopped[0].tokens) <= MAX_NEW // 2 + 1 and stopped[0].tokens[-1] == eos
+    fast = copy_decode(model, ids, prompts, CopyDrafter(tokenizer, TEXTS), max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[eos])
+    _assert_same(fast, stopped)
+
+
+def test_wasted_slots_are_compacted_without_changing_the_output(tokenizer):
+    model, ids = _linking_model(tokenizer, "qwen2", 0)
+    prompts = _prompts(tokenizer)
+    plain = greedy_decode(model, ids, prompts, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    stats = DecodeStats()
+    fast = copy_decode(model, ids, prompts, WrongDrafter(), max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[],
+                       compact_waste=0.1, stats=stats)
+    assert stats.compactions > 0
+    _assert_same(fast, plain)
+
+
+def test_copy_drafter_completes_markup_and_follows_the_source(tokenizer):
+    add_onegen_tokens(tiny_model(len(tokenizer)), tokenizer)
+    source = "Germany beat France in Paris on Sunday."
+    drafter = CopyDrafter(tokenizer, [source, source, source])
+
+    def draft_text(row, output, k=12):
+        return tokenizer.decode(drafter.draft(row, tokenizer(output, add_special_tokens=False).input_ids, k))
+
+    closing = draft_text(0, "Germany beat <MENTION>France</")
+    assert closing.startswith(MENTION_CLOSE[2:] + LINK + CONTINUE + " in Paris")
+    assert draft_text(1, "Germany beat <").startswith("MENTION>France in")
+    assert draft_text(2, "Germany beats France in").startswith(" Paris on Sunday")  # a changed word: re-found
+
+
+def test_copy_drafter_falls_back_to_prompt_lookup_off_the_source(tokenizer):
+    add_onegen_tokens(tiny_model(len(tokenizer)), tokenizer)
+    drafter = CopyDrafter(tokenizer, ["Germany beat France."], [tokenizer("Here is the text:").input_ids])
+    preamble = tokenizer("Here is the annotation. Here is the", add_special_tokens=False).input_ids
+    assert tokenizer.decode(drafter.draft(0, preamble, 3)).startswith(" annotation.")
+
+
+@pytest.mark.slow
+def test_default_model_copy_decode_equals_greedy():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onegen.default_model import default_model_dir
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir())
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir()).eval()
+    ids = add_onegen_tokens(model, tok)
+    prompts = _prompts(tok, TEXTS)
+    pad = tok.pad_token_id
+    plain = greedy_decode(model, ids, prompts, max_new_tokens=48, pad_token_id=pad)
+    stats = DecodeStats()
+    fast = copy_decode(model, ids, prompts, CopyDrafter(tok, TEXTS), max_new_tokens=48, pad_token_id=pad, stats=stats)
+    assert [d.tokens for d in fast] == [d.tokens for d in plain]
+    assert stats.accepted > 0  # the instruct model copies its input, so drafts are accepted
