@@ -159,7 +159,8 @@ def encode_kb(work: Path, config: BuildConfig, total: int) -> None:
     gpus = resources.get("GPU", 0)
     # CPU threads per replica: 1 beside a GPU; on a CPU-only cluster the CPUs shared out, one left for reading
     cpus = 1 if gpus else max(1, int(resources.get("CPU", 1) // config.num_replicas) - 1)
-    ds = ray.data.read_parquet(str(work / STAGED_KB))
+    # one block per chunk: replicas work in parallel and each chunk file is written as soon as it is encoded
+    ds = ray.data.read_parquet(str(work / STAGED_KB)).repartition(target_num_rows_per_block=config.chunk_rows)
     if done.any():
         ds = ds.map_batches(_drop_rows, fn_kwargs={"done": done}, batch_format="numpy")
     ds = ds.map_batches(
