@@ -27,6 +27,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
+	rm -rf out/demo  # the job refuses to overwrite a finished run; the demo starts clean
 	$(BIN)/python jobs/link.py --input samples/corpus.jsonl --output out/demo
 
 clean:
