@@ -135,7 +135,13 @@ def test_ray_job_submit_runs_the_link_job(tmp_path, ray_head):
                f"--runtime-env-json={json.dumps(runtime_env)}", "--", sys.executable, "jobs/link.py",
                "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), "--model", str(model_dir),
                "--kb", str(kb), "--cpus-per-replica", "0.5"]
-    done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=400)
+    deadline = time.monotonic() + 120
+    while True:  # the head's job agent starts after the dashboard answers; until then submit is refused, nothing runs
+        done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True,
+                              text=True, timeout=400)
+        if "No available agent to submit job" not in done.stderr + done.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "linked 3 documents (1 errors)" in done.stdout
     rows = rows_of(tmp_path / "out")
