@@ -40,9 +40,14 @@ def gguf_path() -> Path:
     return path
 
 
+def default_model_path() -> Path:
+    """Where the materialised default model lives (it may not exist yet: `default_model_dir` makes it)."""
+    return cache_root() / "models" / DEFAULT_MODEL_NAME
+
+
 def default_model_dir() -> Path:
     """A plain Hugging Face folder (config, safetensors, tokenizer) of the default model, made once."""
-    target = cache_root() / "models" / DEFAULT_MODEL_NAME
+    target = default_model_path()
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from kb.types import Entity
-from onegen.default_model import DEFAULT_MODEL_NAME, cache_root, default_model_dir
+from onegen.default_model import DEFAULT_MODEL_NAME, default_model_dir, default_model_path
 from onegen.prompts import ENTITY_PREFIX, entity_input_ids
 from onegen.tokens import CONTINUE, ENTITY, LINK, SPECIAL_TOKENS, TOKEN_DESCRIPTIONS
 from onegen.types import Annotated
@@ -252,8 +252,7 @@ class OneGen:
     @staticmethod
     def _name_of(model: nn.Module) -> str:
         name = str(getattr(model.config, "_name_or_path", "") or model.__class__.__name__)
-        default = cache_root() / "models" / DEFAULT_MODEL_NAME
-        return DEFAULT_MODEL_NAME if Path(name).expanduser().resolve() == default.resolve() else name
+        return DEFAULT_MODEL_NAME if Path(name).expanduser().resolve() == default_model_path().resolve() else name
 
     @classmethod
     def from_pretrained(
