@@ -12,7 +12,6 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from eval.types import Annotation, Document
 from kb.types import Entity
 from onegen.collate import OneGenBatch, OneGenCollator
 from onegen.data import build_examples
@@ -21,7 +20,7 @@ from onegen.loss import IGNORE_INDEX
 from onegen.model import TokenIds, add_onegen_tokens
 from onegen.prompts import entity_input_ids, mention_prompt
 from onegen.train_step import compute_loss
-from tiny import tiny_model, tiny_tokenizer
+from tiny import annotated_document, tiny_model, tiny_tokenizer
 
 KB = {
     e.id: e
@@ -40,15 +39,6 @@ DOCS = [  # (text, [(surface, entity or None for NIL)]): one linked mention per 
 ]
 MAX_STEPS = 300  # stops as soon as both checks pass; 100-125 steps for model seeds 0-5 (lr 1e-2, clipped)
 CHECK_EVERY = 25
-
-
-def document(i: int, text: str, spans) -> Document:
-    annotations, pos = [], 0
-    for surface, entity in spans:
-        start = text.index(surface, pos)
-        annotations.append(Annotation(start, start + len(surface), surface, entity))
-        pos = start + len(surface)
-    return Document(f"doc{i}", text, annotations)
 
 
 class Compact:
@@ -79,7 +69,7 @@ def one_thread():
 def test_toy_overfit_marks_text_and_ranks_entities(one_thread):
     tokenizer = tiny_tokenizer()
     real_ids = add_onegen_tokens(tiny_model(len(tokenizer)), tokenizer)
-    docs = [document(i, text, spans) for i, (text, spans) in enumerate(DOCS)]
+    docs = [annotated_document(f"doc{i}", text, spans) for i, (text, spans) in enumerate(DOCS)]
     examples = build_examples(docs, KB, tokenizer, real_ids, num_negatives=2, seed=0)
     assert [len(ex.anchors) for ex in examples] == [2, 2]  # every linked mention is an anchor
     real_batch = OneGenCollator(tokenizer, real_ids, KB, num_negatives=2, seed=0)(examples)

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from eval.nif import to_nif
-from eval.types import Annotation, Document
 from kb.jsonl import write_kb
 from kb.types import Entity
 from onegen.collate import OneGenCollator
@@ -25,7 +24,7 @@ from onegen.training import (
     CARD_FILE, CKPT_MODEL, RUN_NAME, SCORE, TrainConfig, load_model_state, make_trainable, read_progress,
     save_checkpoint,
 )
-from tiny import tiny_model, tiny_tokenizer
+from tiny import annotated_document, tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 6  # of the killed-and-resumed run: an epoch takes seconds, so the kill lands well before the end
@@ -48,22 +47,13 @@ DOCS = [  # invented text: (text, [(surface, entity)])
 ]
 
 
-def document(i: int, text: str, spans) -> Document:
-    annotations, pos = [], 0
-    for surface, entity in spans:
-        start = text.index(surface, pos)
-        annotations.append(Annotation(start, start + len(surface), surface, entity))
-        pos = start + len(surface)
-    return Document(f"http://example.org/doc{i}", text, annotations)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict:
     """A tiny base model folder, a NIF training file and a KB JSONL."""
     root = tmp_path_factory.mktemp("train_job")
     tokenizer = tiny_tokenizer()
     OneGen(tiny_model(len(tokenizer)), tokenizer, device="cpu").save_pretrained(root / "base")
-    (root / "docs.ttl").write_text(to_nif([document(i, t, s) for i, (t, s) in enumerate(DOCS)]))
+    (root / "docs.ttl").write_text(to_nif([annotated_document(f"http://example.org/doc{i}", t, s) for i, (t, s) in enumerate(DOCS)]))
     write_kb(KB, root / "kb.jsonl")
     return {"base": str(root / "base"), "train": str(root / "docs.ttl"), "kb": str(root / "kb.jsonl"), "root": root}
 
@@ -86,7 +76,7 @@ def test_config_names_unknown_keys_and_choices():
 def _batch(onegen: OneGen, config: TrainConfig):
     """One small batch: the second document, two negatives per anchor (logits are (N, T, 49k): keep N small)."""
     entities = {e.id: e for e in KB}
-    docs = [document(1, *DOCS[1])]
+    docs = [annotated_document("http://example.org/doc1", *DOCS[1])]
     examples = build_examples(docs, entities, onegen.tokenizer, onegen.token_ids, max_length=config.max_length,
                               num_negatives=2)
     return OneGenCollator(onegen.tokenizer, onegen.token_ids, entities, num_negatives=2)(examples)

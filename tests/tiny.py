@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from eval.types import Annotation, Document
 from onegen.default_model import default_model_dir
 
 _ARCHS = {
@@ -38,3 +39,13 @@ def tiny_model(vocab_size: int, arch: str = "llama", tie: bool = True, seed: int
     )
     torch.manual_seed(seed)
     return model_cls(config).eval()
+
+
+def annotated_document(doc_id: str, text: str, spans) -> Document:
+    """A gold document from (surface, entity id or None) pairs, each found left to right in `text`."""
+    annotations, pos = [], 0
+    for surface, entity in spans:
+        start = text.index(surface, pos)
+        annotations.append(Annotation(start, start + len(surface), surface, entity))
+        pos = start + len(surface)
+    return Document(doc_id, text, annotations)
