@@ -3,9 +3,9 @@
 `read_kb`/`iter_kb`/`write_kb` (kb.jsonl) read and write the KB; `EntityIndex` (kb.index) is the
 on-disk index with `load(dir, expect=fingerprint)` and `search(vectors, k) -> (D, I)`. The Ray
 parts live in kb.serving (`RayIndexClient`, `open_index`) and kb.build (`build_index`,
-`update_index`), imported on demand so that reading a KB does not import Ray.
+`update_index`), imported on demand so that reading a KB does not import Ray; `EntityIndex` is
+imported on first use too, so that reading a KB does not import FAISS either.
 """
-from kb.index import EntityIndex
 from kb.jsonl import KbError, KbReport, iter_kb, read_kb, write_kb
 from kb.manifest import IndexCorruptError, IndexLoadError, IndexMismatchError, IndexSpec, Manifest
 from kb.types import Entity
@@ -24,3 +24,11 @@ __all__ = [
     "read_kb",
     "write_kb",
 ]
+
+
+def __getattr__(name: str):
+    if name == "EntityIndex":
+        from kb.index import EntityIndex
+
+        return EntityIndex
+    raise AttributeError(f"module 'kb' has no attribute {name!r}")

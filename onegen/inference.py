@@ -75,6 +75,7 @@ def annotate(
     max_new_tokens: int | None = None,
     draft_tokens: int = DRAFT_TOKENS,
     stats: DecodeStats | None = None,
+    windows: Sequence[Sequence[Window]] | None = None,
 ) -> list[Annotated]:
     """Mark and embed the entity mentions of `texts` with one decoding pass per window.
 
@@ -87,6 +88,8 @@ def annotate(
         max_new_tokens: generation budget per window (default: 2 x its source tokens + 64).
         draft_tokens: most drafted tokens per verification pass ("copy").
         stats: filled with decoding counters ("copy").
+        windows: the windows of each text, computed beforehand (e.g. by `sentence_windows` on a machine
+            with spaCy); None cuts them here.
     Returns:
         One Annotated per text, mentions in text order with L2-normalised float32 [LK] vectors.
     """
@@ -100,16 +103,21 @@ def annotate(
     def count_tokens(s: str) -> int:
         return len(tokenizer(s, add_special_tokens=False).input_ids)
 
+    if windows is not None and len(windows) != len(texts):
+        raise ValueError(f"windows must give one list per text: {len(windows)} lists for {len(texts)} texts")
     jobs: list[_Job] = []
     for t, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts must be strings, got {type(text).__name__} at index {t}")
-        windows = sentence_windows(text, window_tokens, count_tokens) if text.strip() else []
-        for w, window in enumerate(windows):
+        if windows is not None:
+            text_windows = list(windows[t])
+        else:
+            text_windows = sentence_windows(text, window_tokens, count_tokens) if text.strip() else []
+        for w, window in enumerate(text_windows):
             source = text[window.start : window.end]
             budget = max_new_tokens or OUTPUT_TOKENS_PER_SOURCE_TOKEN * count_tokens(source) + OUTPUT_EXTRA_TOKENS
             prompt = tokenizer(mention_prompt(tokenizer, source), add_special_tokens=False).input_ids
-            jobs.append(_Job(t, window, prompt, budget, w > 0, w < len(windows) - 1))
+            jobs.append(_Job(t, window, prompt, budget, w > 0, w < len(text_windows) - 1))
 
     results = [Annotated(text) for text in texts]
     candidates: list[list[_Candidate]] = [[] for _ in texts]

@@ -143,6 +143,22 @@ def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return out.last_hidden_state  # (B, T, D)
 
 
+def packed_last_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Last-layer hidden states after the final norm, (R, T, D), for rows that pack several sequences.
+
+    Args:
+        model: a causal LM (or a PEFT model over one); only its decoder runs.
+        input_ids: (R, T) token ids; each row is one or more sequences back to back, then right padding.
+        position_ids: (R, T) positions restarting at 0 where each sequence starts; padding continues the
+            positions of the row's last sequence (it comes after every real token, so nothing attends to it).
+    With no 2D mask, transformers reads the restarts as packed sequences and gives each its own causal
+    attention: every sequence gets the states it would get alone.
+    """
+    decoder = _base_model(model).get_decoder()
+    out = decoder(input_ids=input_ids, attention_mask=None, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state  # (R, T, D)
+
+
 def _pad(seqs: Sequence[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad id lists to one (B, T) batch on `side` ("left" | "right"); returns ids and mask."""
     if side not in ("left", "right"):

@@ -1,4 +1,4 @@
-"""The OneGen training loss of one batch: ONE forward over mention and entity rows together.
+"""The OneGen training loss of one batch: ONE forward over mention rows and packed entity rows together.
 
 The LM head runs only where a label follows (the target tokens and the entity sequences), not on
 prompt and padding slots: about half of a OneGen batch, and the (N, T, V) logits are most of the
@@ -12,7 +12,7 @@ from torch import nn
 
 from onegen.collate import OneGenBatch
 from onegen.loss import IGNORE_INDEX, LossOutput, onegen_loss
-from onegen.model import TokenIds, last_hidden
+from onegen.model import TokenIds, packed_last_hidden
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # config keys that change logits
 
@@ -38,7 +38,7 @@ def compute_loss(
     document vectors the same at each entity row's last [SE] (the loss takes their cosines).
     """
     _check_plain_logits(model)
-    ids, labels = batch.input_ids, batch.labels  # (N, T), N = B mention rows + E entity rows
+    ids, labels = batch.input_ids, batch.labels  # (R, T): B mention rows, then packed entity rows
     rows, cols = batch.anchor_positions.unbind(-1)  # (A,), (A,)
     e_rows, e_cols = batch.entity_positions.unbind(-1)  # (E,), (E,)
     if not (ids[rows, cols] == token_ids.link).all() or not (ids[e_rows, e_cols] == token_ids.entity).all():
@@ -46,7 +46,7 @@ def compute_loss(
             f"batch positions do not hold the OneGen tokens (expected [LK] id {token_ids.link} at anchors and "
             f"[SE] id {token_ids.entity} at entity rows); collate with the same tokenizer and token_ids"
         )
-    hidden = last_hidden(model, ids, batch.attention_mask)  # (N, T, D), after the final norm
+    hidden = packed_last_hidden(model, ids, batch.position_ids)  # (R, T, D), after the final norm
     q = hidden[rows, cols]  # (A, D) anchor [LK] states
     entities = hidden[e_rows, e_cols]  # (E, D) entity [SE] states
 

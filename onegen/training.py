@@ -364,14 +364,30 @@ def _hardware(device: torch.device, world_size: int) -> dict:
     return info
 
 
+def shuffled_loader(examples, collator, config: TrainConfig) -> torch.utils.data.DataLoader:
+    """Shuffled batches of `config.batch_size` examples; seed `loader.generator` before each epoch."""
+    return torch.utils.data.DataLoader(examples, batch_size=config.batch_size, shuffle=True,
+                                       collate_fn=collator, generator=torch.Generator())
+
+
 def _data_loader(examples, collator, config: TrainConfig) -> torch.utils.data.DataLoader:
     import ray.train.torch
 
-    generator = torch.Generator()
-    loader = torch.utils.data.DataLoader(examples, batch_size=config.batch_size, shuffle=True,
-                                         collate_fn=collator, generator=generator)
     # [2] Ray: a DistributedSampler per worker when there are several; batches are moved by us.
-    return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    return ray.train.torch.prepare_data_loader(shuffled_loader(examples, collator, config), move_to_device=False)
+
+
+def optimizer_and_scheduler(model: nn.Module, config: TrainConfig, batches_per_epoch: int):
+    """AdamW over the trainable parameters, linear warm-up then linear decay over the run's optimizer steps."""
+    from transformers import get_linear_schedule_with_warmup
+
+    total_steps = math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
 
 
 def train_epoch(model: nn.Module, loader, optimizer, scheduler, progress: Progress, config: TrainConfig,
@@ -428,8 +444,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ray.train import Checkpoint
 
     from onegen.collate import OneGenCollator
-    from transformers import get_linear_schedule_with_warmup
-
     from onegen.data import OneGenExample
 
     config = TrainConfig.from_dict(loop_config["config"])
@@ -460,13 +474,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     collator = OneGenCollator(onegen.tokenizer, onegen.token_ids, entities,
                               num_negatives=config.num_negatives, seed=config.seed)
     loader = _data_loader(examples, collator, config)
-    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    optimizer, scheduler = optimizer_and_scheduler(model, config, len(loader))
     progress = Progress(hardware=_hardware(device, world))
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

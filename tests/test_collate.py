@@ -30,22 +30,35 @@ def collate(tok, batch, seed=0):  # noqa: F811
     return OneGenCollator(tokenizer, ids, KB, num_negatives=3, seed=seed)(batch)
 
 
-def test_rows_are_mention_then_entity_sequences_padded_to_the_batch_longest(tok, examples):  # noqa: F811
+def test_mention_rows_then_entity_sequences_packed_and_padded_to_the_batch_longest(tok, examples):  # noqa: F811
     tokenizer, ids = tok
     for batch in (examples[:2], examples):
         out = collate(tok, batch)
-        entity_rows = [entity_input_ids(tokenizer, KB[e].title, KB[e].description, ENTITY_MAX_TOKENS)
+        entity_seqs = [entity_input_ids(tokenizer, KB[e].title, KB[e].description, ENTITY_MAX_TOKENS)
                        for e in out.entity_ids]
-        rows = [ex.input_ids for ex in batch] + entity_rows
-        assert out.input_ids.shape == out.attention_mask.shape == out.labels.shape
-        assert out.input_ids.shape == (len(rows), max(map(len, rows)))  # the longest row, not max_length
-        for r, row in enumerate(rows):
-            n = len(row)
-            assert out.input_ids[r, :n].tolist() == row
-            assert out.attention_mask[r].tolist() == [1] * n + [0] * (out.input_ids.shape[1] - n)
-            assert (out.labels[r, n:] == IGNORE_INDEX).all()
-            expected_labels = batch[r].labels if r < len(batch) else row  # CE covers entity rows too
-            assert out.labels[r, :n].tolist() == expected_labels
+        T = max(map(len, [ex.input_ids for ex in batch] + entity_seqs))
+        assert out.input_ids.shape == out.attention_mask.shape == out.labels.shape == out.position_ids.shape
+        assert out.input_ids.shape[1] == T  # the longest sequence, not max_length
+        for r, ex in enumerate(batch):
+            n = len(ex.input_ids)
+            assert out.input_ids[r, :n].tolist() == ex.input_ids
+            assert out.attention_mask[r].tolist() == [1] * n + [0] * (T - n)
+            assert out.position_ids[r].tolist() == list(range(T))
+            assert out.labels[r, :n].tolist() == ex.labels and (out.labels[r, n:] == IGNORE_INDEX).all()
+        # Each entity sequence lies whole in one packed row, positions from 0, labelled but for its first token.
+        slots = []
+        for i, seq in enumerate(entity_seqs):
+            r, last = out.entity_positions[i].tolist()
+            c = last + 1 - len(seq)
+            assert r >= len(batch) and out.input_ids[r, c:last + 1].tolist() == seq
+            assert out.position_ids[r, c:last + 1].tolist() == list(range(len(seq)))
+            assert out.labels[r, c:last + 1].tolist() == [IGNORE_INDEX] + seq[1:]
+            slots += [(r, k) for k in range(c, last + 1)]
+        assert len(set(slots)) == len(slots) == sum(map(len, entity_seqs))  # no overlaps
+        packed = out.attention_mask[len(batch):]
+        assert sorted(slots) == [tuple(x) for x in packed.nonzero().add(torch.tensor([len(batch), 0])).tolist()]
+        assert packed.shape[0] < len(entity_seqs)  # short sequences share rows
+        assert (packed.sum(1) <= T).all()
 
 
 def test_positions_point_at_link_and_last_entity_tokens(tok, examples):  # noqa: F811
@@ -57,10 +70,10 @@ def test_positions_point_at_link_and_last_entity_tokens(tok, examples):  # noqa:
     assert all(out.input_ids[r, c] == ids.link for r, c in out.anchor_positions.tolist())
     assert [out.entity_ids[i] for i in out.positives.tolist()] == [e for _, e in anchors]
     assert out.entity_positions.shape == (len(out.entity_ids), 2)
-    for i, (r, c) in enumerate(out.entity_positions.tolist()):
-        assert r == len(examples) + i and out.input_ids[r, c] == ids.entity
-        assert c == out.attention_mask[r].sum() - 1  # the last [SE] ends the sequence
-        assert (out.input_ids[r, :c] == ids.entity).sum() >= 1  # the literal '[SE]' of the instruction
+    for r, c in out.entity_positions.tolist():
+        assert out.input_ids[r, c] == ids.entity
+        assert c + 1 == out.attention_mask.shape[1] or out.position_ids[r, c + 1] == 0 \
+            or out.attention_mask[r, c + 1] == 0  # the last [SE] ends its sequence
 
 
 def test_negatives_never_positives_of_the_batch_and_entities_deduplicated(tok, examples):  # noqa: F811

@@ -20,3 +20,16 @@ def test_default_model_embeds_entities():
     np.testing.assert_allclose(onegen.embed_entities(entities, reuse_prefix=False), vectors, atol=1e-4)
     assert float(vectors[0] @ vectors[1]) < 0.9999  # two entities, two vectors
     assert onegen.fingerprint() == OneGen.from_pretrained(DEFAULT_MODEL_NAME, device="cpu").fingerprint()
+    assert "quantization_config" not in onegen.model.config.to_dict()  # plain weights: a full fine-tune can be saved
+
+
+def test_the_gguf_file_can_be_named_by_an_environment_variable(tmp_path, monkeypatch):
+    from onegen.default_model import GGUF_ENV, gguf_path
+
+    monkeypatch.setenv(GGUF_ENV, str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match=GGUF_ENV):
+        gguf_path()
+    copy = tmp_path / "model.gguf"
+    copy.write_bytes(b"GGUF")
+    monkeypatch.setenv(GGUF_ENV, str(copy))
+    assert gguf_path() == copy

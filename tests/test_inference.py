@@ -62,6 +62,24 @@ def test_mentions_of_overlapping_windows_are_placed_once(tiny_onegen, monkeypatc
     assert results[0].generated_tokens > results[3].generated_tokens > 0
 
 
+def test_precomputed_windows_give_the_same_mentions_without_segmenting(tiny_onegen, monkeypatch):
+    monkeypatch.setattr(inference, "copy_decode", _scripted_copy_decode)
+    texts = [" ".join(SENTENCES * 3), SENTENCES[1]]
+    count = lambda s: len(tiny_onegen.tokenizer(s, add_special_tokens=False).input_ids)  # noqa: E731
+    windows = [inference.sentence_windows(t, 24, count) for t in texts]
+    want = annotate(tiny_onegen, texts, max_window_tokens=24)
+
+    def no_segmenting(*args, **kwargs):
+        raise AssertionError("annotate cut windows although they were given")
+
+    monkeypatch.setattr(inference, "sentence_windows", no_segmenting)
+    got = annotate(tiny_onegen, texts, windows=windows)
+    assert [[(m.start, m.end) for m in a.mentions] for a in got] == [[(m.start, m.end) for m in a.mentions] for a in want]
+    assert len(got[0].mentions) == 15  # 5 names, 3 times
+    with pytest.raises(ValueError, match="one list per text"):
+        annotate(tiny_onegen, texts, windows=windows[:1])
+
+
 def _find_all(text, needle):
     i = text.find(needle)
     while i >= 0:

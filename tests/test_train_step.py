@@ -1,4 +1,4 @@
-"""compute_loss: one packed forward gives the loss of separate, unpadded forwards with full logits."""
+"""compute_loss: one packed forward gives the loss of every sequence forwarded alone, with full logits."""
 import dataclasses
 
 import pytest
@@ -23,23 +23,37 @@ def setup(tok):  # noqa: F811
     return model, ids, batch
 
 
+def sequences(batch):
+    """(row, first column, length) of every sequence of the batch: one per mention row, several per packed row."""
+    out = []
+    for r in range(batch.input_ids.shape[0]):
+        n_real = int(batch.attention_mask[r].sum())  # real tokens fill each row from column 0
+        starts = [c for c in range(n_real) if batch.position_ids[r, c] == 0]
+        out += [(r, s, e - s) for s, e in zip(starts, starts[1:] + [n_real])]
+    return out
+
+
 def reference_loss(model, batch, kind):
-    """onegen_loss from the model's full logits, and vectors from each row forwarded alone, unpadded."""
+    """onegen_loss from every sequence forwarded alone, unpadded, with the model's full logits."""
+    states, logits, labels = {}, [], []
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (N, T, V)
-        states = {}
-        for r in range(batch.input_ids.shape[0]):
-            n = int(batch.attention_mask[r].sum())
-            states[r] = model(batch.input_ids[r:r + 1, :n], output_hidden_states=True).hidden_states[-1][0]
-    q = torch.stack([states[r][c] for r, c in batch.anchor_positions.tolist()])  # (A, D)
-    entities = torch.stack([states[r][c] for r, c in batch.entity_positions.tolist()])  # (E, D)
-    return onegen_loss(logits, batch.labels, q, entities[batch.positives], entities[batch.negatives], kind=kind)
+        for r, start, n in sequences(batch):
+            out = model(batch.input_ids[r:r + 1, start:start + n], output_hidden_states=True)
+            for c in range(n):
+                states[(r, start + c)] = out.hidden_states[-1][0, c]
+            logits.append(out.logits[0])  # (n, V)
+            labels.append(torch.cat([batch.labels.new_full((1,), -100), batch.labels[r, start + 1:start + n]]))
+    q = torch.stack([states[(r, c)] for r, c in batch.anchor_positions.tolist()])  # (A, D)
+    entities = torch.stack([states[(r, c)] for r, c in batch.entity_positions.tolist()])  # (E, D)
+    return onegen_loss(torch.cat(logits)[None], torch.cat(labels)[None], q, entities[batch.positives],
+                       entities[batch.negatives], kind=kind)
 
 
 @pytest.mark.parametrize("kind", ["bpr", "infonce"])
 def test_packed_loss_equals_separate_forwards(setup, kind):
     model, ids, batch = setup
     assert batch.anchor_positions.shape[0] == 2 and batch.input_ids.shape[0] > 2
+    assert len(sequences(batch)) > batch.input_ids.shape[0]  # some row packs several entity sequences
     with torch.no_grad():
         got = compute_loss(model, batch, ids, kind=kind)
     want = reference_loss(model, batch, kind)
