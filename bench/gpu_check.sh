@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything this project runs on a lent GPU machine, in one call (DESIGN section 10).
+#
+# Here, first:
+#   python bench/gpu_prepare.py                        # .gpu/data: training examples, KB, eval windows
+#   bash ../shared/tools/gpu-model-parts.sh .gpu 58    # .gpu/model.part.aa|ab: the default model's GGUF
+#   pip download --no-deps -d .gpu/whl transformers==5.24.0 peft==0.21.2 gguf==0.19.0   # (image has 5.17)
+# Call 1 carries .gpu/model.part.aa and runs: mkdir -p /root/keep && cp .gpu/model.part.aa /root/keep/
+# Call 2, at once, carries .gpu/model.part.ab .gpu/whl .gpu/data and runs: bash bench/gpu_check.sh
+#
+# $OUT brings back at most 8 files of at most 16 MiB each, so the results are packed into:
+#   adapter.tgz.part.*  the trained default (bench/gpu_run.py's adapter/), split under 16 MiB
+#   results.tgz         candidates-*.jsonl.gz, results.json, gpu_run.log
+#   gpu.txt, decode.log the machine, and the decode benchmarks
+# Then, here: cat adapter.tgz.part.* | tar xz; tar xzf results.tgz; python bench/gpu_score.py --candidates .
+set -uo pipefail
+OUT=${OUT:?set OUT to the folder for results}
+RUN_SECONDS=${RUN_SECONDS:-420}  # bench/gpu_run.py deadline; the decode benchmarks come after it
+DATA=${DATA:-.gpu/data}  # bench/gpu_prepare.py output
+GPU_RUN_ARGS=${GPU_RUN_ARGS:-}  # more bench/gpu_run.py options (a CPU smoke run: --limit-examples 2 --limit-kb 200)
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export ONEGEN_CACHE=/tmp/onegen-cache ONEGEN_DEFAULT_GGUF=/root/keep/model.gguf
+
+mkdir -p /root/keep
+cat /root/keep/model.part.aa .gpu/model.part.ab > "$ONEGEN_DEFAULT_GGUF" || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpu.txt"
+
+WORK=/tmp/gpu-out
+mkdir -p "$WORK"
+python3 bench/gpu_run.py --data "$DATA" --out "$WORK" --deadline "$RUN_SECONDS" $GPU_RUN_ARGS 2>&1 | tee "$WORK/gpu_run.log" | grep -v "Loading weights"
+(cd "$WORK" && [ -d adapter ] && tar czf - adapter | split -b 15M - "$OUT/adapter.tgz.part.")
+(cd "$WORK" && tar czf "$OUT/results.tgz" --exclude adapter .)
+ls -la "$OUT"
+echo "== decode, trained default, corpus sample" | tee "$OUT/decode.log"
+[ -f "$WORK/adapter/adapter_config.json" ] && timeout 40 python3 bench/decode.py --model "$WORK/adapter" \
+    --input samples/corpus.jsonl --texts 16 --batch-size 8 --repeats 1 2>&1 | grep -v "Loading weights" | tee -a "$OUT/decode.log"
+echo "== decode, random Llama-7B shape, bf16" | tee -a "$OUT/decode.log"
+timeout 80 python3 bench/decode.py --random-llama7b --texts 16 --batch-size 8 --repeats 1 2>&1 \
+    | grep -v "Loading weights" | tee -a "$OUT/decode.log"
+echo "== done"

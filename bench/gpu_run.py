@@ -1,0 +1,284 @@
+"""One call on a lent GPU (DESIGN section 10): train the default OneGen model on AIDA train, and write
+the candidates of every evaluation document, within a deadline.
+
+    python bench/gpu_run.py --data .gpu/data --out $OUT [--epochs 4] [--lr 5e-4] [--deadline 540]
+
+It runs where Ray, spaCy and FAISS are absent: it reads what `bench/gpu_prepare.py` built (training
+examples, KB, evaluation documents with their windows), and trains in this one process with the same
+pieces as `jobs/train.py` (onegen.training: the trainable model, the OneGen loss, the epoch loop, the
+model card) on one GPU, bf16 autocast over float32 weights. Runs, in order, each only if the time left
+allows it:
+
+1. `lora-bpr`: the default (LoRA r=16, BPR) for `--epochs` epochs; after epoch 1 its testa candidates
+   (`lora-bpr-e1`); at the end the adapter (OUT/adapter) and the candidates of every evaluation set;
+2. the ablations, one epoch each, testa candidates: `lora-infonce-e1` and `full-bpr-e1`.
+
+Candidates are found as `eval/run_gerbil.py run --linker onegen` finds them (onegen.inference.annotate
+over the given windows, then exact cosine top-k over every KB entity's [SE] vector), computed in
+float32 (TF32 matrix products) by the model loaded back from what was saved. They are written as
+OUT/candidates-RUN.jsonl.gz: {"dataset", "doc_id", "mentions": [{"start", "end", "surface",
+"candidates": [[entity_id, cosine], ...]}]}. `bench/gpu_score.py` then picks the NIL threshold on
+testa and scores every set here. OUT/results.json records what ran, the timings and the losses.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kb.jsonl import read_kb  # noqa: E402
+from onegen.chunking import Window  # noqa: E402
+from onegen.collate import OneGenCollator  # noqa: E402
+from onegen.data import OneGenExample  # noqa: E402
+from onegen.inference import annotate  # noqa: E402
+from onegen.model import OneGen  # noqa: E402
+from onegen.training import (  # noqa: E402
+    ARGS_FILE,
+    CARD_FILE,
+    OneGenLoss,
+    Progress,
+    TrainConfig,
+    _hardware,
+    make_trainable,
+    optimizer_and_scheduler,
+    shuffled_loader,
+    train_epoch,
+    write_model_card,
+)
+
+LOG = logging.getLogger("gpu_run")
+TOP_K = 10
+TUNE_SET = "aida-testa"
+
+
+def read_jsonl_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Clock:
+    """Seconds since start and the time left before the deadline."""
+
+    def __init__(self, deadline: float):
+        self.start = time.perf_counter()
+        self.deadline = deadline
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.deadline - self.elapsed()
+
+
+class Results:
+    """results.json, rewritten after every change so that a killed run still leaves it."""
+
+    def __init__(self, path: Path, **info):
+        self.path = path
+        self.data = {**info, "runs": {}, "skipped": []}
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+def embed_kb(onegen: OneGen, entities: list, batch_size: int) -> torch.Tensor:
+    """(N, D) float32 L2-normalised [SE] vectors of the KB, on the GPU."""
+    return torch.from_numpy(onegen.embed_entities(entities, batch_size=batch_size)).to(onegen.device)
+
+
+def write_candidates(onegen: OneGen, docs: list[dict], kb_ids: list[str], kb_vectors: torch.Tensor, path: Path,
+                     batch_size: int) -> dict:
+    """Annotate `docs` over their windows, search the top-k entities of each mention, write them to `path`."""
+    started = time.perf_counter()
+    annotated = annotate(onegen, [d["text"] for d in docs], batch_size=batch_size,
+                         windows=[[Window(s, e) for s, e in d["windows"]] for d in docs])
+    mentions = generated = 0
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for doc, result in zip(docs, annotated):
+            rows = []
+            if result.mentions:
+                queries = torch.from_numpy(np.stack([m.vector for m in result.mentions])).to(kb_vectors.device)  # (M, D)
+                scores, index = (queries @ kb_vectors.T).topk(min(TOP_K, len(kb_ids)), dim=1)  # (M, k)
+                for m, s, i in zip(result.mentions, scores.tolist(), index.tolist()):
+                    rows.append({"start": m.start, "end": m.end, "surface": m.surface,
+                                 "candidates": [[kb_ids[j], round(c, 6)] for j, c in zip(i, s)]})
+            mentions += len(rows)
+            generated += result.generated_tokens
+            f.write(json.dumps({"dataset": doc["dataset"], "doc_id": doc["doc_id"], "mentions": rows},
+                               ensure_ascii=False) + "\n")
+    seconds = time.perf_counter() - started
+    return {"docs": len(docs), "mentions": mentions, "generated_tokens": generated, "seconds": round(seconds, 1),
+            "generated_tokens_per_second": round(generated / max(seconds, 1e-9))}
+
+
+class Trainer:
+    """One training run in this process, epoch by epoch (onegen.training's pieces, no Ray)."""
+
+    def __init__(self, config: TrainConfig, examples: list[OneGenExample], entities: dict, device: torch.device):
+        self.config = config
+        self.device = device
+        torch.manual_seed(config.seed)
+        self.onegen = OneGen.from_pretrained(config.base, device="cpu", dtype=torch.float32)
+        model = make_trainable(self.onegen.model, self.onegen.token_ids, config)
+        self.onegen.model = model
+        self.onegen.device = device
+        self.module = OneGenLoss(model, self.onegen.token_ids, config.loss, config.temperature).to(device)
+        collator = OneGenCollator(self.onegen.tokenizer, self.onegen.token_ids, entities,
+                                  num_negatives=config.num_negatives, seed=config.seed)
+        self.loader = shuffled_loader(examples, collator, config)
+        self.optimizer, self.scheduler = optimizer_and_scheduler(self.module, config, len(self.loader))
+        self.progress = Progress(hardware=_hardware(device, 1))
+
+    def epoch(self) -> dict:
+        """Train one epoch; returns its metrics (also appended to the progress history)."""
+        started = time.perf_counter()
+        self.loader.generator.manual_seed(self.config.seed * 1000 + self.progress.epoch)
+        metrics = train_epoch(self.module, self.loader, self.optimizer, self.scheduler, self.progress, self.config,
+                              self.device)
+        self.progress.tokens += metrics.pop("tokens")
+        self.progress.train_seconds += time.perf_counter() - started
+        metrics["wall_seconds"] = self.progress.train_seconds
+        self.progress.history.append(metrics)
+        LOG.info("epoch %d: %s", self.progress.epoch, metrics)
+        return metrics
+
+    def save(self, folder: Path, sizes: dict) -> None:
+        """The model as jobs/train.py writes its output: weights, tokenizer, training args, model card."""
+        self.onegen.save_pretrained(folder)
+        self.onegen.tokenizer.save_pretrained(folder)
+        (folder / ARGS_FILE).write_text(json.dumps(asdict(self.config), indent=1))
+        write_model_card(folder / CARD_FILE, self.config, self.progress, sizes, self.progress.history[-1],
+                         driver_seconds=self.progress.train_seconds)
+
+    def free(self) -> None:
+        del self.module, self.optimizer, self.scheduler, self.onegen
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(".gpu/data"), help="bench/gpu_prepare.py output")
+    parser.add_argument("--out", type=Path, required=True, help="where the adapter, candidates and results go")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the default run (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, LoRA runs (default: %(default)s)")
+    parser.add_argument("--full-lr", type=float, default=5e-5, help="peak learning rate, full fine-tuning")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per step (default: %(default)s)")
+    parser.add_argument("--deadline", type=float, default=540, help="seconds for everything (default: %(default)s)")
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="windows decoded together")
+    parser.add_argument("--embed-batch-size", type=int, default=512, help="entities embedded together")
+    parser.add_argument("--limit-examples", type=int, default=None, help="train on this many examples (smoke runs)")
+    parser.add_argument("--limit-kb", type=int, default=None, help="keep this many KB entities, gold first (smoke runs)")
+    parser.add_argument("--ablations", default="lora-infonce,full-bpr", help="comma-separated one-epoch runs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    clock = Clock(args.deadline)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True  # evaluation in float32 with TF32 products
+    torch.backends.cudnn.allow_tf32 = True
+    args.out.mkdir(parents=True, exist_ok=True)
+    prepared = json.loads((args.data / "config.json").read_text())
+    base_config = TrainConfig.from_dict({**prepared["train_config"], "use_gpu": device.type == "cuda",
+                                         "batch_size": args.batch_size})
+    examples = [OneGenExample(**e) for e in read_jsonl_gz(args.data / "train.jsonl.gz")][: args.limit_examples]
+    with tempfile.TemporaryDirectory() as tmp:
+        kb_file = Path(tmp) / "kb.jsonl"
+        with gzip.open(args.data / "kb.jsonl.gz", "rb") as src, kb_file.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        kb = read_kb(kb_file).entities
+    if args.limit_kb:
+        gold = {e for ex in examples for e in ex.link_entities}
+        kb = sorted(kb, key=lambda e: e.id not in gold)[: args.limit_kb]
+        examples = [ex for ex in examples if set(ex.link_entities) <= {e.id for e in kb}]
+    entities = {e.id: e for e in kb}
+    kb_ids = [e.id for e in kb]
+    docs = read_jsonl_gz(args.data / "eval.jsonl.gz")
+    testa = [d for d in docs if d["dataset"] == TUNE_SET]
+    sizes = {**prepared["sizes"], "train_examples": len(examples), "kb_entities": len(kb),
+             "train_tokens": sum(len(e.input_ids) for e in examples)}
+    results = Results(args.out / "results.json", device=_hardware(device, 1), sizes=sizes,
+                      args={k: str(v) for k, v in vars(args).items()})
+    LOG.info("data: %d examples, %d entities, %d eval docs; %.0f s left", len(examples), len(kb), len(docs), clock.left())
+
+    def evaluate(run: str, folder: Path, eval_docs: list[dict]) -> None:
+        started = time.perf_counter()
+        onegen = OneGen.from_pretrained(str(folder), device=device, dtype=torch.float32)
+        vectors = embed_kb(onegen, kb, args.embed_batch_size)
+        embed_seconds = time.perf_counter() - started
+        info = write_candidates(onegen, eval_docs, kb_ids, vectors, args.out / f"candidates-{run}.jsonl.gz",
+                                args.eval_batch_size)
+        results.data["runs"].setdefault(run, {})["eval"] = {**info, "embed_seconds": round(embed_seconds, 1),
+                                                            "entities_per_second": round(len(kb) / embed_seconds)}
+        results.save()
+        LOG.info("%s evaluated: %s", run, results.data["runs"][run]["eval"])
+        del onegen, vectors
+        torch.cuda.empty_cache()
+
+    def record(run: str, trainer: Trainer) -> None:
+        results.data["runs"].setdefault(run, {})["train"] = {"config": asdict(trainer.config),
+                                                             "history": trainer.progress.history}
+        results.save()
+
+    # 1. The default: LoRA + BPR.
+    main_config = replace(base_config, epochs=args.epochs, lr=args.lr)
+    trainer = Trainer(main_config, examples, entities, device)
+    adapter = args.out / "adapter"
+    epoch_seconds = eval_seconds = None
+    for epoch in range(1, args.epochs + 1):
+        metrics = trainer.epoch()
+        epoch_seconds = metrics["epoch_seconds"]
+        record("lora-bpr", trainer)
+        if epoch == 1 and args.ablations:
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer.save(Path(tmp), sizes)
+                started = time.perf_counter()
+                evaluate("lora-bpr-e1", Path(tmp), testa)
+                eval_seconds = time.perf_counter() - started
+        trainer.save(adapter, sizes)  # the latest epoch's weights are always there
+        # stop early when the next epoch plus the final evaluation would not fit
+        final_eval = 4 * (eval_seconds or 60)  # testa is ~1/4 of the eval documents' tokens
+        if epoch < args.epochs and clock.left() < epoch_seconds + final_eval + 30:
+            results.data["skipped"].append(f"lora-bpr epochs {epoch + 1}..{args.epochs}: {clock.left():.0f} s left")
+            LOG.warning("stopping the default run after epoch %d: %.0f s left", epoch, clock.left())
+            break
+    trainer.free()
+    evaluate("lora-bpr", adapter, docs)
+
+    # 2. Ablations, one epoch each, testa only.
+    for name in filter(None, args.ablations.split(",")):
+        lora, loss = name.split("-")
+        need = (epoch_seconds or 60) * (1.5 if lora == "full" else 1.0) + (eval_seconds or 60) + 20
+        if clock.left() < need:
+            results.data["skipped"].append(f"{name}: needs ~{need:.0f} s, {clock.left():.0f} s left")
+            results.save()
+            continue
+        config = replace(base_config, epochs=1, loss=loss, lora=None if lora == "full" else base_config.lora,
+                         lr=args.full_lr if lora == "full" else args.lr)
+        trainer = Trainer(config, examples, entities, device)
+        trainer.epoch()
+        record(f"{name}-e1", trainer)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.save(Path(tmp), sizes)
+            trainer.free()
+            evaluate(f"{name}-e1", Path(tmp), testa)
+    results.data["seconds"] = round(clock.elapsed(), 1)
+    results.save()
+    LOG.info("done in %.0f s; skipped: %s", clock.elapsed(), results.data["skipped"])
+
+
+if __name__ == "__main__":
+    main()

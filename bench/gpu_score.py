@@ -1,0 +1,113 @@
+"""Score the candidates `bench/gpu_run.py` wrote on a GPU machine, here, with the eval/ scorer.
+
+    python bench/gpu_score.py --candidates DIR [--run lora-bpr] [--json results.json]
+
+Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
+`eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
+alias table re-ranks the candidates, and a mention whose chosen cosine is under the NIL threshold is
+left unlinked. Both settings are picked on AIDA testa (best InKB micro-F1 over a grid); every dataset of
+`--run` is then scored with them (A2KB, strong match, InKB, redirects applied), and every run with testa
+candidates (the ablations) gets its testa F1, tuned the same way, and its F1 with no prior and no NIL.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
+from eval.ids import Redirects  # noqa: E402
+from eval.run_gerbil import format_table, pct  # noqa: E402
+from eval.scorer import score  # noqa: E402
+from eval.types import Annotation  # noqa: E402
+from onegen.decide import AliasPrior, decide  # noqa: E402
+
+TUNE_SET = "aida-testa"
+THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
+PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+
+
+def read_candidates(path: Path) -> dict[str, dict[str, list[dict]]]:
+    """dataset -> doc_id -> mentions (with their candidates)."""
+    out: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            out[row["dataset"]][row["doc_id"]] = row["mentions"]
+    return out
+
+
+def link(docs: dict[str, list[dict]], threshold: float, prior: AliasPrior | None) -> dict[str, list[Annotation]]:
+    """Annotations of every document: each mention's decided entity, or None (NIL)."""
+    out = {}
+    for doc_id, mentions in docs.items():
+        out[doc_id] = []
+        for m in mentions:
+            ids, cosines = zip(*m["candidates"]) if m["candidates"] else ((), ())
+            entity, _ = decide(list(ids), list(cosines), m["surface"], nil_threshold=threshold, alias_prior=prior)
+            out[doc_id].append(Annotation(m["start"], m["end"], m["surface"], entity))
+    return out
+
+
+def tune(gold, docs, redirects, table) -> tuple[float, float, float]:
+    """(threshold, prior weight, InKB micro-F1) with the best F1 on these documents."""
+    best = (-math.inf, 0.0, -1.0)
+    for weight, threshold in itertools.product(PRIOR_WEIGHTS, THRESHOLDS):
+        prior = AliasPrior(table.table, weight) if weight else None
+        f1 = score(gold, link(docs, threshold, prior), redirects=redirects).inkb.micro.f1
+        if f1 > best[2]:
+            best = (threshold, weight, f1)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--candidates", type=Path, required=True, help="folder of candidates-RUN.jsonl.gz files")
+    parser.add_argument("--run", default="lora-bpr", help="the run scored on every dataset (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--json", type=Path, help="write the chosen settings and every score here")
+    args = parser.parse_args(argv)
+    redirects = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv")
+    table = AliasPrior.from_tsv(args.data_dir / "kb" / "aida_train_aliases.tsv")
+    runs = {p.name[len("candidates-"):-len(".jsonl.gz")]: read_candidates(p)
+            for p in sorted(args.candidates.glob("candidates-*.jsonl.gz"))}
+    if args.run not in runs:
+        raise SystemExit(f"no candidates-{args.run}.jsonl.gz in {args.candidates}; found runs {sorted(runs)}")
+    gold = {name: load_dataset(name, args.data_dir) for name in runs[args.run]}
+    report = {"runs": {}, "datasets": {}}
+
+    ablation_rows = []
+    for run, data in runs.items():
+        if TUNE_SET not in data:
+            continue
+        threshold, weight, f1 = tune(gold[TUNE_SET], data[TUNE_SET], redirects, table)
+        raw = score(gold[TUNE_SET], link(data[TUNE_SET], -math.inf, None), redirects=redirects).inkb.micro.f1
+        report["runs"][run] = {"nil_threshold": threshold, "prior_weight": weight, "testa_f1": f1, "testa_f1_raw": raw}
+        ablation_rows.append([run, pct(raw), pct(f1), threshold, weight])
+    print("AIDA testa, A2KB strong InKB micro-F1 (percent)")
+    print(format_table(["run", "no prior, no NIL", "tuned", "NIL threshold", "prior weight"], ablation_rows))
+
+    chosen = report["runs"][args.run]
+    prior = AliasPrior(table.table, chosen["prior_weight"]) if chosen["prior_weight"] else None
+    rows = []
+    for name, docs in runs[args.run].items():
+        r = score(gold[name], link(docs, chosen["nil_threshold"], prior), redirects=redirects)
+        m = r.inkb.micro
+        rows.append([name, len(gold[name]), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1), pct(r.inkb.macro.f1)])
+        report["datasets"][name] = r.to_dict()
+    print(f"\nrun {args.run}: NIL threshold {chosen['nil_threshold']}, prior weight {chosen['prior_weight']} "
+          f"(tuned on {TUNE_SET}); A2KB strong InKB (percent)")
+    print(format_table(["dataset", "docs", "gold InKB", "P", "R", "micro-F1", "macro-F1"], rows))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
