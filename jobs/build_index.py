@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kb", type=Path, help="KB JSONL (DESIGN section 4); not needed with --update")
     parser.add_argument("--out", required=True, type=Path, help="index folder")
-    parser.add_argument("--model", default=None, help="model folder or name (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=None, help="model folder or name (default: the trained default, SmolLM2-135M-Instruct + the bundled OneGen adapter)")
     parser.add_argument("--shards", type=int, default=1, help="index shards (default 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="entities per forward pass (default 32)")
     parser.add_argument("--chunk-rows", type=int, default=1024, help="entities per resumable chunk (default 1024)")

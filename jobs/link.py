@@ -4,7 +4,7 @@ IN: Parquet or JSONL (`doc_id`, `text`; other columns carried through) as a file
 URI. OUT: a Parquet dataset, one row per input document (DESIGN section 4), plus `_metrics.json`
 and `_manifest.json`. On a cluster: `ray job submit --working-dir . -- python jobs/link.py ...`
 (connects to RAY_ADDRESS); alone it starts a local Ray. With only --input and --output it uses
-the embedded default model and the bundled sample KB, whose index is built once and cached.
+the trained default model and the bundled sample KB, whose index is built once and cached.
 The library code is onegen/pipeline/.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="Parquet/JSONL file, folder, glob or URI (s3://, gs://, ...)")
     parser.add_argument("--output", required=True, help="output folder (local path or URI)")
-    parser.add_argument("--model", default=None, help="model folder or cached hub id (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=None, help="model folder, adapter folder or cached hub id (default: the trained default, SmolLM2-135M-Instruct + the bundled OneGen adapter)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--index", default=None, help="built entity index folder (python jobs/build_index.py)")
     source.add_argument("--kb", default=None, help="KB JSONL whose index is built on first use and cached (default: samples/kb.jsonl)")

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from kb.aliases import AliasTable
 
-DEFAULT_NIL_THRESHOLD = 0.5  # cosine below which a mention is NIL, unless the user tunes it (on AIDA testa)
+# Cosine below which a mention is NIL, and the alias prior's weight: both picked on AIDA testa for the
+# trained default (bench/gpu_score.py); another model should tune its own (eval/run_gerbil.py --nil-threshold).
+DEFAULT_NIL_THRESHOLD = 0.75
+DEFAULT_PRIOR_WEIGHT = 0.1
 
 
 @dataclass
@@ -23,10 +26,10 @@ class AliasPrior:
     """p(entity | mention surface) from an alias table, weighted for re-ranking."""
 
     table: AliasTable  # alias counts
-    weight: float = 0.2  # added to the cosine as weight * p when ranking candidates
+    weight: float = DEFAULT_PRIOR_WEIGHT  # added to the cosine as weight * p when ranking candidates
 
     @classmethod
-    def from_tsv(cls, path: str | Path, *, weight: float = 0.2) -> AliasPrior:
+    def from_tsv(cls, path: str | Path, *, weight: float = DEFAULT_PRIOR_WEIGHT) -> AliasPrior:
         """Read a `mention<TAB>entity<TAB>count` table (kb.aliases.AliasTable)."""
         return cls(AliasTable.from_tsv(path), weight)
 

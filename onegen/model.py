@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from kb.types import Entity
-from onegen.default_model import DEFAULT_MODEL_NAME, default_model_dir, default_model_path
+from onegen.default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_NAME, default_model_dir, default_model_path
 from onegen.prompts import ENTITY_PREFIX, entity_input_ids
 from onegen.tokens import CONTINUE, ENTITY, LINK, SPECIAL_TOKENS, TOKEN_DESCRIPTIONS
 from onegen.types import Annotated
@@ -280,10 +280,13 @@ class OneGen:
         dtype=None,
         trust_remote_code: bool = False,
     ) -> OneGen:
-        """Load a model: None / "SmolLM2-135M-Instruct" (embedded default), a model folder or cached hub id
-        (Llama, Qwen2, Mistral, ...), or a PEFT adapter folder (given as `name_or_path` or as `adapter`
-        over the base `name_or_path`; with `name_or_path=None` the adapter's own base is used).
+        """Load a model: None (the trained default: the embedded base with the bundled OneGen adapter),
+        "SmolLM2-135M-Instruct" (the embedded base alone, untrained for OneGen), a model folder or cached
+        hub id (Llama, Qwen2, Mistral, ...), or a PEFT adapter folder (given as `name_or_path` or as
+        `adapter` over the base `name_or_path`; with `name_or_path=None` the adapter's own base is used).
         Safetensors only. Device: CUDA when available; dtype: bf16/fp16 on GPU, fp32 on CPU."""
+        if name_or_path is None and adapter is None:
+            adapter = str(DEFAULT_ADAPTER_DIR)
         if name_or_path is not None and adapter is None:
             folder = Path(name_or_path).expanduser()
             if (folder / "adapter_config.json").is_file():

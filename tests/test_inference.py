@@ -119,9 +119,10 @@ def test_a_50k_word_text_is_annotated(tiny_onegen):
 def test_default_model_annotates_a_sentence():
     onegen = OneGen.from_pretrained(None, device="cpu")
     texts = ["Germany beat France 2-1 in Paris on Sunday.", "Peter Blackburn reports from Brussels."]
-    copy = annotate(onegen, texts, max_new_tokens=40)
-    greedy = annotate(onegen, texts, max_new_tokens=40, decoder="greedy")
+    copy = annotate(onegen, texts, max_new_tokens=80)
+    greedy = annotate(onegen, texts, max_new_tokens=80, decoder="greedy")
     assert [a.marked for a in copy] == [a.marked for a in greedy]
     for text, a in zip(texts, copy):
         assert a.generated_tokens > 0 and a.marked
         assert all(text[m.start : m.end] == m.surface and m.vector.shape == (onegen.hidden_size,) for m in a.mentions)
+    assert {"Germany", "France", "Paris"} <= {m.surface for m in copy[0].mentions}  # the trained default marks them
