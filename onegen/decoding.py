@@ -44,7 +44,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 from onegen.tokens import CONTINUE, LINK, MENTION_CLOSE, MENTION_OPEN
 
 DRAFT_TOKENS = 16  # most drafted tokens per row and pass
-MIN_DRAFT_TOKENS = 2  # a row whose drafts fail keeps drafting this many
+MIN_DRAFT_TOKENS = 2  # a row whose drafts fail keeps drafting at least this many
 COMPACT_WASTE = 0.5  # compact the cache when masked slots exceed this fraction of it ...
 COMPACT_MIN_SLOTS = 64  # ... and it has more slots than this
 MIN_SHARED_PREFIX = 8  # prompts sharing at least this many first tokens prefill them once
@@ -413,8 +413,11 @@ def copy_decode(
     # [2] draft, verify, commit until every row stops
     while active:
         drafts = []
+        # The pass is as wide as the longest draft, so every row may draft that many: the padded slots
+        # cost the same, and a row that just lost a draft (a mention boundary) is usually copying again.
+        pass_k = max(row.k for row in active)
         for row in active:
-            room = 0 if row.flush else min(row.k, row.budget - len(row.tokens) - 1)
+            room = 0 if row.flush else min(pass_k, row.budget - len(row.tokens) - 1)
             draft = drafter.draft(row.index, row.tokens, room) if drafter is not None and room > 0 else []
             drafts.append(_force_draft(row.tokens[-1], draft[:room], link, cont))
         width = 1 + max(len(d) for d in drafts)
