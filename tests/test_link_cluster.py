@@ -41,10 +41,10 @@ def link(tmp_path, name: str, replicas: int, cpus: float) -> tuple[list[dict], l
     nodes.mkdir()
     client = RayIndexClient(tmp_path / "index", FINGERPRINT, num_cpus=0.25)
     shard_nodes = ray.get([a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for a in client.actors])
-    linking = Linking(partial(make_fake_annotator, node_dir=str(nodes)), client, "fake@sha256:0",
+    linking = Linking(partial(make_fake_annotator, node_dir=str(nodes), delay=0.05), client, "fake@sha256:0",
                       index_id((tmp_path / "index" / "manifest.json").read_bytes()))
     config = JobConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / name), num_replicas=replicas,
-                       gpus_per_replica=0, cpus_per_replica=cpus, batch_size=2, nil_threshold=0.9)
+                       gpus_per_replica=0, cpus_per_replica=cpus, batch_size=1, nil_threshold=0.9)  # 6 replica calls
     run_job(config, linking)
     client.close()
     return rows_of(tmp_path / name), shard_nodes, {p.name for p in nodes.iterdir()}

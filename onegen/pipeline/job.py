@@ -26,6 +26,7 @@ from onegen.pipeline.outputs import METRICS_FILE, AtomicParquetSink, Manifest, O
 from onegen.pipeline.stages import Annotate, AnnotateStage, Linker, Retriever
 
 LOG = logging.getLogger(__name__)
+MODEL_BATCHES_PER_CALL = 4  # documents per replica call = this x --batch-size
 
 
 @dataclass
@@ -148,7 +149,9 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
         AnnotateStage,
         fn_constructor_args=(linking.make_annotator,),
         batch_format="pyarrow",
-        batch_size=config.batch_size,
+        # A replica call takes several model batches' worth of documents and decodes them in length
+        # order (onegen.inference sorts its windows), so that rows of one model batch pad little.
+        batch_size=config.batch_size * MODEL_BATCHES_PER_CALL,
         # One model replica per actor; Ray restarts a dead replica and retries its batch.
         compute=ray.data.ActorPoolStrategy(size=replicas),
         num_gpus=gpus,  # GPUs per replica (--gpus-per-replica; 1 when the cluster has GPUs)
