@@ -17,7 +17,8 @@ set -uo pipefail
 OUT=${OUT:?set OUT to the folder for results}
 RUN_SECONDS=${RUN_SECONDS:-380}  # bench/gpu_run.py deadline (its final evaluation may run ~50 s past it)
 DATA=${DATA:-.gpu/data}  # bench/gpu_prepare.py output
-GPU_RUN_ARGS=${GPU_RUN_ARGS:-}  # more bench/gpu_run.py options (a CPU smoke run: --limit-examples 2 --limit-kb 200)
+GPU_RUN_ARGS=${GPU_RUN_ARGS:-}  # more bench/gpu_run.py options, e.g. "--init onegen/default_adapter --epochs 2 --ablations="
+                                # to train the bundled default further (a CPU smoke run: --limit-examples 2 --limit-kb 200)
 DECODE_7B=${DECODE_7B:-0}  # 1: also the random Llama-7B decode table (~80 s; it did not fit after a 420 s run)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export ONEGEN_CACHE=/tmp/onegen-cache ONEGEN_DEFAULT_GGUF=/root/keep/model.gguf

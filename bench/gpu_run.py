@@ -9,7 +9,8 @@ pieces as `jobs/train.py` (onegen.training: the trainable model, the OneGen loss
 model card) on one GPU, bf16 autocast over float32 weights. Runs, in order, each only if the time left
 allows it:
 
-1. `lora-bpr`: the default (LoRA r=16, BPR) for `--epochs` epochs; after epoch 1 its testa candidates
+1. `lora-bpr`: the default (LoRA r=16, BPR) for `--epochs` epochs, from scratch or from `--init`
+   (an adapter saved earlier: training goes on from it, with a new learning-rate schedule); after epoch 1 its testa candidates
    (`lora-bpr-e1`); at the end the adapter (OUT/adapter) and the candidates of every evaluation set;
 2. the ablations, one epoch each, testa candidates: `lora-infonce-e1` and `full-bpr-e1`.
 
@@ -51,6 +52,7 @@ from onegen.training import (  # noqa: E402
     Progress,
     TrainConfig,
     _hardware,
+    load_trained_weights,
     make_trainable,
     optimizer_and_scheduler,
     shuffled_loader,
@@ -129,12 +131,15 @@ def write_candidates(onegen: OneGen, docs: list[dict], kb_ids: list[str], kb_vec
 class Trainer:
     """One training run in this process, epoch by epoch (onegen.training's pieces, no Ray)."""
 
-    def __init__(self, config: TrainConfig, examples: list[OneGenExample], entities: dict, device: torch.device):
+    def __init__(self, config: TrainConfig, examples: list[OneGenExample], entities: dict, device: torch.device,
+                 init: Path | None = None):
         self.config = config
         self.device = device
         torch.manual_seed(config.seed)
         self.onegen = OneGen.from_pretrained(config.base, device="cpu", dtype=torch.float32)
         model = make_trainable(self.onegen.model, self.onegen.token_ids, config)
+        if init is not None:  # continue from a saved model of the same kind (e.g. the bundled adapter)
+            load_trained_weights(model, init, lora=config.lora is not None)
         self.onegen.model = model
         self.onegen.device = device
         self.module = OneGenLoss(model, self.onegen.token_ids, config.loss, config.temperature).to(device)
@@ -184,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-examples", type=int, default=None, help="train on this many examples (smoke runs)")
     parser.add_argument("--limit-kb", type=int, default=None, help="keep this many KB entities, gold first (smoke runs)")
     parser.add_argument("--ablations", default="lora-infonce,full-bpr", help="comma-separated one-epoch runs")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="the default run starts from this saved LoRA adapter (e.g. onegen/default_adapter)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     clock = Clock(args.deadline)
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. The default: LoRA + BPR.
     main_config = replace(base_config, epochs=args.epochs, lr=args.lr)
-    trainer = Trainer(main_config, examples, entities, device)
+    trainer = Trainer(main_config, examples, entities, device, init=args.init)
     adapter = args.out / "adapter"
     epoch_seconds = eval_seconds = None
     for epoch in range(1, args.epochs + 1):

@@ -278,10 +278,16 @@ def read_progress(directory: Path) -> Progress:
 
 def load_model_state(model: nn.Module, directory: Path, config: TrainConfig) -> None:
     """Put a checkpoint's trained weights into a freshly built `make_trainable` model (before wrapping)."""
+    load_trained_weights(model, directory / CKPT_MODEL, lora=config.lora is not None)
+
+
+def load_trained_weights(model: nn.Module, folder: Path, *, lora: bool) -> None:
+    """Put the weights of a saved model folder (`OneGen.save_pretrained`: an adapter, or full weights)
+    into a freshly built `make_trainable` model of the same kind."""
     from safetensors.torch import load_file
 
-    folder = directory / CKPT_MODEL
-    if config.lora is not None:
+    folder = Path(folder)
+    if lora:
         from peft import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
