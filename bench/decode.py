@@ -16,14 +16,13 @@ machine is shared and noisy). It prints new tokens/s of each, the speed-up of th
 one-pass/two-pass time ratios, the drafting counters, and whether all methods produced identical
 tokens (they must, up to float ties).
 
-Which regime this measures: the embedded default (SmolLM2-135M-Instruct, untrained for OneGen)
-already answers the mention-detection prompt with a copy of the text (no markup), so drafts from
-the source are accepted as they would be for a trained OneGen model on the copied stretches; the
-acceptance rate printed is the model's own, nothing is forced. A trained model adds markup after
-each mention, which costs about two rejected drafts per mention (the start and the end of a mention
-are the model's decisions). `--random-llama7b` builds a Llama-2-7B-shaped random model (bf16) for
-GPU timing: random weights never copy, so there the copy decoder's acceptance is ~0 and the table
-shows its overhead floor, not its gain.
+Which regime this measures: the default model (the bundled OneGen fine-tune) writes a marked copy
+of each text. The drafter proposes that copy, with the markup of the mentions it expects (capitalised
+names, `onegen.drafting`); a pass ends early where the model disagrees: a mention it starts or ends
+elsewhere, or a word it changes. On a CPU a pass costs in proportion to its slots, so the slots
+computed per committed token is printed too. `--random-llama7b` builds a Llama-2-7B-shaped random
+model (bf16) for GPU timing: random weights never copy, so there the copy decoder's acceptance is ~0
+and the table shows its overhead floor, not its gain.
 
 Texts: `--input` JSONL with a `text` field, else built-in sentences written for this benchmark.
 """
@@ -41,7 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from onegen.decoding import CopyDrafter, DecodeStats, Decoded, copy_decode, greedy_decode  # noqa: E402
+from onegen.decoding import DecodeStats, Decoded, copy_decode, greedy_decode  # noqa: E402
+from onegen.drafting import CopyDrafter  # noqa: E402
 from onegen.model import OneGen  # noqa: E402
 from onegen.prompts import mention_prompt  # noqa: E402
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 2 x longest text's tokens + 64")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    parser.add_argument("--draft-tokens", type=int, default=16)
+    parser.add_argument("--draft-tokens", type=int, default=None, help="draft cap (default: the decoder's, by device)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per batch and method, the fastest counts (shared machines)")
     parser.add_argument("--random-llama7b", action="store_true", help="Llama-2-7B-shaped random model, bf16 (GPU timing)")
     args = parser.parse_args(argv)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"two-pass / one-pass time, no drafts:   {seconds['two-pass (generate + forward)'] / seconds['one-pass, no drafts']:.2f}x")
     print(f"drafting: {stats.forward_passes} verify passes, {stats.accepted}/{stats.drafted} drafted tokens accepted "
           f"({stats.accepted / max(stats.drafted, 1):.0%}), {stats.generated / max(stats.forward_passes, 1):.1f} tokens/pass "
-          f"over the batch, {stats.compactions} compactions")
+          f"over the batch, {stats.slots / max(stats.generated, 1):.2f} slots computed per token, {stats.compactions} compactions")
     differ = sum(a != b for name in methods for a, b in zip(outputs[name], outputs["plain generate"]))
     print(f"identical tokens across methods: {'yes' if differ == 0 else f'NO ({differ} rows differ)'}")
 

@@ -6,8 +6,8 @@ Two decoders with the same output:
 - `greedy_decode`: the reference. Hugging Face `generate` (greedy) with a logits processor that forces
   `[_CONTINUE_]` after `[LK]`, then a second forward over prompt + output to read the `[LK]` states.
 - `copy_decode`: the fast path. The marked output is mostly a copy of the source text, so a drafter
-  (`CopyDrafter`) proposes the next k tokens from the source (and the markup around a mention; prompt
-  lookup over prompt + output when the output leaves the source) and ONE forward pass scores all of them. The model's own greedy choice at each drafted slot (with the forcing
+  (`onegen.drafting.CopyDrafter`) proposes the next k tokens from the source, with the markup of the
+  mentions it expects, and ONE forward pass scores all of them. The model's own greedy choice at each drafted slot (with the forcing
   rule applied: the token after `[LK]` is `[_CONTINUE_]`) decides: the longest drafted prefix that
   equals those choices is accepted, plus the model's next token after it. Every committed token is thus
   the greedy token given its prefix: the output is token-for-token that of plain greedy decoding
@@ -28,8 +28,10 @@ Batching design: one KV cache for the whole batch, rows of different lengths and
 - Models with sliding-window attention (Mistral) are exact only while the cache is shorter than the
   window, since the window counts cache slots.
 
-The draft length adapts per row: it grows while drafts are accepted and shrinks when they are not, so
-an output that does not copy (an untrained model) wastes little compute.
+The pass width adapts: each row's draft length grows while its drafts are accepted and shrinks when
+they are not, and a pass is as wide as the longest, so an output that does not copy (an untrained
+model) wastes little compute. On a CPU a forward costs in proportion to its width (rows x slots), so
+`DRAFT_TOKENS` there is shorter than on a GPU, where a pass of a few dozen slots costs about one slot.
 """
 from __future__ import annotations
 
@@ -37,13 +39,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
-from onegen.tokens import CONTINUE, LINK, MENTION_CLOSE, MENTION_OPEN
 
-DRAFT_TOKENS = 16  # most drafted tokens per row and pass
+DRAFT_TOKENS = 16  # most drafted tokens per row and pass, on a GPU ...
+CPU_DRAFT_TOKENS = 12  # ... and on a CPU (AIDA windows, default model, batch 8: 12 took 0.92x the time of 16)
 MIN_DRAFT_TOKENS = 2  # a row whose drafts fail keeps drafting at least this many
 COMPACT_WASTE = 0.5  # compact the cache when masked slots exceed this fraction of it ...
 COMPACT_MIN_SLOTS = 64  # ... and it has more slots than this
@@ -67,6 +68,7 @@ class DecodeStats:
     drafted: int = 0  # draft tokens scored
     accepted: int = 0  # draft tokens accepted
     generated: int = 0  # tokens committed over all rows
+    slots: int = 0  # token slots the verify passes computed (rows x pass width): their cost on a CPU
     compactions: int = 0  # cache compactions
 
 
@@ -90,111 +92,6 @@ class ForceContinue(LogitsProcessor):
         forced[:, self.continue_id] = 0.0
         scores[rows] = forced
         return scores
-
-
-@dataclass
-class _SourceState:
-    """Where a row's output stands against its source text (CopyDrafter)."""
-
-    plain_len: int = 0  # characters of the unmarked output already followed
-    src_pos: int = 0  # source offset right after the followed output; -1 when lost
-    synced: bool = True  # the latest output text was found in the source
-
-
-class CopyDrafter:
-    """Drafts the continuation of a marked copy of each source text.
-
-    The output so far is decoded to text. An unfinished markup run at its end (`</MEN`, `</MENTION>`,
-    `[LK]`, `<`) is set aside and completed (`... </MENTION>[LK][_CONTINUE_]`, or `<MENTION>`); the other
-    markers are removed to get the plain copy, which is matched against the source to find the source
-    offset it has reached (re-found by searching its last characters when the copy drifts). The draft is
-    the completion followed by the source text from that offset, tokenised.
-
-    When the output is not a copy of the source (the model writes a preamble, or repeats itself), the
-    draft falls back to prompt lookup: the continuation of the latest earlier occurrence of the last
-    few tokens in prompt + output.
-    """
-
-    CLOSE_RUN = MENTION_CLOSE + LINK + CONTINUE  # the markup that ends a mention, in output order
-
-    def __init__(self, tokenizer, sources: Sequence[str], prompts: Sequence[Sequence[int]] | None = None):
-        self.tokenizer = tokenizer
-        self.sources = list(sources)
-        self.prompts = [list(p) for p in prompts] if prompts is not None else [[] for _ in self.sources]
-        self.states = [_SourceState() for _ in self.sources]
-
-    def draft(self, row: int, tokens: Sequence[int], k: int) -> list[int]:
-        if k <= 0:
-            return []
-        text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-        source, state = self.sources[row], self.states[row]
-        partial, completion = self._unfinished(text)
-        _follow(source, state, _strip_markers(text[: len(text) - len(partial)]))
-        if partial == "<":  # a literal `<` of the source, or the start of `<MENTION>` or `</MENTION>`
-            if state.src_pos >= 0 and source.startswith("<", state.src_pos):
-                state.src_pos, state.plain_len, completion = state.src_pos + 1, state.plain_len + 1, ""
-            elif text.rfind(MENTION_OPEN) > text.rfind(MENTION_CLOSE):  # inside a mention
-                completion = self.CLOSE_RUN[1:]
-        rest = source[state.src_pos : state.src_pos + 8 * k] if state.synced and state.src_pos >= 0 else ""
-        if not completion + rest:
-            return _lookup(self.prompts[row] + list(tokens), k)
-        return self.tokenizer(completion + rest, add_special_tokens=False).input_ids[:k]
-
-    def _unfinished(self, text: str) -> tuple[str, str]:
-        """(the unfinished markup run ending `text`, the text that completes it); ("", "") if none."""
-        runs = [(self.CLOSE_RUN, n) for n in range(2, len(self.CLOSE_RUN))]  # `</` ... `</MENTION>[LK]`
-        runs += [(LINK + CONTINUE, len(LINK))]  # a bare [LK]
-        runs += [(MENTION_OPEN, n) for n in range(1, len(MENTION_OPEN))]  # `<` ... `<MENTION`
-        best = ("", "")
-        for run, n in runs:
-            if n > len(best[0]) and text.endswith(run[:n]):
-                best = (run[:n], run[n:])
-        return best
-
-
-def _lookup(context: list[int], k: int, sizes: tuple[int, ...] = (4, 3, 2)) -> list[int]:
-    """Prompt lookup: the k tokens that followed the latest earlier occurrence of the last n tokens."""
-    tokens = np.asarray(context)
-    for n in sizes:
-        if len(tokens) <= n:
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)  # (L - n, n), each has a successor
-        hits = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
-        if hits.size:
-            start = int(hits[-1]) + n
-            return tokens[start : start + k].tolist()
-    return []
-
-
-def _follow(source: str, state: _SourceState, plain: str) -> None:
-    """Advance `state.src_pos` over the new plain characters, re-finding it when the copy drifts."""
-    new = plain[state.plain_len :]
-    state.plain_len = len(plain)
-    if not new:
-        return
-    if state.src_pos >= 0 and source.startswith(new, state.src_pos):
-        state.src_pos += len(new)
-        state.synced = True
-        return
-    state.synced = False
-    lo = max(0, state.src_pos - 2 * len(new) - 64) if state.src_pos >= 0 else 0
-    for n in (32, 16, 8):
-        if len(plain) < n:
-            continue
-        tail = plain[-n:]
-        j = source.find(tail, lo)
-        if j < 0:
-            j = source.find(tail)
-        if j >= 0:
-            state.src_pos, state.synced = j + n, True
-            return
-    state.src_pos = -1
-
-
-def _strip_markers(text: str) -> str:
-    for marker in (MENTION_OPEN, MENTION_CLOSE, LINK, CONTINUE):
-        text = text.replace(marker, "")
-    return text
 
 
 def _eos_ids(model, eos_token_ids) -> set[int]:
@@ -374,14 +271,14 @@ def copy_decode(
     max_new_tokens: int | Sequence[int],
     pad_token_id: int,
     eos_token_ids: int | Sequence[int] | None = None,
-    draft_tokens: int = DRAFT_TOKENS,
+    draft_tokens: int | None = None,
     compact_waste: float = COMPACT_WASTE,
     stats: DecodeStats | None = None,
 ) -> list[Decoded]:
     """Greedy decoding of `prompts` (token id lists) with drafts verified in one forward each (module doc).
 
     `drafter=None` decodes one token per pass (no drafting). `max_new_tokens` is one limit or one per
-    prompt. `draft_tokens` caps the draft length; the cache is compacted when more than `compact_waste`
+    prompt. `draft_tokens` caps the draft length (default: `DRAFT_TOKENS`, `CPU_DRAFT_TOKENS` on a CPU); the cache is compacted when more than `compact_waste`
     of its slots are masked. `token_ids` has `.link` and `.cont`. Returns one `Decoded` per prompt, in order."""
     _check_prompts(prompts)
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -389,6 +286,8 @@ def copy_decode(
         raise ValueError(f"expected one max_new_tokens per prompt ({len(prompts)}), got {len(budgets)}")
     stats = stats if stats is not None else DecodeStats()
     device = model.device
+    if draft_tokens is None:
+        draft_tokens = CPU_DRAFT_TOKENS if device.type == "cpu" else DRAFT_TOKENS
     link, cont = token_ids.link, token_ids.cont
     eos = _eos_ids(model, eos_token_ids)
     rows = [_Row(i, budgets[i], k=draft_tokens) for i in range(len(prompts))]
@@ -442,6 +341,7 @@ def copy_decode(
         greedy = torch.where(step_ids == link, torch.full_like(greedy, cont), greedy).tolist()
         hidden = out.hidden_states[-1]  # (B, W, D), after the final norm
         stats.forward_passes += 1
+        stats.slots += step_ids.numel()
         accepted_mask = torch.zeros_like(step_mask)
         for i, (row, draft) in enumerate(zip(active, drafts)):
             n = 0

@@ -21,7 +21,8 @@ import torch
 
 from onegen.align import align_mentions
 from onegen.chunking import Window, sentence_windows
-from onegen.decoding import DRAFT_TOKENS, CopyDrafter, Decoded, DecodeStats, copy_decode, greedy_decode
+from onegen.decoding import Decoded, DecodeStats, copy_decode, greedy_decode
+from onegen.drafting import CopyDrafter
 from onegen.prompts import mention_prompt
 from onegen.tokens import LINK
 from onegen.types import Annotated, Mention
@@ -73,7 +74,7 @@ def annotate(
     max_window_tokens: int | None = None,
     decoder: str = "copy",
     max_new_tokens: int | None = None,
-    draft_tokens: int = DRAFT_TOKENS,
+    draft_tokens: int | None = None,
     stats: DecodeStats | None = None,
     windows: Sequence[Sequence[Window]] | None = None,
 ) -> list[Annotated]:
@@ -86,7 +87,7 @@ def annotate(
         max_window_tokens: source tokens per window (default: `default_window_tokens(onegen)`).
         decoder: "copy" (copy-speculative, fast) or "greedy" (HF generate + a second forward); same output.
         max_new_tokens: generation budget per window (default: 2 x its source tokens + 64).
-        draft_tokens: most drafted tokens per verification pass ("copy").
+        draft_tokens: most drafted tokens per verification pass ("copy"; default: by device, see `onegen.decoding`).
         stats: filled with decoding counters ("copy").
         windows: the windows of each text, computed beforehand (e.g. by `sentence_windows` on a machine
             with spaCy); None cuts them here.
@@ -140,7 +141,7 @@ def annotate(
     return results
 
 
-def _decode(onegen, batch: list[_Job], sources: list[str], eos: set[int], decoder: str, draft_tokens: int, stats) -> list[Decoded]:
+def _decode(onegen, batch: list[_Job], sources: list[str], eos: set[int], decoder: str, draft_tokens: int | None, stats) -> list[Decoded]:
     tokenizer = onegen.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked everywhere: any id works
     prompts = [j.prompt for j in batch]

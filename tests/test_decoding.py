@@ -10,10 +10,10 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from onegen.decoding import CopyDrafter, DecodeStats, copy_decode, greedy_decode
+from onegen.decoding import DecodeStats, copy_decode, greedy_decode
+from onegen.drafting import CopyDrafter
 from onegen.model import add_onegen_tokens
 from onegen.prompts import mention_prompt
-from onegen.tokens import CONTINUE, LINK, MENTION_CLOSE
 
 TEXTS = [
     "Germany beat France 2-1 in Paris.",
@@ -137,27 +137,6 @@ def test_wasted_slots_are_compacted_without_changing_the_output(tokenizer):
                        compact_waste=0.1, stats=stats)
     assert stats.compactions > 0
     _assert_same(fast, plain)
-
-
-def test_copy_drafter_completes_markup_and_follows_the_source(tokenizer):
-    add_onegen_tokens(tiny_model(len(tokenizer)), tokenizer)
-    source = "Germany beat France in Paris on Sunday."
-    drafter = CopyDrafter(tokenizer, [source, source, source])
-
-    def draft_text(row, output, k=12):
-        return tokenizer.decode(drafter.draft(row, tokenizer(output, add_special_tokens=False).input_ids, k))
-
-    closing = draft_text(0, "Germany beat <MENTION>France</")
-    assert closing.startswith(MENTION_CLOSE[2:] + LINK + CONTINUE + " in Paris")
-    assert draft_text(1, "Germany beat <").startswith("MENTION>France in")
-    assert draft_text(2, "Germany beats France in").startswith(" Paris on Sunday")  # a changed word: re-found
-
-
-def test_copy_drafter_falls_back_to_prompt_lookup_off_the_source(tokenizer):
-    add_onegen_tokens(tiny_model(len(tokenizer)), tokenizer)
-    drafter = CopyDrafter(tokenizer, ["Germany beat France."], [tokenizer("Here is the text:").input_ids])
-    preamble = tokenizer("Here is the annotation. Here is the", add_special_tokens=False).input_ids
-    assert tokenizer.decode(drafter.draft(0, preamble, 3)).startswith(" annotation.")
 
 
 @pytest.mark.slow
