@@ -1,6 +1,6 @@
 """Decoding benchmark: plain `generate` vs the copy-speculative one-pass decoder, and one-pass vs two-pass.
 
-    python bench/decode.py [--model M] [--batch-size 8] [--texts 16] [--input docs.jsonl]
+    python bench/decode.py [--model M] [--batch-size 8] [--texts 16] [--input docs.jsonl | --dataset aida-testa]
                            [--max-new-tokens N] [--dtype float32] [--device cpu] [--repeats 2] [--random-llama7b]
 
 Same model, same prompts (the mention-detection prompt of each text), same batches, one run:
@@ -24,7 +24,10 @@ computed per committed token is printed too. `--random-llama7b` builds a Llama-2
 model (bf16) for GPU timing: random weights never copy, so there the copy decoder's acceptance is ~0
 and the table shows its overhead floor, not its gain.
 
-Texts: `--input` JSONL with a `text` field, else built-in sentences written for this benchmark.
+Texts: `--input` JSONL with a `text` field; or `--dataset NAME` (`eval/run_gerbil.py`'s names, read from
+`../shared/data`): the sentence windows of its first documents, `--window-tokens` source tokens each
+(192 by default, to keep a CPU run short; the linker's default is 512); else built-in sentences
+written for this benchmark.
 """
 from __future__ import annotations
 
@@ -77,6 +80,20 @@ def read_texts(path: Path, n: int) -> list[str]:
     return texts
 
 
+def dataset_windows(name: str, n: int, tokenizer, window_tokens: int) -> list[str]:
+    """The first n sentence windows of dataset `name`, as the linker cuts them (needs spaCy)."""
+    from eval.datasets import DEFAULT_DATA_DIR, load_dataset
+    from onegen.chunking import sentence_windows
+
+    texts = []
+    for doc in load_dataset(name, DEFAULT_DATA_DIR):
+        windows = sentence_windows(doc.text, window_tokens, lambda s: len(tokenizer(s, add_special_tokens=False).input_ids))
+        texts += [doc.text[w.start : w.end] for w in windows]
+        if len(texts) >= n:
+            return texts[:n]
+    return texts
+
+
 def random_llama7b(device: str) -> OneGen:
     """A Llama-2-7B-shaped random model (bf16) with the default model's tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -116,7 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--texts", type=int, default=16, help="number of texts")
-    parser.add_argument("--input", type=Path, default=None, help="JSONL with a 'text' field (default: built-in sentences)")
+    texts_from = parser.add_mutually_exclusive_group()
+    texts_from.add_argument("--input", type=Path, default=None, help="JSONL with a 'text' field (default: built-in sentences)")
+    texts_from.add_argument("--dataset", default=None, help="windows of this dataset's first documents, e.g. aida-testa")
+    parser.add_argument("--window-tokens", type=int, default=192, help="source tokens per --dataset window (default 192)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 2 x longest text's tokens + 64")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
@@ -128,7 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     onegen = random_llama7b(str(device)) if args.random_llama7b else OneGen.from_pretrained(args.model, device=device, dtype=args.dtype)
     tokenizer, model, ids = onegen.tokenizer, onegen.model, onegen.token_ids
-    texts = read_texts(args.input, args.texts) if args.input else sample_texts(args.texts)
+    if args.input:
+        texts = read_texts(args.input, args.texts)
+    elif args.dataset:
+        texts = dataset_windows(args.dataset, args.texts, tokenizer, args.window_tokens)
+    else:
+        texts = sample_texts(args.texts)
     prompts = [tokenizer(mention_prompt(tokenizer, t), add_special_tokens=False).input_ids for t in texts]
     source_tokens = max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
     max_new = args.max_new_tokens or 2 * source_tokens + 64
