@@ -261,9 +261,30 @@ def save_checkpoint(directory: Path, model: nn.Module, onegen: OneGen, optimizer
     with gather:
         if rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
-            onegen.save_pretrained(directory / CKPT_MODEL)
+            with _fsdp_units_unwrapped(onegen.model) if _is_fsdp(model) else contextlib.nullcontext():
+                onegen.save_pretrained(directory / CKPT_MODEL)
     if rank == 0:
         torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict()}, directory / CKPT_STATE)
+
+
+@contextlib.contextmanager
+def _fsdp_units_unwrapped(model: nn.Module):
+    """Within `summon_full_params`: `model` with each FSDP unit inside it replaced by the module it wraps.
+
+    PEFT picks the adapter weights by module name, and a unit inside the model adds a path segment to
+    those names (PEFT only strips a leading one): saved through the units, the adapter lost every LoRA
+    weight of the decoder layers."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    swapped = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, FSDP)]
+    for parent, name, unit in swapped:
+        setattr(parent, name, unit.module)
+    try:
+        yield
+    finally:
+        for parent, name, unit in swapped:
+            setattr(parent, name, unit)
 
 
 def write_progress(directory: Path, progress: Progress) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from eval.nif import to_nif
 from kb.jsonl import write_kb
@@ -160,8 +161,14 @@ def test_fsdp_wraps_decoder_layers_and_checkpoints_a_loadable_adapter(tmp_path, 
         save_checkpoint(tmp_path / "ckpt", sharded, onegen, optimizer, scheduler, rank=0)
         write_progress(tmp_path / "ckpt", Progress(epoch=1, step=1))
         assert load_train_state(tmp_path / "ckpt", sharded, optimizer, scheduler).step == 1
+        sharded(_batch(onegen, config)).total.backward()  # training goes on through the units after the save
+        assert len([m for m in sharded.modules() if isinstance(m, FSDP)]) == 1 + 2
     finally:
         dist.destroy_process_group()
+    saved = load_file(tmp_path / "ckpt" / CKPT_MODEL / "adapter_model.safetensors")
+    lora_b = [value for name, value in saved.items() if "lora_B" in name]
+    assert len(lora_b) == 2 * 7  # every linear layer of both decoder layers: the trained LoRA weights are saved
+    assert all(value.abs().sum() > 0 for value in lora_b)  # the step moved them from their zero start
     loaded = OneGen.from_pretrained(str(tmp_path / "ckpt" / CKPT_MODEL), device="cpu")
     assert loaded.adapter is not None
 
