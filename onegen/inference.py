@@ -129,7 +129,7 @@ def annotate(
         batch = jobs[b : b + batch_size]
         sources = [texts[j.text_index][j.window.start : j.window.end] for j in batch]
         for job, source, decoded in zip(batch, sources, _decode(onegen, batch, sources, eos, decoder, draft_tokens, stats)):
-            out = _marked_text(tokenizer, decoded, eos)
+            out = _marked_text(tokenizer, decoded, eos, onegen.token_ids.link)
             results[job.text_index].generated_tokens += len(decoded.tokens)
             marked[job.text_index].append((job.window.start, out))
             candidates[job.text_index] += _window_mentions(job, source, out, decoded)
@@ -170,10 +170,16 @@ def _truncate(decoded: Decoded, budget: int) -> Decoded:
     return Decoded(decoded.tokens[:budget], [decoded.link_positions[i] for i in keep], decoded.link_states[keep])
 
 
-def _marked_text(tokenizer, decoded: Decoded, eos: set[int]) -> str:
-    """The generated text with markup, EOS dropped."""
+def _marked_text(tokenizer, decoded: Decoded, eos: set[int], link_id: int) -> str:
+    """The generated text with markup, EOS dropped. `[LK]` stands only where the link token is: the same
+    characters written with ordinary tokens (no vector comes with them) are dropped."""
     tokens = decoded.tokens[:-1] if decoded.tokens and decoded.tokens[-1] in eos else decoded.tokens
-    return tokenizer.decode(tokens, skip_special_tokens=False)
+    pieces, start = [], 0
+    for end in [i for i, t in enumerate(tokens) if t == link_id] + [len(tokens)]:
+        pieces.append(tokenizer.decode(tokens[start:end], skip_special_tokens=False).replace(LINK, ""))
+        pieces.append(LINK if end < len(tokens) else "")
+        start = end + 1
+    return "".join(pieces)
 
 
 def _window_mentions(job: _Job, source: str, marked: str, decoded: Decoded) -> list[_Candidate]:

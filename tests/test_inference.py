@@ -80,6 +80,27 @@ def test_precomputed_windows_give_the_same_mentions_without_segmenting(tiny_oneg
         annotate(tiny_onegen, texts, windows=windows[:1])
 
 
+def test_a_link_spelled_with_ordinary_tokens_loses_only_its_own_mention(tiny_onegen, monkeypatch):
+    """The model may write the characters `[LK]` as plain tokens: no vector comes with them, so that
+    mention stays unlinked, and the window's other mentions keep their own vectors."""
+    tokenizer, link = tiny_onegen.tokenizer, tiny_onegen.token_ids.link
+    plain_link = [t for piece in ("[", "LK", "]") for t in tokenizer(piece, add_special_tokens=False).input_ids]
+    assert link not in plain_link and tokenizer.decode(plain_link) == "[LK]"
+
+    def decode(model, token_ids, prompts, drafter, **kw):
+        (decoded,) = _scripted_copy_decode(model, token_ids, prompts, drafter, **kw)
+        first = decoded.tokens.index(link)  # Germany's [LK], written as ordinary tokens instead
+        tokens = decoded.tokens[:first] + plain_link + decoded.tokens[first + 1 :]
+        shift = len(plain_link) - 1
+        return [Decoded(tokens, [p + shift for p in decoded.link_positions[1:]], decoded.link_states[1:])]
+
+    monkeypatch.setattr(inference, "copy_decode", decode)
+    (result,) = annotate(tiny_onegen, [SENTENCES[0]])
+    assert [m.surface for m in result.mentions] == ["France", "Paris"]
+    want = _surface_vector("France", result.mentions[0].vector.shape[0]).numpy()
+    np.testing.assert_allclose(result.mentions[0].vector, want / np.linalg.norm(want), rtol=1e-5)
+
+
 def _find_all(text, needle):
     i = text.find(needle)
     while i >= 0:
