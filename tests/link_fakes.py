@@ -33,15 +33,19 @@ def vector(name: str) -> np.ndarray:
 
 
 def fake_annotate(texts: list[str], *, fail_dir: str | None = None, kill_dir: str | None = None,
-                  fail_every: int = 3, delay: float = 0.0, node_dir: str | None = None) -> list[Annotated]:
+                  fail_every: int = 3, delay: float = 0.0, node_dir: str | None = None,
+                  sizes_dir: str | None = None) -> list[Annotated]:
     """Capitalised words as mentions. fail_dir: every `fail_every`-th batch (by content) raises once;
     kill_dir: the first batch seen kills its process (os._exit) once; delay: seconds per text;
-    node_dir: a file named after the Ray node that ran the batch is left there."""
+    node_dir: a file named after the Ray node that ran the batch is left there; sizes_dir: a file
+    named "<number of texts>-<batch hash>" is left there."""
     key = hashlib.sha256("\0".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
     if node_dir:
         import ray
 
         (Path(node_dir) / ray.get_runtime_context().get_node_id()).touch()
+    if sizes_dir:
+        (Path(sizes_dir) / f"{len(texts)}-{key[:16]}").touch()
     if kill_dir and not _mark(Path(kill_dir) / "killed"):
         os._exit(1)
     if fail_dir and int(key, 16) % fail_every == 0 and not _mark(Path(fail_dir) / key):

@@ -15,6 +15,7 @@ from link_fakes import TESTS_DIR, fake_linking, ray_env
 from onegen.pipeline.job import JobConfig, run_job
 
 pytestmark = pytest.mark.ray
+# batch_size=1: replica calls of MODEL_BATCHES_PER_CALL (16) documents, so 48 documents make 3 calls
 DOCS = [{"doc_id": f"x{i}", "text": f"Doc {i} on Paris and Rome."} for i in range(48)]
 
 
@@ -33,7 +34,7 @@ def corpus(tmp_path):
 
 
 def config(tmp_path, corpus, out="out", **overrides) -> JobConfig:
-    return JobConfig(input=str(corpus), output=str(tmp_path / out), cpus_per_replica=0.5, batch_size=4, nil_threshold=0.9,
+    return JobConfig(input=str(corpus), output=str(tmp_path / out), cpus_per_replica=0.5, batch_size=1, nil_threshold=0.9,
                      **overrides)
 
 
@@ -69,7 +70,7 @@ def test_resume_after_the_driver_is_killed_equals_a_clean_run(tmp_path, corpus, 
         from link_fakes import fake_linking, ray_env
         from onegen.pipeline.job import JobConfig, run_job
         ray.init(address={ray_session.address_info["address"]!r}, runtime_env=ray_env())
-        run_job(JobConfig(input={str(corpus)!r}, output={str(tmp_path / "out")!r}, cpus_per_replica=0.5, batch_size=4,
+        run_job(JobConfig(input={str(corpus)!r}, output={str(tmp_path / "out")!r}, cpus_per_replica=0.5, batch_size=1,
                           nil_threshold=0.9), fake_linking(delay=0.1))
     """)
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(TESTS_DIR), start_new_session=True)

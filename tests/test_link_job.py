@@ -107,3 +107,17 @@ def test_missing_index_says_how_to_build_it(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [{"doc_id": "a", "text": "Paris."}])
     with pytest.raises(FileNotFoundError, match="jobs/build_index.py --kb"):
         run_job(config(tmp_path, tmp_path / "in.jsonl", index=str(tmp_path / "no-index")))
+
+
+def test_replicas_get_calls_of_several_model_batches(tmp_path):
+    """A replica call holds batch_size x MODEL_BATCHES_PER_CALL documents (the input's tail excepted), so
+    that each call can sort its windows by length over several model batches."""
+    from onegen.pipeline.job import MODEL_BATCHES_PER_CALL
+
+    (tmp_path / "sizes").mkdir()
+    corpus = write_jsonl(tmp_path / "in.jsonl", [{"doc_id": f"a{i}", "text": f"Paris number {i}."} for i in range(70)])
+    summary = run_job(config(tmp_path, corpus, batch_size=4), fake_linking(sizes_dir=str(tmp_path / "sizes")))
+    call = 4 * MODEL_BATCHES_PER_CALL
+    sizes = sorted(int(p.name.split("-")[0]) for p in (tmp_path / "sizes").iterdir())
+    assert sizes == [70 % call] + [call] * (70 // call)
+    assert summary.documents == 70 and summary.errors == 0
