@@ -11,6 +11,8 @@ vectors to `EntityIndex.update`, which touches only the affected shards.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import logging
 import shutil
@@ -73,8 +75,34 @@ class EntityEncoder:
 
 
 def model_identity(model: str | None) -> tuple[dict, int]:
-    """(fingerprint, hidden size) of a model, computed in a Ray task so the driver never holds it."""
+    """(fingerprint, hidden size) of a model, computed in a Ray task so the driver never holds it, and
+    cached by the model's files (path, size, mtime): a job that starts again skips loading the model."""
+    cache = _identity_cache_file(model)
+    if cache is not None and cache.is_file():
+        fingerprint, dim = json.loads(cache.read_text())
+        return fingerprint, dim
+    fingerprint, dim = _identify_in_ray(model)
+    if cache is not None:
+        with atomic_output(cache) as f:
+            f.write(json.dumps([fingerprint, dim]))
+    return fingerprint, dim
 
+
+def _identity_cache_file(model: str | None) -> Path | None:
+    """Cache file of the model's identity, keyed by its files; None when they are not on this machine."""
+    from onegen.default_model import cache_root
+    from onegen.sources import source_files
+
+    files = source_files(model)
+    if files is None:
+        return None
+    stats = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
+    versions = [importlib.metadata.version(package) for package in ("transformers", "tokenizers")]  # the vocab hash's readers
+    key = hashlib.sha256(json.dumps([model, stats, versions]).encode()).hexdigest()[:24]
+    return cache_root() / "identities" / f"{key}.json"
+
+
+def _identify_in_ray(model: str | None) -> tuple[dict, int]:
     @ray.remote(num_cpus=1)
     def identify(name: str | None) -> tuple[dict, int]:
         from onegen.model import OneGen

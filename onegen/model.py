@@ -10,7 +10,6 @@ import copy
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from kb.types import Entity
-from onegen.default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_NAME, default_model_dir, default_model_path
+from onegen.default_model import DEFAULT_MODEL_NAME, default_model_path
 from onegen.prompts import ENTITY_PREFIX, entity_input_ids
+from onegen.sources import EXPECTED, resolve
 from onegen.tokens import CONTINUE, ENTITY, LINK, SPECIAL_TOKENS, TOKEN_DESCRIPTIONS
 from onegen.types import Annotated
 
@@ -33,12 +33,6 @@ LOG = logging.getLogger(__name__)
 TOKEN_ROWS_FILE = "onegen_token_rows.safetensors"  # new-token rows saved beside a PEFT adapter
 ENTITY_MAX_TOKENS = 256  # entity sequences longer than this keep their head and the final [SE]
 PROGRESS_MIN_ENTITIES = 1024  # show a progress bar from this many entities on
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "org/name" or "name"
-_EXPECTED = (
-    "expected one of: None or 'SmolLM2-135M-Instruct' (the embedded default); a folder written by "
-    "save_pretrained (config.json, *.safetensors, tokenizer files); a PEFT adapter folder "
-    "(adapter_config.json naming its base); or a Hugging Face hub id already in the local cache"
-)
 
 
 @dataclass
@@ -188,29 +182,10 @@ def _pick_dtype(dtype, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _model_folder(name: str) -> Path:
-    """Local folder of a model given as a folder path or a hub id in the local cache."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or not _HUB_ID.match(name) or name.startswith("."):
-        raise FileNotFoundError(f"No model folder at {name!r}: {_EXPECTED}.")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except LocalEntryNotFoundError as err:
-        raise FileNotFoundError(
-            f"{name!r} is neither a local folder nor a hub id in the local Hugging Face cache "
-            f"(hub access is off): {_EXPECTED}."
-        ) from err
-
-
 def _check_model_folder(folder: Path) -> list[Path]:
     """The safetensors weight files of a model folder; clear errors when it is not one."""
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json (found: {sorted(p.name for p in folder.iterdir())}): {_EXPECTED}.")
+        raise FileNotFoundError(f"{folder} has no config.json (found: {sorted(p.name for p in folder.iterdir())}): {EXPECTED}.")
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise FileNotFoundError(
@@ -285,22 +260,9 @@ class OneGen:
         hub id (Llama, Qwen2, Mistral, ...), or a PEFT adapter folder (given as `name_or_path` or as
         `adapter` over the base `name_or_path`; with `name_or_path=None` the adapter's own base is used).
         Safetensors only. Device: CUDA when available; dtype: bf16/fp16 on GPU, fp32 on CPU."""
-        if name_or_path is None and adapter is None:
-            adapter = str(DEFAULT_ADAPTER_DIR)
-        if name_or_path is not None and adapter is None:
-            folder = Path(name_or_path).expanduser()
-            if (folder / "adapter_config.json").is_file():
-                adapter, name_or_path = str(folder), None
-        adapter_dir = None
-        if adapter is not None:
-            adapter_dir = Path(adapter).expanduser()
-            config_file = adapter_dir / "adapter_config.json"
-            if not config_file.is_file():
-                raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter folder: expected {config_file}.")
-            if name_or_path is None:
-                name_or_path = json.loads(config_file.read_text()).get("base_model_name_or_path")
-        base = DEFAULT_MODEL_NAME if name_or_path in (None, DEFAULT_MODEL_NAME) else name_or_path
-        folder = default_model_dir() if base == DEFAULT_MODEL_NAME else _model_folder(base)
+        source = resolve(name_or_path, adapter)
+        base, adapter_dir = source.base, source.adapter
+        folder = source.base_folder()
         weights = _check_model_folder(folder)
         device = _pick_device(device)
         dtype = _pick_dtype(dtype, device)

@@ -134,3 +134,34 @@ def test_interrupted_build_resumes_to_the_clean_result_and_updates(tmp_path, ray
     OneGen(tiny_model(len(tokenizer) + 3, seed=1), tokenizer).save_pretrained(other)
     with pytest.raises(IndexMismatchError, match="python jobs/build_index.py"):
         build.update_index(build.BuildConfig(kb=delta, out=tmp_path / "index", model=str(other)))
+
+
+def test_model_identity_is_cached_by_the_model_files(tmp_path, monkeypatch):
+    """A second job on the same model files skips loading the model; new weights are identified again."""
+    import os
+
+    import kb.build
+    from onegen.model import OneGen
+    from tiny import tiny_model, tiny_tokenizer
+
+    tokenizer, folder = tiny_tokenizer(), tmp_path / "model"
+    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(folder)
+    monkeypatch.setenv("ONEGEN_CACHE", str(tmp_path / "cache"))
+    loads = []
+
+    def identify(model):  # what the Ray task runs, in this process
+        loads.append(model)
+        onegen = OneGen.from_pretrained(model, device="cpu")
+        return onegen.fingerprint(), onegen.hidden_size
+
+    monkeypatch.setattr(kb.build, "_identify_in_ray", identify)
+    first = kb.build.model_identity(str(folder))
+    assert kb.build.model_identity(str(folder)) == first and len(loads) == 1
+    assert first[1] == 32 and len(list((tmp_path / "cache" / "identities").iterdir())) == 1
+
+    OneGen(tiny_model(len(tokenizer) + 3, seed=1), tokenizer).save_pretrained(folder)  # same names and sizes
+    for path in folder.iterdir():  # a later time, as a retrain would have (this rewrite may share the tick)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    second = kb.build.model_identity(str(folder))
+    assert len(loads) == 2 and second[0]["weights_sha256"] != first[0]["weights_sha256"]
+    assert second[0]["tokenizer_sha256"] == first[0]["tokenizer_sha256"]
