@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     source.add_argument("--index", default=None, help="built entity index folder (python jobs/build_index.py)")
     source.add_argument("--kb", default=None, help="KB JSONL whose index is built on first use and cached (default: samples/kb.jsonl)")
     parser.add_argument("--num-replicas", type=int, default=None, help="model replicas (default: one per GPU, or 1)")
-    parser.add_argument("--gpus-per-replica", type=float, default=None, help="GPUs per replica (default: 1 with GPUs, else 0)")
+    parser.add_argument("--gpus-per-replica", type=float, default=None,
+                        help="GPUs per replica (default: 1 with GPUs, else 0); more than 1 spreads one model over them")
     parser.add_argument("--cpus-per-replica", type=float, default=defaults.cpus_per_replica, help="CPUs reserved per replica")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="documents per model call")
     parser.add_argument("--top-k", type=int, default=defaults.top_k, help="candidates kept per mention")

@@ -206,10 +206,11 @@ class _Row:
 
 
 def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
-    """Keep batch rows `keep` (R,) of every cache layer."""
+    """Keep batch rows `keep` (R,) of every cache layer (layers may sit on different GPUs)."""
     for layer in cache.layers:
-        layer.keys = layer.keys.index_select(0, keep)  # (R, H, T, d)
-        layer.values = layer.values.index_select(0, keep)
+        index = keep.to(layer.keys.device)
+        layer.keys = layer.keys.index_select(0, index)  # (R, H, T, d)
+        layer.values = layer.values.index_select(0, index)
 
 
 def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
@@ -220,7 +221,7 @@ def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
     order = torch.sort(mask.long(), dim=-1, stable=True).indices[:, -width:]  # (B, L)
     for layer in cache.layers:
         b, h, _, d = layer.keys.shape
-        index = order[:, None, :, None].expand(b, h, width, d)  # (B, H, L, d)
+        index = order[:, None, :, None].expand(b, h, width, d).to(layer.keys.device)  # (B, H, L, d)
         layer.keys = layer.keys.gather(2, index)
         layer.values = layer.values.gather(2, index)
     return mask.gather(1, order)

@@ -173,6 +173,24 @@ def _pick_device(device) -> torch.device:
     return torch.device(device)
 
 
+def _split_over_gpus(model: nn.Module) -> nn.Module:
+    """The model dispatched over all visible GPUs, layers balanced by memory (accelerate); outputs come
+    back on the first GPU."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    whole_layers = getattr(model, "_no_split_modules", None) or []  # decoder layers stay on one GPU each
+    memory = get_balanced_memory(model, no_split_module_classes=whole_layers)
+    memory.pop("cpu", None)  # GPUs only: never offload to the CPU
+    device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=whole_layers)
+    return dispatch_model(model, device_map=device_map)
+
+
+def _is_split(model: nn.Module) -> bool:
+    """Whether accelerate dispatched the model over more than one device."""
+    return len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}) > 1
+
+
 def _pick_dtype(dtype, device: torch.device) -> torch.dtype:
     """bf16 on GPU (fp16 where bf16 is unsupported), fp32 on CPU, unless `dtype` is given."""
     if dtype is not None:
@@ -230,8 +248,12 @@ class OneGen:
     def __init__(self, model: nn.Module, tokenizer, device=None):
         self.tokenizer = tokenizer
         self.token_ids: TokenIds = add_onegen_tokens(model, tokenizer)
-        self.device = _pick_device(device)
-        self.model = model.to(self.device).eval()
+        if _is_split(model):  # layers on several GPUs (accelerate): inputs go where the embeddings are
+            self.device = model.get_input_embeddings().weight.device
+            self.model = model.eval()
+        else:
+            self.device = _pick_device(device)
+            self.model = model.to(self.device).eval()
         self.dtype: torch.dtype = next(model.parameters()).dtype
         self.name_or_path: str = self._name_of(_base_model(model))
         self.adapter: str | None = None  # PEFT adapter folder this model was loaded with
@@ -254,12 +276,15 @@ class OneGen:
         device=None,
         dtype=None,
         trust_remote_code: bool = False,
+        split_over_gpus: bool = False,
     ) -> OneGen:
         """Load a model: None (the trained default: the embedded base with the bundled OneGen adapter),
         "SmolLM2-135M-Instruct" (the embedded base alone, untrained for OneGen), a model folder or cached
         hub id (Llama, Qwen2, Mistral, ...), or a PEFT adapter folder (given as `name_or_path` or as
         `adapter` over the base `name_or_path`; with `name_or_path=None` the adapter's own base is used).
-        Safetensors only. Device: CUDA when available; dtype: bf16/fp16 on GPU, fp32 on CPU."""
+        Safetensors only. Device: CUDA when available; dtype: bf16/fp16 on GPU, fp32 on CPU.
+        `split_over_gpus`: the layers are spread over all visible GPUs (a model too big for one GPU);
+        the model is loaded, given its tokens and adapter on the CPU first, then dispatched."""
         source = resolve(name_or_path, adapter)
         base, adapter_dir = source.base, source.adapter
         folder = source.base_folder()
@@ -274,6 +299,8 @@ class OneGen:
         if adapter_dir is not None:
             model = _apply_adapter(model, adapter_dir, token_ids)
             weights = weights + sorted(adapter_dir.glob("*.safetensors"))
+        if split_over_gpus and torch.cuda.device_count() > 1:
+            model = _split_over_gpus(model)
         onegen = cls(model, tokenizer, device=device)
         onegen.name_or_path = base
         onegen.adapter = None if adapter_dir is None else str(adapter_dir)

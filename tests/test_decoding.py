@@ -139,6 +139,37 @@ def test_wasted_slots_are_compacted_without_changing_the_output(tokenizer):
     _assert_same(fast, plain)
 
 
+def _halves(model, first, second) -> dict:
+    """A device map with the embeddings and the first half of the layers on `first`, the rest on `second`."""
+    layers = len(model.model.layers)
+    device_map = {f"model.{name}": first for name, _ in model.model.named_children() if name not in ("layers", "norm")}
+    device_map |= {f"model.layers.{i}": first if i < layers // 2 else second for i in range(layers)}
+    return device_map | {"model.norm": second, "lm_head": second}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_model_split_over_two_gpus_decodes_as_on_one(tokenizer):
+    """--gpus-per-replica 2: the cache layers live on two GPUs; dropping finished rows and compacting
+    the cache work on each layer's own device, and the output is plain greedy's."""
+    from accelerate import dispatch_model
+
+    from onegen.model import _is_split
+
+    model, ids = _linking_model(tokenizer, "llama", 0)
+    prompts = _prompts(tokenizer)
+    plain = greedy_decode(model, ids, prompts, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    split = dispatch_model(model, device_map=_halves(model, 0, 1))
+    assert _is_split(split)
+    budgets, stats = [MAX_NEW, MAX_NEW, 5], DecodeStats()  # the third row leaves the batch early
+    fast = copy_decode(split, ids, prompts, WrongDrafter(), max_new_tokens=budgets, pad_token_id=0,
+                       eos_token_ids=[], compact_waste=0.1, stats=stats)
+    assert stats.compactions > 0
+    for d, p, budget in zip(fast, plain, budgets):
+        assert d.tokens == p.tokens[:budget]
+        kept = [i for i, pos in enumerate(p.link_positions) if pos < budget]
+        torch.testing.assert_close(d.link_states, p.link_states[kept], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_default_model_copy_decode_equals_greedy():
     from transformers import AutoModelForCausalLM, AutoTokenizer

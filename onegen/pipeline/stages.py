@@ -39,11 +39,12 @@ class Retriever(Protocol):
         """Release what serves the index (shard actors)."""
 
 
-def onegen_annotator(model: str | None, batch_size: int) -> Annotate:
-    """Load OneGen once (in the replica; on its GPU when it has one) and return its batched annotate call."""
+def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool = False) -> Annotate:
+    """Load OneGen once (in the replica; on its GPU when it has one, its layers spread over its GPUs with
+    `split_over_gpus`) and return its batched annotate call."""
     from onegen.model import OneGen
 
-    onegen = OneGen.from_pretrained(model)
+    onegen = OneGen.from_pretrained(model, split_over_gpus=split_over_gpus)
 
     def annotate(texts: list[str]) -> list[Annotated]:
         return onegen(texts, batch_size=batch_size)
