@@ -79,12 +79,18 @@ def model_identity(model: str | None) -> tuple[dict, int]:
     cached by the model's files (path, size, mtime): a job that starts again skips loading the model."""
     cache = _identity_cache_file(model)
     if cache is not None and cache.is_file():
-        fingerprint, dim = json.loads(cache.read_text())
-        return fingerprint, dim
+        try:
+            fingerprint, dim = json.loads(cache.read_text())
+            return fingerprint, dim
+        except (OSError, ValueError) as err:
+            LOG.warning("ignoring the unreadable model identity cache %s: %s", cache, err)
     fingerprint, dim = _identify_in_ray(model)
     if cache is not None:
-        with atomic_output(cache) as f:
-            f.write(json.dumps([fingerprint, dim]))
+        try:
+            with atomic_output(cache) as f:
+                f.write(json.dumps([fingerprint, dim]))
+        except OSError as err:  # a read-only cache only costs the next run this load again
+            LOG.warning("could not cache the model identity in %s: %s", cache, err)
     return fingerprint, dim
 
 
