@@ -3,10 +3,12 @@
 #
 # Here, first:
 #   python bench/gpu_prepare.py                        # .gpu/data: training examples, KB, eval windows
-#   bash ../shared/tools/gpu-model-parts.sh .gpu 58    # .gpu/model.part.aa|ab: the default model's GGUF
+#   bash ../shared/tools/gpu-model-parts.sh .gpu 39    # .gpu/model.part.aa|ab|ac: the default model's GGUF
 #   pip download --no-deps -d .gpu/whl transformers==5.24.0 peft==0.21.2 gguf==0.19.0   # (image has 5.17)
-# Call 1 carries .gpu/model.part.aa and runs: mkdir -p /root/keep && cp .gpu/model.part.aa /root/keep/
-# Call 2, at once, carries .gpu/model.part.ab .gpu/whl .gpu/data and runs: bash bench/gpu_check.sh
+# A call carries at most 64 MiB with the working tree (~24 MB with the bundled adapter), so the model
+# travels in parts, one per call, each call right after the last (the machine stays warm ~30 s):
+#   calls 1, 2: carry .gpu/model.part.aa (then .ab); run: mkdir -p /root/keep && cp .gpu/model.part.* /root/keep/
+#   call 3: carries .gpu/model.part.ac .gpu/whl .gpu/data; runs: CALL_SECONDS=<its timeout_s> bash bench/gpu_check.sh
 #
 # $OUT brings back at most 8 files of at most 16 MiB each, so the results are packed into:
 #   adapter.tgz.part.*  the trained default (bench/gpu_run.py's adapter/), split under 16 MiB
@@ -19,12 +21,13 @@ RUN_SECONDS=${RUN_SECONDS:-380}  # bench/gpu_run.py deadline (its final evaluati
 DATA=${DATA:-.gpu/data}  # bench/gpu_prepare.py output
 GPU_RUN_ARGS=${GPU_RUN_ARGS:-}  # more bench/gpu_run.py options, e.g. "--init onegen/default_adapter --epochs 2 --ablations="
                                 # to train the bundled default further (a CPU smoke run: --limit-examples 2 --limit-kb 200)
+CALL_SECONDS=${CALL_SECONDS:-600}  # the call's timeout: the decode benchmarks get what is left of it
 DECODE_7B=${DECODE_7B:-0}  # 1: also the random Llama-7B decode table (~80 s; it did not fit after a 420 s run)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export ONEGEN_CACHE=/tmp/onegen-cache ONEGEN_DEFAULT_GGUF=/root/keep/model.gguf
 
 mkdir -p /root/keep
-cat /root/keep/model.part.aa .gpu/model.part.ab > "$ONEGEN_DEFAULT_GGUF" || exit 1
+cp .gpu/model.part.* /root/keep/ && cat /root/keep/model.part.* > "$ONEGEN_DEFAULT_GGUF" || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -36,12 +39,13 @@ python3 bench/gpu_run.py --data "$DATA" --out "$WORK" --deadline "$RUN_SECONDS" 
 (cd "$WORK" && [ -d adapter ] && tar czf - adapter | split -b 15M - "$OUT/adapter.tgz.part.")
 (cd "$WORK" && tar czf "$OUT/results.tgz" --exclude adapter .)
 ls -la "$OUT"
-echo "== decode, trained default, corpus sample" | tee "$OUT/decode.log"
-[ -f "$WORK/adapter/adapter_config.json" ] && timeout 60 python3 bench/decode.py --model "$WORK/adapter" \
+left() { echo $((CALL_SECONDS - SECONDS - 15)); }  # seconds left in this call, with a margin for the transfer
+echo "== decode, trained default, corpus sample ($(left) s left)" | tee "$OUT/decode.log"
+[ -f "$WORK/adapter/adapter_config.json" ] && [ "$(left)" -gt 20 ] && timeout "$(left)" python3 bench/decode.py --model "$WORK/adapter" \
     --input samples/corpus.jsonl --texts 16 --batch-size 8 --repeats 1 2>&1 | grep -v "Loading weights" | tee -a "$OUT/decode.log"
-if [ "$DECODE_7B" = 1 ]; then
-    echo "== decode, random Llama-7B shape, bf16" | tee -a "$OUT/decode.log"
-    timeout 90 python3 bench/decode.py --random-llama7b --texts 16 --batch-size 8 --repeats 1 2>&1 \
+if [ "$DECODE_7B" = 1 ] && [ "$(left)" -gt 30 ]; then
+    echo "== decode, random Llama-7B shape, bf16 ($(left) s left)" | tee -a "$OUT/decode.log"
+    timeout "$(left)" python3 bench/decode.py --random-llama7b --texts 16 --batch-size 8 --repeats 1 2>&1 \
         | grep -v "Loading weights" | tee -a "$OUT/decode.log"
 fi
 echo "== done"

@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path(".gpu/data"), help="bench/gpu_prepare.py output")
     parser.add_argument("--out", type=Path, required=True, help="where the adapter, candidates and results go")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the default run (default: %(default)s)")
+    parser.add_argument("--loss", choices=["bpr", "infonce"], default=None,
+                        help="retrieval loss of the default run (default: bench/gpu_prepare.py's, BPR)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, LoRA runs (default: %(default)s)")
     parser.add_argument("--full-lr", type=float, default=5e-5, help="peak learning rate, full fine-tuning")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step (default: %(default)s)")
@@ -240,8 +242,8 @@ def main(argv: list[str] | None = None) -> None:
                                                              "history": trainer.progress.history}
         results.save()
 
-    # 1. The default: LoRA + BPR.
-    main_config = replace(base_config, epochs=args.epochs, lr=args.lr)
+    # 1. The default: LoRA + BPR (or --loss).
+    main_config = replace(base_config, epochs=args.epochs, lr=args.lr, loss=args.loss or base_config.loss)
     trainer = Trainer(main_config, examples, entities, device, init=args.init)
     adapter = args.out / "adapter"
     epoch_seconds = eval_seconds = None
