@@ -12,7 +12,10 @@ allows it:
 1. `lora-bpr`: the default (LoRA r=16, BPR) for `--epochs` epochs, from scratch or from `--init`
    (an adapter saved earlier: training goes on from it, with a new learning-rate schedule); after epoch 1 its testa candidates
    (`lora-bpr-e1`); at the end the adapter (OUT/adapter) and the candidates of every evaluation set;
-2. the ablations, one epoch each, testa candidates: `lora-infonce-e1` and `full-bpr-e1`.
+2. the ablations, one epoch each from the base model, testa candidates: `lora-infonce-e1` and
+   `full-bpr-e1` by default (`--ablations`; `--epochs 0` skips the default run, so that e.g.
+   `--epochs 0 --ablations lora-bpr,lora-infonce,full-infonce` compares the losses and LoRA against
+   full fine-tuning at the same budget).
 
 Candidates are found as `eval/run_gerbil.py run --linker onegen` finds them (onegen.inference.annotate
 over the given windows, then exact cosine top-k over every KB entity's [SE] vector), computed in
@@ -31,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -68,6 +72,17 @@ TUNE_SET = "aida-testa"
 def read_jsonl_gz(path: Path) -> list[dict]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def first_per_set(docs: list[dict], n: int) -> list[dict]:
+    """The first `n` documents of each dataset, in their order."""
+    seen: Counter = Counter()
+    kept = []
+    for doc in docs:
+        seen[doc["dataset"]] += 1
+        if seen[doc["dataset"]] <= n:
+            kept.append(doc)
+    return kept
 
 
 class Clock:
@@ -190,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embed-batch-size", type=int, default=512, help="entities embedded together")
     parser.add_argument("--limit-examples", type=int, default=None, help="train on this many examples (smoke runs)")
     parser.add_argument("--limit-kb", type=int, default=None, help="keep this many KB entities, gold first (smoke runs)")
+    parser.add_argument("--limit-docs", type=int, default=None, help="evaluate this many documents per set (smoke runs)")
     parser.add_argument("--ablations", default="lora-infonce,full-bpr", help="comma-separated one-epoch runs")
     parser.add_argument("--init", type=Path, default=None,
                         help="the default run starts from this saved LoRA adapter (e.g. onegen/default_adapter)")
@@ -216,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     entities = {e.id: e for e in kb}
     kb_ids = [e.id for e in kb]
     docs = read_jsonl_gz(args.data / "eval.jsonl.gz")
+    if args.limit_docs:
+        docs = first_per_set(docs, args.limit_docs)
     testa = [d for d in docs if d["dataset"] == TUNE_SET]
     sizes = {**prepared["sizes"], "train_examples": len(examples), "kb_entities": len(kb),
              "train_tokens": sum(len(e.input_ids) for e in examples)}
@@ -242,30 +260,31 @@ def main(argv: list[str] | None = None) -> None:
                                                              "history": trainer.progress.history}
         results.save()
 
-    # 1. The default: LoRA + BPR (or --loss).
-    main_config = replace(base_config, epochs=args.epochs, lr=args.lr, loss=args.loss or base_config.loss)
-    trainer = Trainer(main_config, examples, entities, device, init=args.init)
-    adapter = args.out / "adapter"
+    # 1. The default: LoRA + BPR (or --loss); --epochs 0 skips it.
     epoch_seconds = eval_seconds = None
-    for epoch in range(1, args.epochs + 1):
-        metrics = trainer.epoch()
-        epoch_seconds = metrics["epoch_seconds"]
-        record("lora-bpr", trainer)
-        if epoch == 1 and args.ablations:
-            with tempfile.TemporaryDirectory() as tmp:
-                trainer.save(Path(tmp), sizes)
-                started = time.perf_counter()
-                evaluate("lora-bpr-e1", Path(tmp), testa)
-                eval_seconds = time.perf_counter() - started
-        trainer.save(adapter, sizes)  # the latest epoch's weights are always there
-        # stop early when the next epoch plus the final evaluation would not fit
-        final_eval = 4 * (eval_seconds or 60)  # testa is ~1/4 of the eval documents' tokens
-        if epoch < args.epochs and clock.left() < epoch_seconds + final_eval + 30:
-            results.data["skipped"].append(f"lora-bpr epochs {epoch + 1}..{args.epochs}: {clock.left():.0f} s left")
-            LOG.warning("stopping the default run after epoch %d: %.0f s left", epoch, clock.left())
-            break
-    trainer.free()
-    evaluate("lora-bpr", adapter, docs)
+    if args.epochs > 0:
+        main_config = replace(base_config, epochs=args.epochs, lr=args.lr, loss=args.loss or base_config.loss)
+        trainer = Trainer(main_config, examples, entities, device, init=args.init)
+        adapter = args.out / "adapter"
+        for epoch in range(1, args.epochs + 1):
+            metrics = trainer.epoch()
+            epoch_seconds = metrics["epoch_seconds"]
+            record("lora-bpr", trainer)
+            if epoch == 1 and args.ablations:
+                with tempfile.TemporaryDirectory() as tmp:
+                    trainer.save(Path(tmp), sizes)
+                    started = time.perf_counter()
+                    evaluate("lora-bpr-e1", Path(tmp), testa)
+                    eval_seconds = time.perf_counter() - started
+            trainer.save(adapter, sizes)  # the latest epoch's weights are always there
+            # stop early when the next epoch plus the final evaluation would not fit
+            final_eval = 4 * (eval_seconds or 60)  # testa is ~1/4 of the eval documents' tokens
+            if epoch < args.epochs and clock.left() < epoch_seconds + final_eval + 30:
+                results.data["skipped"].append(f"lora-bpr epochs {epoch + 1}..{args.epochs}: {clock.left():.0f} s left")
+                LOG.warning("stopping the default run after epoch %d: %.0f s left", epoch, clock.left())
+                break
+        trainer.free()
+        evaluate("lora-bpr", adapter, docs)
 
     # 2. Ablations, one epoch each, testa only.
     for name in filter(None, args.ablations.split(",")):
@@ -278,12 +297,15 @@ def main(argv: list[str] | None = None) -> None:
         config = replace(base_config, epochs=1, loss=loss, lora=None if lora == "full" else base_config.lora,
                          lr=args.full_lr if lora == "full" else args.lr)
         trainer = Trainer(config, examples, entities, device)
-        trainer.epoch()
+        seconds = trainer.epoch()["epoch_seconds"]
         record(f"{name}-e1", trainer)
         with tempfile.TemporaryDirectory() as tmp:
             trainer.save(Path(tmp), sizes)
             trainer.free()
+            started = time.perf_counter()
             evaluate(f"{name}-e1", Path(tmp), testa)
+        eval_seconds = time.perf_counter() - started  # the next estimates use what this run took
+        epoch_seconds = seconds / (1.5 if lora == "full" else 1.0)
     results.data["seconds"] = round(clock.elapsed(), 1)
     results.save()
     LOG.info("done in %.0f s; skipped: %s", clock.elapsed(), results.data["skipped"])
