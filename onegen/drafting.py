@@ -37,6 +37,8 @@ _TRAILING = ",.;:!?)]}\"'”’"
 _POSSESSIVE = re.compile(r"['’]s$")
 _WORD = re.compile(r"\S+")
 _LAST_WORD = re.compile(r"\S+$")
+MAX_CHANGE = 16  # at most this many new characters that are not in the source are taken as a changed word
+MENTION_LOOKAHEAD = 24  # characters after a mention's start where `mention_end` looks for its name
 DECLINED_SLACK = 2  # a row stops guessing where a mention starts once it declined this many more names than it marked ...
 DECLINED_RATIO = 2  # ... times this
 
@@ -46,8 +48,10 @@ class _SourceState:
     """Where a row's output stands against its source text (CopyDrafter)."""
 
     plain_len: int = 0  # characters of the unmarked output already followed
-    src_pos: int = 0  # source offset right after the followed output; -1 when lost
+    src_pos: int = 0  # source offset right after the followed output (a guess when not synced); -1 when lost
     synced: bool = True  # the latest output text was found in the source
+    anchor: int = 0  # src_pos when the output was last synced
+    name_end: int = -1  # inside a mention: source offset after the name the mention opened on
 
 
 class CopyDrafter:
@@ -82,19 +86,25 @@ class CopyDrafter:
         source, state = self.sources[row], self.states[row]
         partial, completion = _unfinished(text)
         _follow(source, state, _strip_markers(text[: len(text) - len(partial)]))
+        if state.synced:
+            _note_mention(source, state, text)
+        else:
+            completion += _recover(source, state, text + completion)
         if partial == "<":  # a literal `<` of the source, or the start of `<MENTION>` or `</MENTION>`
             if state.src_pos >= 0 and source.startswith("<", state.src_pos):
                 state.src_pos, state.plain_len, completion = state.src_pos + 1, state.plain_len + 1, ""
             elif _inside_mention(text):
                 completion = CLOSE_RUN[1:]
-        rest = source[state.src_pos : state.src_pos + 8 * k] if state.synced and state.src_pos >= 0 else ""
+        rest = source[state.src_pos : state.src_pos + 8 * k] if state.src_pos >= 0 else ""
+        cut_short = state.src_pos + len(rest) < len(source)  # the last word of `rest` may be cut
         if rest and self.guess_names:
             rest = mark_names(text + completion, source, state.src_pos, rest)
-        if state.synced and 0 <= len(source) - state.src_pos <= 8 * k:
+        if state.src_pos >= 0 and not cut_short:
             rest += self.end
         if not completion + rest:
             return _lookup(self.prompts[row] + list(tokens), k)
-        return self.tokenizer(completion + rest, add_special_tokens=False).input_ids[:k]
+        ids = self.tokenizer(completion + rest, add_special_tokens=False).input_ids
+        return ids[: min(k, len(ids) - 1)] if cut_short and rest else ids[:k]
 
 
 def mark_names(output: str, source: str, offset: int, rest: str) -> str:
@@ -109,7 +119,7 @@ def mark_names(output: str, source: str, offset: int, rest: str) -> str:
     if _inside_mention(output):
         so_far = _strip_markers(output[output.rfind(MENTION_OPEN) + len(MENTION_OPEN) :])
         start = offset - len(so_far)
-        end = start + name_length(source, start) if start >= 0 and source[start:offset] == so_far else -1
+        end = mention_end(source, start) if start >= 0 and source[start:offset] == so_far else -1
         if end < offset or end > offset + len(rest):
             return rest  # no guess: the mention already goes past the name, or it ends beyond the draft
         cut = end - offset
@@ -141,6 +151,20 @@ def names(text: str, lo: int = 0, hi: int | None = None):
         if n:
             yield i, n
             after = i + n
+
+
+def mention_end(text: str, start: int) -> int:
+    """Where a mention that starts at `start` is guessed to end: after the name there (`name_length`); when
+    none starts there (`The Oval`, `the 1996 World Cup`), after the first name within a few words; else
+    after the word at `start`."""
+    n = name_length(text, start)
+    if n:
+        return start + n
+    line_end = text.find("\n", start)
+    for begin, n in names(text, start, min(start + MENTION_LOOKAHEAD, len(text) if line_end < 0 else line_end)):
+        return begin + n
+    word = _WORD.match(text, start)
+    return word.end() if word else start
 
 
 def name_length(text: str, start: int) -> int:
@@ -232,7 +256,10 @@ def _lookup(context: list[int], k: int, sizes: tuple[int, ...] = (4, 3, 2)) -> l
 
 
 def _follow(source: str, state: _SourceState, plain: str) -> None:
-    """Advance `state.src_pos` over the new plain characters, re-finding it when the copy drifts."""
+    """Advance `state.src_pos` over the new plain characters, re-finding it when the copy drifts. When the
+    new characters are nowhere in the source, the model is taken to have changed them (a word, a digit):
+    the position moves on by as many characters, as a guess (`synced` False). A second drift in a row, or
+    a longer one (a preamble), loses the position (-1)."""
     new = plain[state.plain_len :]
     state.plain_len = len(plain)
     if not new:
@@ -240,8 +267,8 @@ def _follow(source: str, state: _SourceState, plain: str) -> None:
     if state.src_pos >= 0 and source.startswith(new, state.src_pos):
         state.src_pos += len(new)
         state.synced = True
+        state.anchor = state.src_pos
         return
-    state.synced = False
     lo = max(0, state.src_pos - 2 * len(new) - 64) if state.src_pos >= 0 else 0
     for n in (32, 16, 8):
         if len(plain) < n:
@@ -252,8 +279,52 @@ def _follow(source: str, state: _SourceState, plain: str) -> None:
             j = source.find(tail)
         if j >= 0:
             state.src_pos, state.synced = j + n, True
+            state.anchor = state.src_pos
             return
-    state.src_pos = -1
+    guess = state.synced and 0 <= state.src_pos and len(new) <= MAX_CHANGE and state.src_pos + len(new) <= len(source)
+    state.src_pos = state.src_pos + len(new) if guess else -1
+    state.synced = False
+
+
+def _note_mention(source: str, state: _SourceState, output: str) -> None:
+    """Inside a mention the synced output opened, note where the source's name there ends (`name_end`):
+    where the copy goes on if the model writes another name in its place."""
+    if not _inside_mention(output):
+        state.name_end = -1
+        return
+    so_far = _strip_markers(output[output.rfind(MENTION_OPEN) + len(MENTION_OPEN) :])
+    start = state.src_pos - len(so_far)
+    if start >= 0 and source[start : state.src_pos] == so_far:
+        state.name_end = mention_end(source, start)
+
+
+def _recover(source: str, state: _SourceState, output: str) -> str:
+    """Re-place a row whose copy drifted (`output`: its marked output, markup at its end completed);
+    returns markup to draft before the source text.
+
+    Inside a mention, the model is taken to copy a name from elsewhere in the source: the word-initial
+    occurrence of the mention's text so far nearest the last synced position. When there is none (the
+    model writes a name of its own), the mention is drafted to close now and the copy to go on after
+    the source's name that the mention replaced (`name_end`), which is also where the copy is taken to
+    go on once the mention has closed."""
+    if _inside_mention(output):
+        so_far = _strip_markers(output[output.rfind(MENTION_OPEN) + len(MENTION_OPEN) :])
+        hits = [m.start() for m in re.finditer(re.escape(so_far), source) if _word_starts_at(source, m.start())] if so_far.strip() else []
+        if hits:
+            j = min(hits, key=lambda i: abs(i - state.anchor))
+            state.src_pos, state.synced = j + len(so_far), True
+            return ""
+        if so_far and state.name_end >= 0:
+            state.src_pos = state.name_end
+            return CLOSE_RUN
+        return ""
+    close = output.rfind(CLOSE_RUN)
+    if close >= 0 and state.name_end >= 0 and output.rfind(MENTION_OPEN) < close:
+        after = _strip_markers(output[close + len(CLOSE_RUN) :])
+        if source.startswith(after, state.name_end):
+            state.src_pos, state.synced = state.name_end + len(after), True
+        state.name_end = -1
+    return ""
 
 
 def _strip_markers(text: str) -> str:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import tiny_model, tiny_tokenizer
 
-from onegen.drafting import CLOSE_RUN, CopyDrafter, _strip_markers, mark_names, names
+from onegen.drafting import CLOSE_RUN, CopyDrafter, _strip_markers, mark_names, mention_end, names
 from onegen.model import add_onegen_tokens
 from onegen.tokens import MENTION_OPEN, mark
 
@@ -101,6 +101,44 @@ def test_a_model_that_marks_nothing_stops_the_guesses(tokenizer):
     guessing = passes(CopyDrafter(tokenizer, [text]), target)
     copying = passes(CopyDrafter(tokenizer, [text], guess_names=False), target)
     assert guessing <= copying + 3  # a few wrong guesses, then plain copies
+
+
+def _draft_after(tokenizer, drafter, output, k=24):
+    """The drafter's text after each prefix of `output` was the output (the drafter follows every step)."""
+    ids = tokenizer(output, add_special_tokens=False).input_ids
+    for n in range(1, len(ids)):
+        drafter.draft(0, ids[:n], k)
+    return tokenizer.decode(drafter.draft(0, ids, k))
+
+
+def test_a_mention_starting_on_a_function_word_is_guessed_to_end_after_its_name():
+    text = "London ( The Oval ) : Warwickshire 195"
+    assert text[text.index("The") : mention_end(text, text.index("The"))] == "The Oval"
+    assert text[text.index("War") : mention_end(text, text.index("War"))] == "Warwickshire"
+    assert text[text.index("195") : mention_end(text, text.index("195"))] == "195"  # no name: the word
+
+
+def test_after_a_name_the_model_wrote_in_place_of_the_source_s_the_copy_goes_on(tokenizer):
+    source = "The 26-year-old , who joined Newcastle for 15 million pounds , scored twice ."
+    drafter = CopyDrafter(tokenizer, [source])
+    head = "The 26-year-old , who joined <MENTION>Nova Scotia"
+    # inside the mention: a name of the model's own, so the guess is that it closes, then the source goes on
+    assert _draft_after(tokenizer, drafter, head).startswith(CLOSE_RUN + " for 15 million")
+    drafter = CopyDrafter(tokenizer, [source])
+    assert _draft_after(tokenizer, drafter, head + CLOSE_RUN).startswith(" for 15 million pounds")
+
+
+def test_a_name_copied_from_elsewhere_in_the_source_is_followed_there(tokenizer):
+    source = "Hove : Sussex 363 , Lancashire 197-8\nPortsmouth : Middlesex 199 , Hampshire 232"
+    drafter = CopyDrafter(tokenizer, [source])
+    draft = _draft_after(tokenizer, drafter, "Hove : <MENTION>Sussex</MENTION>[LK][_CONTINUE_] 363 , <MENTION>Hamp")
+    assert draft.startswith("shire" + CLOSE_RUN + " 232")
+
+
+def test_a_changed_number_does_not_lose_the_copy(tokenizer):
+    source = "Surrey 429-7 ( C. Lewis 80 not out , M. Butcher 70 )"
+    drafter = CopyDrafter(tokenizer, [source], guess_names=False)
+    assert _draft_after(tokenizer, drafter, "Surrey 439").startswith("-7 ( C. Lewis 80")
 
 
 @settings(max_examples=200, deadline=None)
