@@ -19,6 +19,7 @@ Batching design: one KV cache for the whole batch, rows of different lengths and
 - The prompts' shared prefix (chat template + instruction) is prefilled once and copied to every row;
   the rest of each prompt is left-padded after it (padding masked). Every forward gets a 2D attention mask over all cache slots (past + new)
   and explicit per-row `position_ids` (the row's count of real tokens so far), as `generate` does.
+- The cache grows in place (`onegen.kv_cache`): a pass writes its slots, it does not copy the cache.
 - Each pass appends W = 1 + max draft length slots per row: the row's last committed token, its draft,
   then padding. Slots of rejected drafts and padding stay in the cache but are masked out (mask 0) for
   every later query, so a row sees exactly its own committed prefix, at the right rotary positions.
@@ -40,9 +41,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+from transformers import Cache, LogitsProcessor, LogitsProcessorList
 
 from onegen.attention import packed_gqa
+from onegen.kv_cache import growing_cache
 
 
 DRAFT_TOKENS = 16  # most drafted tokens per row and pass, on a GPU ...
@@ -207,7 +209,7 @@ class _Row:
     done: bool = False
 
 
-def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
+def _select_rows(cache: Cache, keep: torch.Tensor) -> None:
     """Keep batch rows `keep` (R,) of every cache layer (layers may sit on different GPUs)."""
     for layer in cache.layers:
         index = keep.to(layer.keys.device)
@@ -215,7 +217,7 @@ def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
         layer.values = layer.values.index_select(0, index)
 
 
-def _compact(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+def _compact(cache: Cache, mask: torch.Tensor) -> torch.Tensor:
     """Gather each row's live slots (mask 1), left-padded to the longest row; returns the new mask (B, L)."""
     live = mask.sum(-1)  # (B,)
     width = int(live.max())
@@ -241,7 +243,7 @@ def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
 def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, device):
     """Run the prompts into a fresh cache: their shared prefix (the instruction) once, expanded to every
     row, then the rests left-padded after it. Returns (cache, mask (B, T), output, last prompt ids (B,))."""
-    cache = DynamicCache()
+    cache = growing_cache()
     shared = _shared_prefix(prompts) if len(prompts) > 1 else 0
     if shared >= MIN_SHARED_PREFIX:
         prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)  # (1, P)
