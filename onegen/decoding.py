@@ -29,10 +29,11 @@ Batching design: one KV cache for the whole batch, rows of different lengths and
 - Models with sliding-window attention (Mistral) are exact only while the cache is shorter than the
   window, since the window counts cache slots.
 
-The pass width adapts: each row's draft length grows while its drafts are accepted and shrinks when
-they are not, and a pass is as wide as the longest, so an output that does not copy (an untrained
-model) wastes little compute. On a CPU a forward costs in proportion to its width (rows x slots), so
-`DRAFT_TOKENS` there is shorter than on a GPU, where a pass of a few dozen slots costs about one slot.
+The pass width is chosen by cost (`_pass_width`): from each row's rate of accepted draft tokens so far,
+the expected tokens a pass commits, against what it costs, a fixed part plus its slots (rows x width).
+On a GPU a pass of a few dozen slots costs about one slot, so passes are as wide as the cap; on a CPU a
+slot costs about 1/32 of a pass, so rows whose drafts keep failing (an untrained model, an output that
+does not copy) make narrower passes, and `DRAFT_TOKENS` there is shorter.
 """
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ from onegen.kv_cache import growing_cache
 
 DRAFT_TOKENS = 16  # most drafted tokens per row and pass, on a GPU ...
 CPU_DRAFT_TOKENS = 12  # ... and on a CPU (AIDA windows, default model, batch 8: 12 took 0.92x the time of 16)
-MIN_DRAFT_TOKENS = 2  # a row whose drafts fail keeps drafting at least this many
+PASS_COST_SLOTS = 1000  # what a pass costs beyond its slots, in slots, on a GPU (a pass of dozens of slots costs about one) ...
+CPU_PASS_COST_SLOTS = 32  # ... and on a CPU (SmolLM2, batch 8: 60 ms a pass plus 1.85 ms a slot)
+PRIOR_ACCEPTED, PRIOR_REJECTED = 9, 1  # a new row's acceptance rate counts as 9 tokens accepted per draft rejected
 COMPACT_WASTE = 0.15  # compact the cache when masked slots exceed this fraction of it ...
 COMPACT_MIN_SLOTS = 64  # ... and it has more slots than this
 MIN_SHARED_PREFIX = 8  # prompts sharing at least this many first tokens prefill them once
@@ -202,7 +205,8 @@ class _Row:
     budget: int  # max new tokens of this row
     tokens: list[int] = field(default_factory=list)  # committed generated tokens; the last one is not fed yet
     live: int = 0  # live cache slots (real prompt tokens + fed tokens) = next position id
-    k: int = DRAFT_TOKENS  # current draft length
+    accepted: int = 0  # draft tokens accepted so far ...
+    rejected: int = 0  # ... and drafts cut short by the model
     link_positions: list[int] = field(default_factory=list)
     link_states: list[torch.Tensor] = field(default_factory=list)  # (D,) each
     flush: bool = False  # finished, but its last token is an unfed [LK] whose state is still needed
@@ -301,9 +305,10 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
     device = model.device
     if draft_tokens is None:
         draft_tokens = CPU_DRAFT_TOKENS if device.type == "cpu" else DRAFT_TOKENS
+    pass_cost = CPU_PASS_COST_SLOTS if device.type == "cpu" else PASS_COST_SLOTS
     link, cont = token_ids.link, token_ids.cont
     eos = _eos_ids(model, eos_token_ids)
-    rows = [_Row(i, budgets[i], k=draft_tokens) for i in range(len(prompts))]
+    rows = [_Row(i, budgets[i]) for i in range(len(prompts))]
 
     # [1] prefill: the prompts' shared prefix once, then the left-padded rests; the last position gives
     # each row's first token
@@ -325,9 +330,8 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
     # [2] draft, verify, commit until every row stops
     while active:
         drafts = []
-        # The pass is as wide as the longest draft, so every row may draft that many: the padded slots
-        # cost the same, and a row that just lost a draft (a mention boundary) is usually copying again.
-        pass_k = max(row.k for row in active)
+        # Every row may draft the pass's width: a shorter draft would leave its slots as padding, which costs the same.
+        pass_k = _pass_width(active, draft_tokens, pass_cost)
         for row in active:
             room = 0 if row.flush else min(pass_k, row.budget - len(row.tokens) - 1)
             draft = drafter.draft(row.index, row.tokens, room) if drafter is not None and room > 0 else []
@@ -373,7 +377,8 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
                 row.done = True
                 continue
             _commit(row, draft[:n] + [greedy[i][n]], eos, link, fed=n)
-            row.k = min(draft_tokens, row.k + 4) if n == len(draft) else max(MIN_DRAFT_TOKENS, n + 2)
+            row.accepted += n
+            row.rejected += n < len(draft)
         mask = torch.cat([mask, accepted_mask], dim=1)  # rejected drafts and padding stay masked
 
         still = [i for i, r in enumerate(active) if not r.done]
@@ -396,6 +401,22 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
         )
         for r in rows
     ]
+
+
+def _pass_width(rows: Sequence[_Row], cap: int, pass_cost: float) -> int:
+    """The draft length (1..cap) with the most expected committed tokens per slot-cost of the pass.
+
+    A row accepts each next draft token with its rate so far, p = accepted / (accepted + rejected)
+    (with the prior), so it commits 1 + p + p^2 + ... + p^k tokens from a draft of k; the pass costs
+    `pass_cost` + rows x (k + 1) slots."""
+    rates = [(r.accepted + PRIOR_ACCEPTED) / (r.accepted + r.rejected + PRIOR_ACCEPTED + PRIOR_REJECTED) for r in rows]
+    expected, best, width = float(len(rows)), 0.0, 1
+    for k in range(1, cap + 1):
+        expected += sum(p**k for p in rates)
+        value = expected / (pass_cost + len(rows) * (k + 1))
+        if value > best:
+            best, width = value, k
+    return width
 
 
 def _force_draft(last: int, draft: list[int], link: int, cont: int) -> list[int]:

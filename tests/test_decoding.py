@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from onegen.decoding import DecodeStats, copy_decode, greedy_decode
+from onegen.decoding import CPU_DRAFT_TOKENS, DecodeStats, copy_decode, greedy_decode
 from onegen.drafting import CopyDrafter
 from onegen.model import add_onegen_tokens
 from onegen.prompts import mention_prompt
@@ -47,15 +47,16 @@ def _linking_model(tokenizer, arch, seed):
 
 
 class ReferenceDrafter:
-    """Drafts the known greedy continuation with one wrong token at a random place (or none)."""
+    """Drafts the known greedy continuation with, `error_rate` of the time, one wrong token at a random place."""
 
-    def __init__(self, reference, seed=0):
+    def __init__(self, reference, seed=0, error_rate=0.5):
         self.reference = reference
         self.rng = random.Random(seed)
+        self.error_rate = error_rate
 
     def draft(self, row, tokens, k):
         guess = list(self.reference[row][len(tokens) : len(tokens) + k])
-        if guess and self.rng.random() < 0.5:
+        if guess and self.rng.random() < self.error_rate:
             guess[self.rng.randrange(len(guess))] = 7
         return guess
 
@@ -126,6 +127,19 @@ def test_per_row_budgets_eos_and_a_final_link(tokenizer):
     assert len(stopped[0].tokens) <= MAX_NEW // 2 + 1 and stopped[0].tokens[-1] == eos
     fast = copy_decode(model, ids, prompts, CopyDrafter(tokenizer, TEXTS), max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[eos])
     _assert_same(fast, stopped)
+
+
+def test_passes_are_wide_while_drafts_are_accepted_and_narrow_when_they_fail(tokenizer):
+    model, ids = _linking_model(tokenizer, "llama", 0)
+    prompts = _prompts(tokenizer)
+    plain = greedy_decode(model, ids, prompts, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    right, wrong = DecodeStats(), DecodeStats()
+    for drafter, stats in ((ReferenceDrafter([d.tokens for d in plain], error_rate=0), right), (WrongDrafter(), wrong)):
+        fast = copy_decode(model, ids, prompts, drafter, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[], stats=stats)
+        _assert_same(fast, plain)
+    full_width = CPU_DRAFT_TOKENS + 1  # slots per row of a pass at the cap (a CPU here)
+    assert right.forward_passes <= MAX_NEW // full_width + 1  # every pass at the cap, every draft accepted
+    assert wrong.slots < 0.5 * full_width * wrong.generated  # failing drafts: narrower passes than the cap
 
 
 def test_wasted_slots_are_compacted_without_changing_the_output(tokenizer):
