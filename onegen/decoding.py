@@ -17,7 +17,8 @@ Two decoders with the same output:
 
 Batching design: one KV cache for the whole batch, rows of different lengths and different acceptance.
 - The prompts' shared prefix (chat template + instruction) is prefilled once and copied to every row;
-  the rest of each prompt is left-padded after it (padding masked). Every forward gets a 2D attention mask over all cache slots (past + new)
+  the rest of each prompt is left-padded after it (padding masked). With a `PrefixCache`, later calls
+  reuse that prefix's keys and values instead of prefilling it again. Every forward gets a 2D attention mask over all cache slots (past + new)
   and explicit per-row `position_ids` (the row's count of real tokens so far), as `generate` does.
 - The cache grows in place (`onegen.kv_cache`): a pass writes its slots, it does not copy the cache.
 - Each pass appends W = 1 + max draft length slots per row: the row's last committed token, its draft,
@@ -42,10 +43,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers import Cache, LogitsProcessor, LogitsProcessorList
+from transformers import Cache, DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from onegen.attention import packed_gqa
-from onegen.kv_cache import growing_cache
+from onegen.kv_cache import PrefixCache, growing_cache, param_versions
 
 
 DRAFT_TOKENS = 16  # most drafted tokens per row and pass, on a GPU ...
@@ -244,17 +245,31 @@ def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, device):
-    """Run the prompts into a fresh cache: their shared prefix (the instruction) once, expanded to every
-    row, then the rests left-padded after it. Returns (cache, mask (B, T), output, last prompt ids (B,))."""
+def _prefix_kv(model, prefix: Sequence[int], device, reuse: PrefixCache | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values), each (1, H, P, d), of `prefix` or of its leading part held in `reuse`
+    (at least MIN_SHARED_PREFIX tokens); a fresh forward refills `reuse`."""
+    if reuse is not None:
+        n = reuse.held(model, prefix)
+        if n >= MIN_SHARED_PREFIX:
+            return [(keys[:, :, :n], values[:, :, :n]) for keys, values in reuse.layers]
+    cache = DynamicCache()
+    model(input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=device), cache=cache, use_cache=True, logits_to_keep=1)
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    if reuse is not None:
+        reuse.tokens, reuse.versions, reuse.layers = list(prefix), param_versions(model), layers
+    return layers
+
+
+def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, device, reuse: PrefixCache | None):
+    """Run the prompts into a fresh cache: their shared prefix (the instruction) once, or from `reuse`,
+    expanded to every row, then the rests left-padded after it. Returns (cache, mask (B, T), output,
+    last prompt ids (B,))."""
     cache = growing_cache()
-    shared = _shared_prefix(prompts) if len(prompts) > 1 else 0
+    shared = _shared_prefix(prompts) if len(prompts) > 1 or reuse is not None else 0
     if shared >= MIN_SHARED_PREFIX:
-        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)  # (1, P)
-        model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
-        for layer in cache.layers:  # (1, H, P, d) -> (B, H, P, d)
-            layer.keys = layer.keys.expand(len(prompts), -1, -1, -1).contiguous()
-            layer.values = layer.values.expand(len(prompts), -1, -1, -1).contiguous()
+        for i, (keys, values) in enumerate(_prefix_kv(model, prompts[0][:shared], device, reuse)):
+            cache.update(keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1), i)
+        shared = cache.get_seq_length()
     else:
         shared = 0
     ids, rest_mask = _left_pad([p[shared:] for p in prompts], pad_id, device)  # (B, S)
@@ -283,20 +298,22 @@ def copy_decode(
     draft_tokens: int | None = None,
     compact_waste: float = COMPACT_WASTE,
     stats: DecodeStats | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[Decoded]:
     """Greedy decoding of `prompts` (token id lists) with drafts verified in one forward each (module doc).
 
     `drafter=None` decodes one token per pass (no drafting). `max_new_tokens` is one limit or one per
     prompt. `draft_tokens` caps the draft length (default: `DRAFT_TOKENS`, `CPU_DRAFT_TOKENS` on a CPU); the cache is compacted when more than `compact_waste`
-    of its slots are masked. `token_ids` has `.link` and `.cont`. Returns one `Decoded` per prompt, in order.
+    of its slots are masked. `prefix_cache` keeps the prompts' shared prefix for the next call. `token_ids` has
+    `.link` and `.cont`. Returns one `Decoded` per prompt, in order.
     The model's `sdpa` attention runs with the KV heads unexpanded (`onegen.attention.packed_gqa`)."""
     with packed_gqa(model):
         return _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_id, eos_token_ids,
-                            draft_tokens, compact_waste, stats)
+                            draft_tokens, compact_waste, stats, prefix_cache)
 
 
 def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_id, eos_token_ids, draft_tokens,
-                 compact_waste, stats) -> list[Decoded]:
+                 compact_waste, stats, prefix_cache) -> list[Decoded]:
     _check_prompts(prompts)
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != len(prompts):
@@ -312,7 +329,7 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
 
     # [1] prefill: the prompts' shared prefix once, then the left-padded rests; the last position gives
     # each row's first token
-    cache, mask, out, last = _prefill(model, prompts, pad_token_id, device)
+    cache, mask, out, last = _prefill(model, prompts, pad_token_id, device, prefix_cache)
     first = out.logits[:, -1].argmax(-1)  # (B,)
     first = torch.where(last == link, torch.full_like(first, cont), first).tolist()
     for row, token in zip(rows, first):

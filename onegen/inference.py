@@ -149,7 +149,8 @@ def _decode(onegen, batch: list[_Job], sources: list[str], eos: set[int], decode
     if decoder == "copy":
         drafter = CopyDrafter(tokenizer, sources, prompts)
         return copy_decode(onegen.model, onegen.token_ids, prompts, drafter, max_new_tokens=budgets, pad_token_id=pad,
-                           eos_token_ids=sorted(eos), draft_tokens=draft_tokens, stats=stats)
+                           eos_token_ids=sorted(eos), draft_tokens=draft_tokens, stats=stats,
+                           prefix_cache=onegen.mention_prefix)
     decoded = greedy_decode(onegen.model, onegen.token_ids, prompts, max_new_tokens=max(budgets), pad_token_id=pad,
                             eos_token_ids=sorted(eos))
     return [_truncate(d, budget) for d, budget in zip(decoded, budgets)]

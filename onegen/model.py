@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from kb.types import Entity
 from onegen.default_model import DEFAULT_MODEL_NAME, default_model_path
+from onegen.kv_cache import PrefixCache, param_versions
 from onegen.prompts import ENTITY_PREFIX, entity_input_ids
 from onegen.sources import EXPECTED, resolve
 from onegen.tokens import CONTINUE, ENTITY, LINK, SPECIAL_TOKENS, TOKEN_DESCRIPTIONS
@@ -233,11 +234,6 @@ def _sha256_state_dict(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _param_versions(model: nn.Module) -> tuple:
-    """(name, in-place version counter) of every parameter: changes when training updates a weight."""
-    return tuple((name, p._version) for name, p in model.named_parameters())
-
-
 class OneGen:
     """One causal LM that marks entity mentions and embeds them ([LK]) and entities ([SE]).
 
@@ -261,6 +257,7 @@ class OneGen:
         self._loaded_versions: tuple = ()  # parameter versions right after loading
         self._prefix_ids: list[int] | None = None  # token ids of the entity prefix to cache
         self._prefix_kv: tuple | None = None  # (prefix ids, parameter versions, its KV cache (1 row))
+        self.mention_prefix = PrefixCache()  # the mention prompts' instruction, kept across decoding calls
 
     @staticmethod
     def _name_of(model: nn.Module) -> str:
@@ -305,7 +302,7 @@ class OneGen:
         onegen.name_or_path = base
         onegen.adapter = None if adapter_dir is None else str(adapter_dir)
         onegen._weight_files = weights
-        onegen._loaded_versions = _param_versions(onegen.model)
+        onegen._loaded_versions = param_versions(onegen.model)
         return onegen
 
     def save_pretrained(self, directory) -> None:
@@ -338,7 +335,7 @@ class OneGen:
         Weights hash the safetensors files the model was loaded from (same hash on any device and
         dtype) while no parameter has changed since loading; otherwise the in-memory state dict.
         """
-        if self._weight_files and _param_versions(self.model) == self._loaded_versions:
+        if self._weight_files and param_versions(self.model) == self._loaded_versions:
             weights = _sha256_files(self._weight_files)
         else:
             weights = _sha256_state_dict(self.model)
@@ -416,7 +413,7 @@ class OneGen:
     def _prefix_cache(self, prefix: list[int], batch: int):
         """A KV cache of `prefix` repeated over `batch` rows; the prefix is forwarded again only when
         it or the weights changed."""
-        key = (tuple(prefix), _param_versions(self.model))
+        key = (tuple(prefix), param_versions(self.model))
         if self._prefix_kv is None or self._prefix_kv[:2] != key:
             cache = DynamicCache(config=_base_model(self.model).config)
             ids = torch.tensor([prefix], device=self.device)  # (1, P)

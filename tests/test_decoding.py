@@ -12,6 +12,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 from onegen.decoding import CPU_DRAFT_TOKENS, DecodeStats, copy_decode, greedy_decode
 from onegen.drafting import CopyDrafter
+from onegen.kv_cache import PrefixCache
 from onegen.model import add_onegen_tokens
 from onegen.prompts import mention_prompt
 
@@ -140,6 +141,32 @@ def test_passes_are_wide_while_drafts_are_accepted_and_narrow_when_they_fail(tok
     full_width = CPU_DRAFT_TOKENS + 1  # slots per row of a pass at the cap (a CPU here)
     assert right.forward_passes <= MAX_NEW // full_width + 1  # every pass at the cap, every draft accepted
     assert wrong.slots < 0.5 * full_width * wrong.generated  # failing drafts: narrower passes than the cap
+
+
+def test_a_kept_prompt_prefix_is_reused_across_batches_until_a_weight_changes(tokenizer):
+    model, ids = _linking_model(tokenizer, "llama", 0)
+    prompts = _prompts(tokenizer)
+    batches = [(prompts[:2], TEXTS[:2]), (prompts[2:], TEXTS[2:])]  # the second batch is one prompt
+    kept = PrefixCache()
+    forwarded = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda module, args, out: forwarded.append(args[0].shape[1]))
+    for batch, sources in batches:
+        plain = greedy_decode(model, ids, batch, max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+        forwarded.clear()
+        fast = copy_decode(model, ids, batch, CopyDrafter(tokenizer, sources), max_new_tokens=MAX_NEW, pad_token_id=0,
+                           eos_token_ids=[], prefix_cache=kept)
+        _assert_same(fast, plain)
+    instruction = kept.held(model, prompts[2])
+    assert instruction >= 8 and max(forwarded) <= len(prompts[2]) - instruction  # the prefix was not forwarded again
+
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.5)  # training changed a weight: the kept keys and values are stale
+    assert kept.held(model, prompts[2]) == 0
+    plain = greedy_decode(model, ids, prompts[2:], max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])
+    fast = copy_decode(model, ids, prompts[2:], CopyDrafter(tokenizer, TEXTS[2:]), max_new_tokens=MAX_NEW, pad_token_id=0,
+                       eos_token_ids=[], prefix_cache=kept)
+    _assert_same(fast, plain)
+    hook.remove()
 
 
 def test_wasted_slots_are_compacted_without_changing_the_output(tokenizer):
