@@ -16,17 +16,25 @@ Two decoders with the same output:
   same forward, so a committed `[LK]` has its vector with no second pass.
 
 Batching design: one KV cache for the whole batch, rows of different lengths and different acceptance.
-- The prompts' shared prefix (chat template + instruction) is prefilled once and copied to every row;
-  the rest of each prompt is left-padded after it (padding masked). With a `PrefixCache`, later calls
-  reuse that prefix's keys and values instead of prefilling it again. Every forward gets a 2D attention mask over all cache slots (past + new)
-  and explicit per-row `position_ids` (the row's count of real tokens so far), as `generate` does.
+- The prompts' shared prefix (chat template + instruction) is forwarded once and copied to every row's
+  cache; with a `PrefixCache`, later calls reuse its keys and values instead. The rest of each prompt is
+  fed by the first pass, right-padded: a shorter prompt's free slots carry a draft of its first output
+  tokens. Every forward gets a 2D attention mask over all cache slots (past + new) and explicit per-row
+  `position_ids` (the row's count of real tokens so far), as `generate` does. Logits are computed only
+  from the first slot whose greedy token is needed (not for a prompt's inner slots).
 - The cache grows in place (`onegen.kv_cache`): a pass writes its slots, it does not copy the cache.
 - Each pass appends W = 1 + max draft length slots per row: the row's last committed token, its draft,
   then padding. Slots of rejected drafts and padding stay in the cache but are masked out (mask 0) for
   every later query, so a row sees exactly its own committed prefix, at the right rotary positions.
-- Rows that stop (EOS, max_new_tokens) leave the batch (the cache rows are dropped), and when masked
-  slots make up too much of the cache, it is compacted: each row's live slots are gathered and
-  left-aligned again. Rotary positions were applied when the keys were written, so moving slots is exact.
+- Rows that stop (EOS, max_new_tokens) leave the batch (the cache rows are dropped). With `batch_size`
+  smaller than the number of prompts, the next prompt takes a leaving row's place (continuous batching;
+  the prompts with the largest budgets, then the longest, go first, so that the last to join are short):
+  its cache row starts with the shared prefix's keys and values, and the rest of its prompt is fed in
+  the following passes, in chunks as wide as the pass, beside the other rows' drafts, so joining costs
+  no forward of its own. The slots the last chunk leaves free carry a draft of its first tokens,
+  verified from the prompt's last slot on.
+- When masked slots make up too much of the cache, it is compacted: each row's live slots are gathered
+  and left-aligned again. Rotary positions were applied when the keys were written, so moving slots is exact.
 - Models with sliding-window attention (Mistral) are exact only while the cache is shorter than the
   window, since the window counts cache slots.
 
@@ -38,6 +46,7 @@ does not copy) make narrower passes, and `DRAFT_TOKENS` there is shorter.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -76,7 +85,8 @@ class DecodeStats:
     drafted: int = 0  # draft tokens scored
     accepted: int = 0  # draft tokens accepted
     generated: int = 0  # tokens committed over all rows
-    slots: int = 0  # token slots the verify passes computed (rows x pass width): their cost on a CPU
+    slots: int = 0  # token slots the verify passes computed (rows x pass width) for drafts and padding: their cost on a CPU
+    prompt_fed: int = 0  # prompt tokens fed after the shared prefix (not in `slots`)
     compactions: int = 0  # cache compactions
 
 
@@ -211,6 +221,7 @@ class _Row:
     link_positions: list[int] = field(default_factory=list)
     link_states: list[torch.Tensor] = field(default_factory=list)  # (D,) each
     flush: bool = False  # finished, but its last token is an unfed [LK] whose state is still needed
+    feed: list[int] = field(default_factory=list)  # prompt tokens still to feed (a row that joined mid-decode)
     done: bool = False
 
 
@@ -260,29 +271,27 @@ def _prefix_kv(model, prefix: Sequence[int], device, reuse: PrefixCache | None) 
     return layers
 
 
-def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, device, reuse: PrefixCache | None):
-    """Run the prompts into a fresh cache: their shared prefix (the instruction) once, or from `reuse`,
-    expanded to every row, then the rests left-padded after it. Returns (cache, mask (B, T), output,
-    last prompt ids (B,))."""
-    cache = growing_cache()
-    shared = _shared_prefix(prompts) if len(prompts) > 1 or reuse is not None else 0
-    if shared >= MIN_SHARED_PREFIX:
-        for i, (keys, values) in enumerate(_prefix_kv(model, prompts[0][:shared], device, reuse)):
-            cache.update(keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1), i)
-        shared = cache.get_seq_length()
-    else:
-        shared = 0
-    ids, rest_mask = _left_pad([p[shared:] for p in prompts], pad_id, device)  # (B, S)
-    mask = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=device), rest_mask], dim=1)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,  # (B, P + S)
-        position_ids=shared + _positions(rest_mask),
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,  # logits (B, 1, V): only the last position's
-    )
-    return cache, mask, out, ids[:, -1]
+def _join(cache: Cache, mask: torch.Tensor, prefix: list[tuple[torch.Tensor, torch.Tensor]], row: _Row,
+          prompt: Sequence[int]) -> torch.Tensor:
+    """Add `row` to the batch as its last row: its cache row holds the prefix's keys and values in its
+    first slots (the cache grows to hold them if it is shorter), its prompt's rest is left to feed.
+    Returns the new mask (B + 1, T)."""
+    held = prefix[0][0].shape[2] if prefix else 0
+    missing = max(held - mask.shape[1], 0)
+    if missing:  # every other row masks the new slots
+        mask = torch.cat([mask, mask.new_zeros((mask.shape[0], missing))], dim=1)
+    for layer, (keys, values) in zip(cache.layers, prefix or [(None, None)] * len(cache.layers)):
+        b, h, t, d = layer.keys.shape
+        new_keys = layer.keys.new_zeros((b + 1, h, t + missing, d))
+        new_values = layer.values.new_zeros((b + 1, h, t + missing, d))
+        new_keys[:b, :, :t], new_values[:b, :, :t] = layer.keys, layer.values
+        if held:
+            new_keys[b, :, :held], new_values[b, :, :held] = keys[0].to(new_keys.device), values[0].to(new_values.device)
+        layer.keys, layer.values = new_keys, new_values
+    row_mask = mask.new_zeros((1, mask.shape[1]))
+    row_mask[0, :held] = 1
+    row.live, row.feed = held, list(prompt[held:])
+    return torch.cat([mask, row_mask], dim=0)
 
 
 @torch.inference_mode()
@@ -295,6 +304,7 @@ def copy_decode(
     max_new_tokens: int | Sequence[int],
     pad_token_id: int,
     eos_token_ids: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
     draft_tokens: int | None = None,
     compact_waste: float = COMPACT_WASTE,
     stats: DecodeStats | None = None,
@@ -303,21 +313,25 @@ def copy_decode(
     """Greedy decoding of `prompts` (token id lists) with drafts verified in one forward each (module doc).
 
     `drafter=None` decodes one token per pass (no drafting). `max_new_tokens` is one limit or one per
-    prompt. `draft_tokens` caps the draft length (default: `DRAFT_TOKENS`, `CPU_DRAFT_TOKENS` on a CPU); the cache is compacted when more than `compact_waste`
-    of its slots are masked. `prefix_cache` keeps the prompts' shared prefix for the next call. `token_ids` has
-    `.link` and `.cont`. Returns one `Decoded` per prompt, in order.
-    The model's `sdpa` attention runs with the KV heads unexpanded (`onegen.attention.packed_gqa`)."""
+    prompt. `batch_size` is the most prompts decoded at once (default: all): the next prompt joins as a
+    row stops. `draft_tokens` caps the draft length (default: `DRAFT_TOKENS`, `CPU_DRAFT_TOKENS` on a
+    CPU); the cache is compacted when more than `compact_waste` of its slots are masked. `prefix_cache`
+    keeps the prompts' shared prefix for the next call. `token_ids` has `.link` and `.cont`. Returns one
+    `Decoded` per prompt, in order. The model's `sdpa` attention runs with the KV heads unexpanded
+    (`onegen.attention.packed_gqa`)."""
     with packed_gqa(model):
         return _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_id, eos_token_ids,
-                            draft_tokens, compact_waste, stats, prefix_cache)
+                            batch_size, draft_tokens, compact_waste, stats, prefix_cache)
 
 
-def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_id, eos_token_ids, draft_tokens,
-                 compact_waste, stats, prefix_cache) -> list[Decoded]:
+def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_id, eos_token_ids, batch_size,
+                 draft_tokens, compact_waste, stats, prefix_cache) -> list[Decoded]:
     _check_prompts(prompts)
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != len(prompts):
         raise ValueError(f"expected one max_new_tokens per prompt ({len(prompts)}), got {len(budgets)}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stats = stats if stats is not None else DecodeStats()
     device = model.device
     if draft_tokens is None:
@@ -325,42 +339,54 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
     pass_cost = CPU_PASS_COST_SLOTS if device.type == "cpu" else PASS_COST_SLOTS
     link, cont = token_ids.link, token_ids.cont
     eos = _eos_ids(model, eos_token_ids)
-    rows = [_Row(i, budgets[i]) for i in range(len(prompts))]
+    rows = [_Row(i, budgets[i], done=budgets[i] <= 0) for i in range(len(prompts))]
+    # the longest first (by budget, then prompt), so that no long output starts when the others are done
+    queue = sorted((r for r in rows if not r.done), key=lambda r: (r.budget, len(prompts[r.index])), reverse=True)
+    if not queue:
+        return [Decoded([], [], torch.zeros((0, model.config.hidden_size), dtype=torch.float32)) for _ in rows]
+    batch_size = batch_size or len(rows)
+    first_rows, waiting = queue[:batch_size], deque(queue[batch_size:])
 
-    # [1] prefill: the prompts' shared prefix once, then the left-padded rests; the last position gives
-    # each row's first token
-    cache, mask, out, last = _prefill(model, prompts, pad_token_id, device, prefix_cache)
-    first = out.logits[:, -1].argmax(-1)  # (B,)
-    first = torch.where(last == link, torch.full_like(first, cont), first).tolist()
-    for row, token in zip(rows, first):
-        row.live = len(prompts[row.index])
-        if row.budget <= 0:
-            row.done = True
-        else:
-            _commit(row, [token], eos, link, fed=0)
-    active = [r for r in rows if not r.done]
-    keep = torch.tensor([r.index for r in active], dtype=torch.long, device=device)
-    if len(active) < len(rows):
-        _select_rows(cache, keep)
-        mask = mask.index_select(0, keep)
+    # [1] the first rows: the prompts' shared prefix (the instruction) forwarded once, or taken from
+    # `prefix_cache`, in every row's cache; the rest of each prompt is fed by the first pass
+    shared = _shared_prefix(prompts) if len(prompts) > 1 or prefix_cache is not None else 0
+    prefix = _prefix_kv(model, prompts[first_rows[0].index][:shared], device, prefix_cache) if shared >= MIN_SHARED_PREFIX else []
+    held = prefix[0][0].shape[2] if prefix else 0
+    cache = growing_cache()
+    for i, (keys, values) in enumerate(prefix):
+        cache.update(keys.expand(len(first_rows), -1, -1, -1), values.expand(len(first_rows), -1, -1, -1), i)
+    mask = torch.ones((len(first_rows), held), dtype=torch.long, device=device)
+    for row in first_rows:
+        row.live, row.feed = held, list(prompts[row.index][held:])
+    active = first_rows
 
-    # [2] draft, verify, commit until every row stops
-    while active:
-        drafts = []
-        # Every row may draft the pass's width: a shorter draft would leave its slots as padding, which costs the same.
-        pass_k = _pass_width(active, draft_tokens, pass_cost)
-        for row in active:
-            room = 0 if row.flush else min(pass_k, row.budget - len(row.tokens) - 1)
-            draft = drafter.draft(row.index, row.tokens, room) if drafter is not None and room > 0 else []
-            drafts.append(_force_draft(row.tokens[-1], draft[:room], link, cont))
-        width = 1 + max(len(d) for d in drafts)
+    # [2] draft (or feed a joining row's prompt), verify, commit until every row stops
+    while True:
+        still = [i for i, r in enumerate(active) if not r.done]
+        if len(still) < len(active):
+            keep = torch.tensor(still, dtype=torch.long, device=device)
+            _select_rows(cache, keep)
+            mask = mask.index_select(0, keep)
+            active = [active[i] for i in still]
+        while waiting and len(active) < batch_size:
+            row = waiting.popleft()
+            mask = _join(cache, mask, prefix, row, prompts[row.index])
+            active.append(row)
+        if not active:
+            break
+        if mask.shape[1] > COMPACT_MIN_SLOTS and int(mask.sum(-1).max()) < (1 - compact_waste) * mask.shape[1]:
+            mask = _compact(cache, mask)
+            stats.compactions += 1
+
+        steps = _steps(active, drafter, draft_tokens, pass_cost, link, cont)
+        width = max(len(step.tokens) for step in steps)
         step_ids = torch.full((len(active), width), pad_token_id, dtype=torch.long)
         step_mask = torch.zeros((len(active), width), dtype=torch.long)
-        for i, (row, draft) in enumerate(zip(active, drafts)):
-            seq = [row.tokens[-1], *draft]
-            step_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            step_mask[i, : len(seq)] = 1
+        for i, step in enumerate(steps):
+            step_ids[i, : len(step.tokens)] = torch.tensor(step.tokens, dtype=torch.long)
+            step_mask[i, : len(step.tokens)] = 1
         step_ids, step_mask = step_ids.to(device), step_mask.to(device)
+        scored = width - min((step.verify for step in steps if step.draft is not None), default=width - 1)
         live = torch.tensor([r.live for r in active], dtype=torch.long, device=device)
         position_ids = live[:, None] + torch.arange(width, device=device)[None, :]  # (B, W)
         out = model(
@@ -370,43 +396,44 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
             cache=cache,
             use_cache=True,
             output_hidden_states=True,
+            logits_to_keep=scored,  # the last slots, from the first one whose greedy token is needed
         )
-        greedy = out.logits.argmax(-1)  # (B, W)
-        greedy = torch.where(step_ids == link, torch.full_like(greedy, cont), greedy).tolist()
+        greedy = torch.full((len(active), width), -1, dtype=torch.long, device=out.logits.device)
+        greedy[:, width - scored :] = out.logits.argmax(-1)
+        greedy = torch.where(step_ids.to(greedy.device) == link, torch.full_like(greedy, cont), greedy).tolist()
         hidden = out.hidden_states[-1]  # (B, W, D), after the final norm
         stats.forward_passes += 1
-        stats.slots += step_ids.numel()
         accepted_mask = torch.zeros_like(step_mask)
-        for i, (row, draft) in enumerate(zip(active, drafts)):
-            n = 0
-            while n < len(draft) and draft[n] == greedy[i][n]:
+        prompt_fed = 0
+        for i, (row, step) in enumerate(zip(active, steps)):
+            fed = len(step.prompt)  # prompt tokens: they all stay
+            prompt_fed += fed
+            del row.feed[:fed]
+            if step.draft is None:
+                accepted_mask[i, :fed] = 1
+                row.live += fed
+                continue
+            verify, draft, n = step.verify, step.draft, 0
+            while n < len(draft) and draft[n] == greedy[i][verify + n]:
                 n += 1
             stats.drafted += len(draft)
             stats.accepted += n
-            accepted_mask[i, : n + 1] = 1
-            row.live += n + 1
-            base = len(row.tokens) - 1  # index in row.tokens of the fed pending token
-            for j, token in enumerate([row.tokens[-1], *draft[:n]]):
+            accepted_mask[i, : verify + n + 1] = 1
+            row.live += verify + n + 1
+            base = len(row.tokens) - len(step.last)  # index in row.tokens of the first output token fed
+            for j, token in enumerate(step.last + draft[:n]):
                 if token == link:
                     row.link_positions.append(base + j)
-                    row.link_states.append(hidden[i, j].float().cpu())
+                    row.link_states.append(hidden[i, fed + j].float().cpu())
             if row.flush:
                 row.done = True
                 continue
-            _commit(row, draft[:n] + [greedy[i][n]], eos, link, fed=n)
+            _commit(row, draft[:n] + [greedy[i][verify + n]], eos, link, fed=n)
             row.accepted += n
             row.rejected += n < len(draft)
+        stats.slots += step_ids.numel() - prompt_fed
+        stats.prompt_fed += prompt_fed
         mask = torch.cat([mask, accepted_mask], dim=1)  # rejected drafts and padding stay masked
-
-        still = [i for i, r in enumerate(active) if not r.done]
-        if len(still) < len(active):
-            keep = torch.tensor(still, dtype=torch.long, device=device)
-            _select_rows(cache, keep)
-            mask = mask.index_select(0, keep)
-            active = [active[i] for i in still]
-        if active and mask.shape[1] > COMPACT_MIN_SLOTS and int(mask.sum(-1).max()) < (1 - compact_waste) * mask.shape[1]:
-            mask = _compact(cache, mask)
-            stats.compactions += 1
 
     stats.generated += sum(len(r.tokens) for r in rows)
     hidden_size = model.config.hidden_size
@@ -434,6 +461,56 @@ def _pass_width(rows: Sequence[_Row], cap: int, pass_cost: float) -> int:
         if value > best:
             best, width = value, k
     return width
+
+
+@dataclass
+class _Step:
+    """What one row feeds in a pass, in order: prompt tokens (a joining row), its last committed token
+    (a decoding row), a draft. `draft` is None for a prompt chunk that is not the prompt's last."""
+
+    prompt: list[int]
+    last: list[int]
+    draft: list[int] | None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.last + (self.draft or [])
+
+    @property
+    def verify(self) -> int:
+        """The slot whose greedy token is the row's next one (the draft is checked from there on)."""
+        return len(self.prompt) + len(self.last) - 1
+
+
+def _steps(active: Sequence[_Row], drafter: Drafter | None, cap: int, pass_cost: float, link: int, cont: int) -> list[_Step]:
+    """What each row feeds in the next pass.
+
+    A decoding row feeds its last committed token and its draft (`_pass_width` long at most: a shorter
+    draft would leave its slots as padding, which costs the same). A joining row feeds the next chunk of
+    its prompt, as wide as the pass, or as wide as a pass's fixed cost spread over its rows when that is
+    more (on a GPU), or the whole rest when no row decodes; the slots its last chunk leaves free hold a
+    draft of its first tokens."""
+
+    def draft(row: _Row, last: int, room: int) -> list[int]:
+        guess = drafter.draft(row.index, row.tokens, room) if drafter is not None and room > 0 else []
+        return _force_draft(last, guess[:room], link, cont)
+
+    decoding = [r for r in active if not r.feed]
+    pass_k = _pass_width(decoding, cap, pass_cost) if decoding else 0
+    steps = {}
+    for row in decoding:
+        room = 0 if row.flush else min(pass_k, row.budget - len(row.tokens) - 1)
+        steps[id(row)] = _Step([], [row.tokens[-1]], draft(row, row.tokens[-1], room))
+    width = max((len(step.tokens) for step in steps.values()), default=0)
+    chunk = max(width, int(pass_cost) // len(active)) if decoding else max(len(r.feed) for r in active)
+    width = max([width] + [min(len(r.feed), chunk) for r in active])
+    for row in active:
+        if len(row.feed) > chunk:
+            steps[id(row)] = _Step(row.feed[:chunk], [], None)
+        elif row.feed:
+            room = min(width - len(row.feed), row.budget - 1)
+            steps[id(row)] = _Step(list(row.feed), [], draft(row, row.feed[-1], room))
+    return [steps[id(row)] for row in active]
 
 
 def _force_draft(last: int, draft: list[int], link: int, cont: int) -> list[int]:

@@ -4,6 +4,7 @@ Tiny random models run in float64 so that batched and one-token-at-a-time forwar
 argmax ties cannot flip. A random model rarely emits [LK]: its output-head row is set to a slightly
 scaled copy of the row of the token it emits most, so [LK] replaces that token and the forcing rule runs.
 """
+import os
 import random
 
 import pytest
@@ -167,6 +168,33 @@ def test_a_kept_prompt_prefix_is_reused_across_batches_until_a_weight_changes(to
                        eos_token_ids=[], prefix_cache=kept)
     _assert_same(fast, plain)
     hook.remove()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_prompts_join_as_rows_stop_and_decode_as_alone(tokenizer, batch_size):
+    model, ids = _linking_model(tokenizer, "llama", 0)
+    texts = TEXTS + ["Rome is the capital of Italy.", "Shares in Tokyo fell on Monday after the Bank of Japan spoke."]
+    prompts = _prompts(tokenizer, texts)
+    budgets = [MAX_NEW, 9, MAX_NEW - 5, 0, MAX_NEW]  # rows stop at different passes; one has nothing to generate
+    plain = [greedy_decode(model, ids, [p], max_new_tokens=MAX_NEW, pad_token_id=0, eos_token_ids=[])[0] for p in prompts]
+    rows_per_forward = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda module, args, out: rows_per_forward.append(args[0].shape[0]))
+    for drafter in (CopyDrafter(tokenizer, texts), ReferenceDrafter([d.tokens for d in plain], seed=1), WrongDrafter()):
+        stats = DecodeStats()
+        fast = copy_decode(model, ids, prompts, drafter, max_new_tokens=budgets, pad_token_id=0, eos_token_ids=[],
+                           batch_size=batch_size, stats=stats)
+        for d, p, budget in zip(fast, plain, budgets, strict=True):
+            assert d.tokens == p.tokens[:budget]
+            kept = [i for i, pos in enumerate(p.link_positions) if pos < budget]
+            assert d.link_positions == [p.link_positions[i] for i in kept]
+            torch.testing.assert_close(d.link_states, p.link_states[kept], atol=1e-8, rtol=1e-6)
+        # the instruction was forwarded once, for the first rows: only the prompts' rests were fed
+        instruction = len(os.path.commonprefix(prompts))
+        assert stats.prompt_fed == sum(len(p) - instruction for p, budget in zip(prompts, budgets) if budget > 0)
+    hook.remove()
+    assert max(rows_per_forward) == batch_size
+    with pytest.raises(ValueError, match="batch_size"):
+        copy_decode(model, ids, prompts, None, max_new_tokens=4, pad_token_id=0, batch_size=0)
 
 
 def test_wasted_slots_are_compacted_without_changing_the_output(tokenizer):
