@@ -1,7 +1,7 @@
 """One-pass OneGen inference: texts in, mentions with exact offsets and their [LK] vectors out.
 
 Each text is cut into sentence-aware windows (onegen.chunking), each window becomes one mention-detection
-prompt (onegen.prompts), and all windows of all texts are decoded in length-sorted batches by
+prompt (onegen.prompts), and all windows of all texts are decoded in length order, `batch_size` at a time, by
 onegen.decoding, which returns the generated tokens and the [LK] hidden states of the same pass. The
 marked output of each window is aligned back to the window text (onegen.align), offsets are shifted to
 the full text, and a mention seen by two overlapping windows is kept once: the same span from the
@@ -83,7 +83,7 @@ def annotate(
     Args:
         onegen: a onegen.model.OneGen (uses .model, .tokenizer, .token_ids).
         texts: documents of any length; empty or blank ones get no mentions.
-        batch_size: windows decoded together.
+        batch_size: windows decoded together ("copy": at most this many in flight, the next joining as one ends).
         max_window_tokens: source tokens per window (default: `default_window_tokens(onegen)`).
         decoder: "copy" (copy-speculative, fast) or "greedy" (HF generate + a second forward); same output.
         max_new_tokens: generation budget per window (default: 2 x its source tokens + 64).
@@ -125,14 +125,12 @@ def annotate(
     marked: list[list[tuple[int, str]]] = [[] for _ in texts]  # (window start, marked output) per text
     eos = set(_eos_ids(onegen.model, tokenizer))
     jobs.sort(key=lambda j: len(j.prompt))
-    for b in range(0, len(jobs), batch_size):
-        batch = jobs[b : b + batch_size]
-        sources = [texts[j.text_index][j.window.start : j.window.end] for j in batch]
-        for job, source, decoded in zip(batch, sources, _decode(onegen, batch, sources, eos, decoder, draft_tokens, stats)):
-            out = _marked_text(tokenizer, decoded, eos, onegen.token_ids.link)
-            results[job.text_index].generated_tokens += len(decoded.tokens)
-            marked[job.text_index].append((job.window.start, out))
-            candidates[job.text_index] += _window_mentions(job, source, out, decoded)
+    sources = [texts[j.text_index][j.window.start : j.window.end] for j in jobs]
+    for job, source, decoded in zip(jobs, sources, _decode(onegen, jobs, sources, eos, decoder, batch_size, draft_tokens, stats)):
+        out = _marked_text(tokenizer, decoded, eos, onegen.token_ids.link)
+        results[job.text_index].generated_tokens += len(decoded.tokens)
+        marked[job.text_index].append((job.window.start, out))
+        candidates[job.text_index] += _window_mentions(job, source, out, decoded)
     for result, found, outputs in zip(results, candidates, marked):
         result.mentions = [
             Mention(c.start, c.end, result.text[c.start : c.end], c.vector) for c in merge_window_mentions(found)
@@ -141,19 +139,28 @@ def annotate(
     return results
 
 
-def _decode(onegen, batch: list[_Job], sources: list[str], eos: set[int], decoder: str, draft_tokens: int | None, stats) -> list[Decoded]:
+def _decode(onegen, jobs: list[_Job], sources: list[str], eos: set[int], decoder: str, batch_size: int,
+            draft_tokens: int | None, stats) -> list[Decoded]:
+    """Decode every window: "copy" keeps `batch_size` windows in flight (the next one joins as one
+    finishes), "greedy" decodes them in batches of `batch_size`."""
     tokenizer = onegen.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked everywhere: any id works
-    prompts = [j.prompt for j in batch]
-    budgets = [j.max_new_tokens for j in batch]
+    if not jobs:
+        return []
+    prompts = [j.prompt for j in jobs]
+    budgets = [j.max_new_tokens for j in jobs]
     if decoder == "copy":
         drafter = CopyDrafter(tokenizer, sources, prompts)
         return copy_decode(onegen.model, onegen.token_ids, prompts, drafter, max_new_tokens=budgets, pad_token_id=pad,
-                           eos_token_ids=sorted(eos), draft_tokens=draft_tokens, stats=stats,
+                           eos_token_ids=sorted(eos), batch_size=batch_size, draft_tokens=draft_tokens, stats=stats,
                            prefix_cache=onegen.mention_prefix)
-    decoded = greedy_decode(onegen.model, onegen.token_ids, prompts, max_new_tokens=max(budgets), pad_token_id=pad,
-                            eos_token_ids=sorted(eos))
-    return [_truncate(d, budget) for d, budget in zip(decoded, budgets)]
+    decoded = []
+    for b in range(0, len(jobs), batch_size):
+        batch = slice(b, b + batch_size)
+        out = greedy_decode(onegen.model, onegen.token_ids, prompts[batch], max_new_tokens=max(budgets[batch]),
+                            pad_token_id=pad, eos_token_ids=sorted(eos))
+        decoded += [_truncate(d, budget) for d, budget in zip(out, budgets[batch])]
+    return decoded
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
