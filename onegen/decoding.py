@@ -495,22 +495,23 @@ def _steps(active: Sequence[_Row], drafter: Drafter | None, cap: int, pass_cost:
         guess = drafter.draft(row.index, row.tokens, room) if drafter is not None and room > 0 else []
         return _force_draft(last, guess[:room], link, cont)
 
-    decoding = [r for r in active if not r.feed]
-    pass_k = _pass_width(decoding, cap, pass_cost) if decoding else 0
-    steps = {}
-    for row in decoding:
+    steps: list[_Step] = [_Step([], [], None)] * len(active)
+    decoding = [i for i, row in enumerate(active) if not row.feed]
+    pass_k = _pass_width([active[i] for i in decoding], cap, pass_cost) if decoding else 0
+    for i in decoding:
+        row = active[i]
         room = 0 if row.flush else min(pass_k, row.budget - len(row.tokens) - 1)
-        steps[id(row)] = _Step([], [row.tokens[-1]], draft(row, row.tokens[-1], room))
-    width = max((len(step.tokens) for step in steps.values()), default=0)
+        steps[i] = _Step([], [row.tokens[-1]], draft(row, row.tokens[-1], room))
+    width = max((len(steps[i].tokens) for i in decoding), default=0)
     chunk = max(width, int(pass_cost) // len(active)) if decoding else max(len(r.feed) for r in active)
     width = max([width] + [min(len(r.feed), chunk) for r in active])
-    for row in active:
+    for i, row in enumerate(active):
         if len(row.feed) > chunk:
-            steps[id(row)] = _Step(row.feed[:chunk], [], None)
+            steps[i] = _Step(row.feed[:chunk], [], None)
         elif row.feed:
             room = min(width - len(row.feed), row.budget - 1)
-            steps[id(row)] = _Step(list(row.feed), [], draft(row, row.feed[-1], room))
-    return [steps[id(row)] for row in active]
+            steps[i] = _Step(list(row.feed), [], draft(row, row.feed[-1], room))
+    return steps
 
 
 def _force_draft(last: int, draft: list[int], link: int, cont: int) -> list[int]:
