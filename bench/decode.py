@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"copy decoder vs plain generate (tokens/s), {label}: {rate / plain_rate:.2f}x")
     print(f"two-pass / one-pass time, copy drafts: {seconds['two-pass (generate + forward)'] / seconds['one-pass, copy drafts']:.2f}x")
     print(f"two-pass / one-pass time, no drafts:   {seconds['two-pass (generate + forward)'] / seconds['one-pass, no drafts']:.2f}x")
-    print(f"drafting ({args.batch_size} in flight): {stats.forward_passes // args.repeats} passes after the instruction, {stats.accepted}/{stats.drafted} drafted tokens accepted "
+    stats = DecodeStats(**{name: count // args.repeats for name, count in vars(stats).items()})  # one run's (they repeat)
+    print(f"drafting ({args.batch_size} in flight, one run): {stats.forward_passes} passes after the instruction, {stats.accepted}/{stats.drafted} drafted tokens accepted "
           f"({stats.accepted / max(stats.drafted, 1):.0%}), {stats.generated / max(stats.forward_passes, 1):.1f} tokens/pass "
           f"over the batch, {stats.slots / max(stats.generated, 1):.2f} slots computed per token, {stats.compactions} compactions")
     differ = sum(a != b for name in methods for a, b in zip(outputs[name], outputs["plain generate"]))
