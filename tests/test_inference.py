@@ -117,7 +117,7 @@ def test_merge_keeps_the_copy_farthest_from_a_window_edge():
 
 
 def test_copy_and_greedy_decoders_give_the_same_annotation(tiny_onegen):
-    texts = [SENTENCES[0], " ".join(SENTENCES), ""]
+    texts = [SENTENCES[0], " ".join(SENTENCES), "", SENTENCES[1], SENTENCES[2]]  # 4 windows, 2 in flight: 2 join
     copy = annotate(tiny_onegen, texts, batch_size=2, max_new_tokens=12)
     greedy = annotate(tiny_onegen, texts, batch_size=2, max_new_tokens=12, decoder="greedy")
     assert [a.marked for a in copy] == [a.marked for a in greedy]
