@@ -379,59 +379,13 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
             stats.compactions += 1
 
         steps = _steps(active, drafter, draft_tokens, pass_cost, link, cont)
-        width = max(len(step.tokens) for step in steps)
-        step_ids = torch.full((len(active), width), pad_token_id, dtype=torch.long)
-        step_mask = torch.zeros((len(active), width), dtype=torch.long)
-        for i, step in enumerate(steps):
-            step_ids[i, : len(step.tokens)] = torch.tensor(step.tokens, dtype=torch.long)
-            step_mask[i, : len(step.tokens)] = 1
-        step_ids, step_mask = step_ids.to(device), step_mask.to(device)
-        scored = width - min((step.verify for step in steps if step.draft is not None), default=width - 1)
-        live = torch.tensor([r.live for r in active], dtype=torch.long, device=device)
-        position_ids = live[:, None] + torch.arange(width, device=device)[None, :]  # (B, W)
-        out = model(
-            input_ids=step_ids,
-            attention_mask=torch.cat([mask, step_mask], dim=1),  # (B, T + W)
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            output_hidden_states=True,
-            logits_to_keep=scored,  # the last slots, from the first one whose greedy token is needed
-        )
-        greedy = torch.full((len(active), width), -1, dtype=torch.long, device=out.logits.device)
-        greedy[:, width - scored :] = out.logits.argmax(-1)
-        greedy = torch.where(step_ids.to(greedy.device) == link, torch.full_like(greedy, cont), greedy).tolist()
-        hidden = out.hidden_states[-1]  # (B, W, D), after the final norm
+        greedy, hidden, step_mask = _forward(model, cache, mask, active, steps, pad_token_id, link, cont)
         stats.forward_passes += 1
         accepted_mask = torch.zeros_like(step_mask)
-        prompt_fed = 0
         for i, (row, step) in enumerate(zip(active, steps)):
-            fed = len(step.prompt)  # prompt tokens: they all stay
-            prompt_fed += fed
-            del row.feed[:fed]
-            if step.draft is None:
-                accepted_mask[i, :fed] = 1
-                row.live += fed
-                continue
-            verify, draft, n = step.verify, step.draft, 0
-            while n < len(draft) and draft[n] == greedy[i][verify + n]:
-                n += 1
-            stats.drafted += len(draft)
-            stats.accepted += n
-            accepted_mask[i, : verify + n + 1] = 1
-            row.live += verify + n + 1
-            base = len(row.tokens) - len(step.last)  # index in row.tokens of the first output token fed
-            for j, token in enumerate(step.last + draft[:n]):
-                if token == link:
-                    row.link_positions.append(base + j)
-                    row.link_states.append(hidden[i, fed + j].float().cpu())
-            if row.flush:
-                row.done = True
-                continue
-            _commit(row, draft[:n] + [greedy[i][verify + n]], eos, link, fed=n)
-            row.accepted += n
-            row.rejected += n < len(draft)
-        stats.slots += step_ids.numel() - prompt_fed
+            accepted_mask[i, : _settle(row, step, greedy[i], hidden[i], eos, link, stats)] = 1
+        prompt_fed = sum(len(step.prompt) for step in steps)
+        stats.slots += step_mask.numel() - prompt_fed
         stats.prompt_fed += prompt_fed
         mask = torch.cat([mask, accepted_mask], dim=1)  # rejected drafts and padding stay masked
 
@@ -445,6 +399,66 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
         )
         for r in rows
     ]
+
+
+def _forward(model, cache: Cache, mask: torch.Tensor, active: Sequence[_Row], steps: Sequence[_Step], pad_id: int,
+             link: int, cont: int) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """One pass over every row's step, right-padded. Returns (the greedy token at each slot (B, W) as lists,
+    the forcing rule applied, -1 before the first slot that needs one; the last-layer states after the
+    final norm (B, W, D); the mask of the fed slots (B, W))."""
+    device = mask.device
+    width = max(len(step.tokens) for step in steps)
+    step_ids = torch.full((len(active), width), pad_id, dtype=torch.long)
+    step_mask = torch.zeros((len(active), width), dtype=torch.long)
+    for i, step in enumerate(steps):
+        step_ids[i, : len(step.tokens)] = torch.tensor(step.tokens, dtype=torch.long)
+        step_mask[i, : len(step.tokens)] = 1
+    step_ids, step_mask = step_ids.to(device), step_mask.to(device)
+    scored = width - min((step.verify for step in steps if step.draft is not None), default=width - 1)
+    live = torch.tensor([r.live for r in active], dtype=torch.long, device=device)
+    out = model(
+        input_ids=step_ids,
+        attention_mask=torch.cat([mask, step_mask], dim=1),  # (B, T + W)
+        position_ids=live[:, None] + torch.arange(width, device=device)[None, :],  # (B, W)
+        cache=cache,
+        use_cache=True,
+        output_hidden_states=True,
+        logits_to_keep=scored,  # the last slots, from the first one whose greedy token is needed
+    )
+    greedy = torch.full((len(active), width), -1, dtype=torch.long, device=out.logits.device)
+    greedy[:, width - scored :] = out.logits.argmax(-1)
+    greedy = torch.where(step_ids.to(greedy.device) == link, torch.full_like(greedy, cont), greedy)
+    return greedy.tolist(), out.hidden_states[-1], step_mask
+
+
+def _settle(row: _Row, step: _Step, greedy: list[int], hidden: torch.Tensor, eos: set[int], link: int,
+            stats: DecodeStats) -> int:
+    """Apply one pass to `row`: its prompt chunk stays; of its draft, the longest prefix equal to the
+    greedy choices is accepted, then the greedy token after it is committed; a fed [LK] keeps its state
+    (`hidden`: (W, D)). Returns how many of the row's first slots stay in its cache."""
+    fed = len(step.prompt)
+    del row.feed[:fed]
+    if step.draft is None:
+        row.live += fed
+        return fed
+    verify, draft, n = step.verify, step.draft, 0
+    while n < len(draft) and draft[n] == greedy[verify + n]:
+        n += 1
+    stats.drafted += len(draft)
+    stats.accepted += n
+    row.live += verify + n + 1
+    base = len(row.tokens) - len(step.last)  # index in row.tokens of the first output token fed
+    for j, token in enumerate(step.last + draft[:n]):
+        if token == link:
+            row.link_positions.append(base + j)
+            row.link_states.append(hidden[fed + j].float().cpu())
+    if row.flush:
+        row.done = True
+    else:
+        _commit(row, draft[:n] + [greedy[verify + n]], eos, link, fed=n)
+        row.accepted += n
+        row.rejected += n < len(draft)
+    return verify + n + 1
 
 
 def _pass_width(rows: Sequence[_Row], cap: int, pass_cost: float) -> int:
