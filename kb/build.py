@@ -189,6 +189,8 @@ def encode_kb(work: Path, config: BuildConfig, total: int) -> None:
     pending = total - int(done.sum())
     if not pending:
         return
+    if not ray.is_initialized():
+        ray.init()  # the cluster in RAY_ADDRESS, else a local one, as jobs/build_index.py does
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     # CPU threads per replica: 1 beside a GPU; on a CPU-only cluster the CPUs shared out, one left for reading
@@ -227,7 +229,7 @@ def assemble(work: Path, total: int, dim: int) -> tuple[list[str], np.ndarray]:
 
 
 def build_index(config: BuildConfig) -> EntityIndex:
-    """Encode a KB with the model and write a new index to `config.out` (Ray must be initialised)."""
+    """Encode a KB with the model and write a new index to `config.out` (a local Ray starts if none runs)."""
     started = time.perf_counter()
     out = Path(config.out)
     if (out / MANIFEST_NAME).is_file():

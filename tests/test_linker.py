@@ -65,3 +65,40 @@ def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
     for annotation in out[0]:  # a random model marks whatever it marks; every span must be exact and linked
         assert texts[0][annotation.start:annotation.end] == annotation.surface
         assert annotation.entity_id in {"Paris", "Rome"}
+
+
+@pytest.mark.ray
+def test_onegen_linker_builds_the_index_of_a_kb_once_starting_ray_itself(tmp_path, monkeypatch):
+    """`eval/run_gerbil.py run --linker onegen --kb KB` in a new process, the model's identity cached by an
+    earlier run: no Ray is running when the index is built on first use; a second linker finds it cached."""
+    import json
+
+    import ray
+    from tiny import tiny_model, tiny_tokenizer
+
+    import kb.build
+    from onegen.model import OneGen
+
+    monkeypatch.setenv("ONEGEN_CACHE", str(tmp_path / "cache"))
+    tokenizer = tiny_tokenizer()
+    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(tmp_path / "model")
+    kb_file = tmp_path / "kb.jsonl"
+    kb_file.write_text("".join(json.dumps({"id": name, "title": name, "description": f"{name} is a city."}) + "\n"
+                               for name in ("Paris", "Rome", "Berlin")), encoding="utf-8")
+    try:
+        kb.build.model_identity(str(tmp_path / "model"))  # cached by the model's files, as after an earlier run
+        ray.shutdown()  # the identity came from a Ray task
+        linker = OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file), nil_threshold=-1.0)
+        assert len(linker.index) == 3
+        text = "Paris, Rome and Berlin."
+        for annotation in linker.link([text])[0]:
+            assert text[annotation.start:annotation.end] == annotation.surface
+            assert annotation.entity_id in {"Paris", "Rome", "Berlin"}
+
+        def rebuild(config):
+            raise AssertionError(f"the cached index was built again into {config.out}")
+
+        monkeypatch.setattr(kb.build, "build_index", rebuild)
+        assert len(OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file)).index) == 3
+    finally:
+        ray.shutdown()
