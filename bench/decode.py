@@ -2,6 +2,7 @@
 
     python bench/decode.py [--model M] [--batch-size 8] [--texts 16] [--input docs.jsonl | --dataset aida-testa]
                            [--max-new-tokens N] [--dtype float32] [--device cpu] [--repeats 2] [--random-llama7b]
+                           [--no-copy-rule]
 
 Same model, same prompts (the mention-detection prompt of each text, in length order), one run:
 
@@ -14,6 +15,10 @@ Same model, same prompts (the mention-detection prompt of each text, in length o
 - one-pass, copy drafts: the same with `--batch-size` texts in flight, the next text joining as one
   ends (`copy_decode(batch_size=...)`, what `onegen.inference` does): no batch waits for its longest
   text. This is the headline ratio; the fixed-batch one is printed beside it.
+
+Every method follows the copy rule (`onegen.constrain`: each output is its text with mention markup),
+as `onegen.inference` decodes; for `generate` that is a logits processor. `--no-copy-rule` measures free
+decoding instead.
 
 Our decoder keeps the instruction's keys and values across batches (`PrefixCache`), as the link job
 does over a corpus; plain `generate` prefills each whole prompt.
@@ -50,9 +55,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from onegen.constrain import CopyRule  # noqa: E402
 from onegen.decoding import DecodeStats, Decoded, copy_decode, greedy_decode  # noqa: E402
 from onegen.kv_cache import PrefixCache  # noqa: E402
 from onegen.drafting import CopyDrafter  # noqa: E402
+from onegen.inference import eos_ids  # noqa: E402
 from onegen.model import OneGen  # noqa: E402
 from onegen.prompts import mention_prompt  # noqa: E402
 
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draft-tokens", type=int, default=None, help="draft cap (default: the decoder's, by device)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per batch and method, the fastest counts (shared machines)")
     parser.add_argument("--random-llama7b", action="store_true", help="Llama-2-7B-shaped random model, bf16 (GPU timing)")
+    parser.add_argument("--no-copy-rule", action="store_true", help="decode freely (default: the copy rule, as the linker)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -165,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [tokenizer(mention_prompt(tokenizer, t), add_special_tokens=False).input_ids for t in texts]
     source_tokens = max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
     max_new = args.max_new_tokens or 2 * source_tokens + 64
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(texts)), key=lambda i: len(prompts[i]))
-    common = dict(max_new_tokens=max_new, pad_token_id=pad)
+    common = dict(max_new_tokens=max_new, pad_token_id=pad, eos_token_ids=eos)
     stats = DecodeStats()
     prefix = PrefixCache()  # the instruction, kept across batches as the link job keeps it
 
@@ -179,15 +188,22 @@ def main(argv: list[str] | None = None) -> None:
     def drafter(b: list[int]) -> CopyDrafter:
         return CopyDrafter(tokenizer, [texts[i] for i in b], [prompts[i] for i in b])
 
+    def rule(b: list[int]) -> CopyRule | None:
+        return None if args.no_copy_rule else CopyRule.for_tokenizer(tokenizer, [texts[i] for i in b], ids.link, ids.cont, set(eos))
+
+    def generate(b: list[int], states: bool) -> list[Decoded]:
+        return greedy_decode(model, ids, [prompts[i] for i in b], states=states, rule=rule(b), **common)
+
+    def one_pass(b: list[int], copy_drafts: bool, **kw) -> list[Decoded]:
+        return copy_decode(model, ids, [prompts[i] for i in b], drafter(b) if copy_drafts else None, rule=rule(b),
+                           draft_tokens=args.draft_tokens, prefix_cache=prefix, **common, **kw)
+
     methods = {
-        "plain generate": batched(lambda b: greedy_decode(model, ids, [prompts[i] for i in b], states=False, **common)),
-        "two-pass (generate + forward)": batched(lambda b: greedy_decode(model, ids, [prompts[i] for i in b], **common)),
-        "one-pass, no drafts": batched(lambda b: copy_decode(model, ids, [prompts[i] for i in b], None, prefix_cache=prefix, **common)),
-        "one-pass, copy drafts, batches": batched(lambda b: copy_decode(
-            model, ids, [prompts[i] for i in b], drafter(b), draft_tokens=args.draft_tokens, prefix_cache=prefix, **common)),
-        "one-pass, copy drafts": lambda b: copy_decode(
-            model, ids, [prompts[i] for i in b], drafter(b), batch_size=args.batch_size, draft_tokens=args.draft_tokens,
-            stats=stats, prefix_cache=prefix, **common),
+        "plain generate": batched(lambda b: generate(b, states=False)),
+        "two-pass (generate + forward)": batched(lambda b: generate(b, states=True)),
+        "one-pass, no drafts": batched(lambda b: one_pass(b, copy_drafts=False)),
+        "one-pass, copy drafts, batches": batched(lambda b: one_pass(b, copy_drafts=True)),
+        "one-pass, copy drafts": lambda b: one_pass(b, copy_drafts=True, batch_size=args.batch_size, stats=stats),
     }
     # Warm-up (first-call allocations). On a GPU every method once over the first batch: with one repeat,
     # the first method timed there otherwise pays the clock ramp-up and each new shape's kernel choice.
@@ -206,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     new_tokens = sum(len(t) for t in outputs["plain generate"])
     print(f"device={device} model={'random-llama7b' if args.random_llama7b else onegen.name_or_path} "
           f"dtype={onegen.dtype} texts={len(texts)} batch={args.batch_size} max_new_tokens={max_new} "
+          f"copy rule={'no' if args.no_copy_rule else 'yes'} "
           f"prompt tokens={sum(map(len, prompts))} new tokens={new_tokens}")
     print(f"{'method':32s} {'seconds':>9s} {'new tok/s':>10s}")
     for name in methods:

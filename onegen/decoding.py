@@ -15,6 +15,10 @@ Two decoders with the same output:
   forwards). The last layer's hidden state after the final norm (`hidden_states[-1]`) comes with the
   same forward, so a committed `[LK]` has its vector with no second pass.
 
+Both take an output rule (`onegen.constrain.CopyRule`): the choice at each step is then the model's best
+token among those the rule allows after the output so far (the copy decoder checks its RANKED_TOKENS
+best ids per slot first), so the two still agree.
+
 Batching design: one KV cache for the whole batch, rows of different lengths and different acceptance.
 - The prompts' shared prefix (chat template + instruction) is forwarded once and copied to every row's
   cache; with a `PrefixCache`, later calls reuse its keys and values instead. The rest of each prompt is
@@ -49,13 +53,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import Cache, DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from onegen.attention import packed_gqa
 from onegen.kv_cache import PrefixCache, growing_cache, param_versions
+
+if TYPE_CHECKING:
+    from onegen.constrain import CopyRule
 
 
 DRAFT_TOKENS = 16  # most drafted tokens per row and pass, on a GPU ...
@@ -66,6 +73,7 @@ PRIOR_ACCEPTED, PRIOR_REJECTED = 9, 1  # a new row's acceptance rate counts as 9
 COMPACT_WASTE = 0.15  # compact the cache when masked slots exceed this fraction of it ...
 COMPACT_MIN_SLOTS = 64  # ... and it has more slots than this
 MIN_SHARED_PREFIX = 8  # prompts sharing at least this many first tokens prefill them once
+RANKED_TOKENS = 8  # with an output rule, the best ids per slot it checks first (onegen.constrain.CopyRule.pick)
 
 
 @dataclass
@@ -112,6 +120,33 @@ class ForceContinue(LogitsProcessor):
         return scores
 
 
+class FollowRule(LogitsProcessor):
+    """Leaves each row only its best token that `rule` allows after the row's output so far (a row
+    whose output the rule refuses, e.g. padding after its EOS, is left alone)."""
+
+    def __init__(self, rule: CopyRule, prompt_width: int):
+        self.rule = rule
+        self.prompt_width = prompt_width  # the generated tokens start there
+        self.states: list | None = None  # each row's rule state after the tokens seen so far
+        self.seen = 0  # generated tokens seen so far
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.states is None:
+            self.states = [self.rule.start(r) for r in range(input_ids.shape[0])]
+        new = input_ids[:, self.prompt_width + self.seen :].tolist()
+        self.seen += len(new[0])
+        ranked = scores.topk(RANKED_TOKENS, dim=-1).indices.tolist()
+        for r, tokens in enumerate(new):
+            for token in tokens:
+                self.states[r] = self.states[r] and self.rule.advance(self.states[r], token)
+            if self.states[r] is not None:
+                choice = self.rule.pick(self.states[r], ranked[r], lambda: scores[r])
+                forced = torch.full_like(scores[r], float("-inf"))
+                forced[choice] = 0.0
+                scores[r] = forced
+        return scores
+
+
 def _eos_ids(model, eos_token_ids) -> set[int]:
     if eos_token_ids is None:
         eos_token_ids = model.generation_config.eos_token_id
@@ -153,14 +188,17 @@ def greedy_decode(
     pad_token_id: int,
     eos_token_ids: int | Sequence[int] | None = None,
     states: bool = True,
+    rule: CopyRule | None = None,
 ) -> list[Decoded]:
-    """The reference: HF `generate` (greedy, `[_CONTINUE_]` forced after `[LK]`) on the left-padded batch,
-    then a second forward over prompt + output to read the `[LK]` states (skipped when `states=False`:
-    no [LK] then has a vector). `token_ids` has `.link`, `.cont`."""
+    """The reference: HF `generate` (greedy, `[_CONTINUE_]` forced after `[LK]`, only what `rule` allows
+    when one is given: prompt i is its row i) on the left-padded batch, then a second forward over
+    prompt + output to read the `[LK]` states (skipped when `states=False`: no [LK] then has a vector).
+    `token_ids` has `.link`, `.cont`."""
     _check_prompts(prompts)
     device = model.device
     eos = _eos_ids(model, eos_token_ids)
     ids, mask = _left_pad(prompts, pad_token_id, device)
+    processors = [ForceContinue(token_ids.link, token_ids.cont)] + ([FollowRule(rule, ids.shape[1])] if rule else [])
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,
@@ -170,7 +208,7 @@ def greedy_decode(
         temperature=None,
         top_p=None,
         top_k=None,
-        logits_processor=LogitsProcessorList([ForceContinue(token_ids.link, token_ids.cont)]),
+        logits_processor=LogitsProcessorList(processors),
         pad_token_id=pad_token_id,
         eos_token_id=sorted(eos) or None,
     )
@@ -223,6 +261,7 @@ class _Row:
     flush: bool = False  # finished, but its last token is an unfed [LK] whose state is still needed
     feed: list[int] = field(default_factory=list)  # prompt tokens still to feed (a row that joined mid-decode)
     done: bool = False
+    state: object = None  # the output rule's state after `tokens` (with a rule)
 
 
 def _select_rows(cache: Cache, keep: torch.Tensor) -> None:
@@ -309,6 +348,7 @@ def copy_decode(
     compact_waste: float = COMPACT_WASTE,
     stats: DecodeStats | None = None,
     prefix_cache: PrefixCache | None = None,
+    rule: CopyRule | None = None,
 ) -> list[Decoded]:
     """Greedy decoding of `prompts` (token id lists) with drafts verified in one forward each (module doc).
 
@@ -316,16 +356,17 @@ def copy_decode(
     prompt. `batch_size` is the most prompts decoded at once (default: all): the next prompt joins as a
     row stops. `draft_tokens` caps the draft length (default: `DRAFT_TOKENS`, `CPU_DRAFT_TOKENS` on a
     CPU); the cache is compacted when more than `compact_waste` of its slots are masked. `prefix_cache`
-    keeps the prompts' shared prefix for the next call. `token_ids` has `.link` and `.cont`. Returns one
+    keeps the prompts' shared prefix for the next call. With a `rule` (onegen.constrain.CopyRule, prompt i
+    its row i), each committed token is the best one the rule allows. `token_ids` has `.link` and `.cont`. Returns one
     `Decoded` per prompt, in order. The model's `sdpa` attention runs with the KV heads unexpanded
     (`onegen.attention.packed_gqa`)."""
     with packed_gqa(model):
         return _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_id, eos_token_ids,
-                            batch_size, draft_tokens, compact_waste, stats, prefix_cache)
+                            batch_size, draft_tokens, compact_waste, stats, prefix_cache, rule)
 
 
 def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_id, eos_token_ids, batch_size,
-                 draft_tokens, compact_waste, stats, prefix_cache) -> list[Decoded]:
+                 draft_tokens, compact_waste, stats, prefix_cache, rule) -> list[Decoded]:
     _check_prompts(prompts)
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != len(prompts):
@@ -339,7 +380,7 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
     pass_cost = CPU_PASS_COST_SLOTS if device.type == "cpu" else PASS_COST_SLOTS
     link, cont = token_ids.link, token_ids.cont
     eos = _eos_ids(model, eos_token_ids)
-    rows = [_Row(i, budgets[i], done=budgets[i] <= 0) for i in range(len(prompts))]
+    rows = [_Row(i, budgets[i], done=budgets[i] <= 0, state=rule and rule.start(i)) for i in range(len(prompts))]
     # the longest first (by budget, then prompt), so that no long output starts when the others are done
     queue = sorted((r for r in rows if not r.done), key=lambda r: (r.budget, len(prompts[r.index])), reverse=True)
     if not queue:
@@ -379,11 +420,11 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
             stats.compactions += 1
 
         steps = _steps(active, drafter, draft_tokens, pass_cost, link, cont)
-        greedy, hidden, step_mask = _forward(model, cache, mask, active, steps, pad_token_id, link, cont)
+        choices, hidden, step_mask = _forward(model, cache, mask, active, steps, pad_token_id, link, cont, rule)
         stats.forward_passes += 1
         accepted_mask = torch.zeros_like(step_mask)
         for i, (row, step) in enumerate(zip(active, steps)):
-            accepted_mask[i, : _settle(row, step, greedy[i], hidden[i], eos, link, stats)] = 1
+            accepted_mask[i, : _settle(row, step, choices, i, hidden[i], eos, link, stats, rule)] = 1
         prompt_fed = sum(len(step.prompt) for step in steps)
         stats.slots += step_mask.numel() - prompt_fed
         stats.prompt_fed += prompt_fed
@@ -401,11 +442,27 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
     ]
 
 
+@dataclass
+class _Choices:
+    """The model's choices at the slots of one pass: its best token at each, or with an output rule its
+    RANKED_TOKENS best, the forcing rule applied ([_CONTINUE_] after [LK]), [-1] before the first slot
+    that needs one."""
+
+    ranked: list[list[list[int]]]  # (B, W, 1 or RANKED_TOKENS) ids, best first
+    logits: torch.Tensor  # (B, scored, V): the last `scored` slots of the pass
+    offset: int  # W - scored
+
+    def token(self, row: int, slot: int, rule: CopyRule | None, state) -> int:
+        """The committed token at `slot` of `row`: the best one, or the best one `rule` allows in `state`."""
+        if rule is None:
+            return self.ranked[row][slot][0]
+        return rule.pick(state, self.ranked[row][slot], lambda: self.logits[row, slot - self.offset])
+
+
 def _forward(model, cache: Cache, mask: torch.Tensor, active: Sequence[_Row], steps: Sequence[_Step], pad_id: int,
-             link: int, cont: int) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
-    """One pass over every row's step, right-padded. Returns (the greedy token at each slot (B, W) as lists,
-    the forcing rule applied, -1 before the first slot that needs one; the last-layer states after the
-    final norm (B, W, D); the mask of the fed slots (B, W))."""
+             link: int, cont: int, rule: CopyRule | None) -> tuple[_Choices, torch.Tensor, torch.Tensor]:
+    """One pass over every row's step, right-padded. Returns (the choices at each slot; the last-layer
+    states after the final norm (B, W, D); the mask of the fed slots (B, W))."""
     device = mask.device
     width = max(len(step.tokens) for step in steps)
     step_ids = torch.full((len(active), width), pad_id, dtype=torch.long)
@@ -425,25 +482,31 @@ def _forward(model, cache: Cache, mask: torch.Tensor, active: Sequence[_Row], st
         output_hidden_states=True,
         logits_to_keep=scored,  # the last slots, from the first one whose greedy token is needed
     )
-    greedy = torch.full((len(active), width), -1, dtype=torch.long, device=out.logits.device)
-    greedy[:, width - scored :] = out.logits.argmax(-1)
-    greedy = torch.where(step_ids.to(greedy.device) == link, torch.full_like(greedy, cont), greedy)
-    return greedy.tolist(), out.hidden_states[-1], step_mask
+    best = out.logits.topk(RANKED_TOKENS, dim=-1).indices if rule else out.logits.argmax(-1, keepdim=True)
+    ranked = torch.full((len(active), width, best.shape[-1]), -1, dtype=torch.long, device=best.device)
+    ranked[:, width - scored :] = best
+    forced = (step_ids.to(ranked.device) == link)[:, :, None].expand_as(ranked)
+    ranked = torch.where(forced, torch.full_like(ranked, cont), ranked)
+    return _Choices(ranked.tolist(), out.logits, width - scored), out.hidden_states[-1], step_mask
 
 
-def _settle(row: _Row, step: _Step, greedy: list[int], hidden: torch.Tensor, eos: set[int], link: int,
-            stats: DecodeStats) -> int:
-    """Apply one pass to `row`: its prompt chunk stays; of its draft, the longest prefix equal to the
-    greedy choices is accepted, then the greedy token after it is committed; a fed [LK] keeps its state
-    (`hidden`: (W, D)). Returns how many of the row's first slots stay in its cache."""
+def _settle(row: _Row, step: _Step, choices: _Choices, i: int, hidden: torch.Tensor, eos: set[int], link: int,
+            stats: DecodeStats, rule: CopyRule | None) -> int:
+    """Apply one pass to `row` (row `i` of the pass): its prompt chunk stays; of its draft, the longest
+    prefix equal to the model's choices is accepted, then its choice after it is committed; a fed [LK]
+    keeps its state (`hidden`: (W, D)). Returns how many of the row's first slots stay in its cache."""
     fed = len(step.prompt)
     del row.feed[:fed]
     if step.draft is None:
         row.live += fed
         return fed
     verify, draft, n = step.verify, step.draft, 0
-    while n < len(draft) and draft[n] == greedy[verify + n]:
+    state = row.state
+    choice = choices.token(i, verify, rule, state)
+    while n < len(draft) and draft[n] == choice:
+        state = rule and rule.advance(state, choice)
         n += 1
+        choice = choices.token(i, verify + n, rule, state)
     stats.drafted += len(draft)
     stats.accepted += n
     row.live += verify + n + 1
@@ -455,7 +518,8 @@ def _settle(row: _Row, step: _Step, greedy: list[int], hidden: torch.Tensor, eos
     if row.flush:
         row.done = True
     else:
-        _commit(row, draft[:n] + [greedy[verify + n]], eos, link, fed=n)
+        _commit(row, draft[:n] + [choice], eos, link, fed=n)
+        row.state = rule and rule.advance(state, choice)
         row.accepted += n
         row.rejected += n < len(draft)
     return verify + n + 1

@@ -21,6 +21,7 @@ import torch
 
 from onegen.align import align_mentions
 from onegen.chunking import Window, sentence_windows
+from onegen.constrain import CopyRule
 from onegen.decoding import Decoded, DecodeStats, copy_decode, greedy_decode
 from onegen.drafting import CopyDrafter
 from onegen.prompts import mention_prompt
@@ -31,8 +32,9 @@ LOG = logging.getLogger(__name__)
 
 DECODERS = ("copy", "greedy")
 DEFAULT_WINDOW_TOKENS = 512  # source tokens per window
-OUTPUT_TOKENS_PER_SOURCE_TOKEN = 2  # generation budget: this many tokens per source token ...
-OUTPUT_EXTRA_TOKENS = 64  # ... plus this many (markup of a mention is ~9 tokens)
+OUTPUT_TOKENS_PER_SOURCE_TOKEN = 4  # generation budget: this many tokens per source token (a score table has ...
+# ... a mention every 3 or 4 tokens, each with 8 tokens of markup) ...
+OUTPUT_EXTRA_TOKENS = 64  # ... plus this many
 
 
 @dataclass
@@ -77,6 +79,7 @@ def annotate(
     draft_tokens: int | None = None,
     stats: DecodeStats | None = None,
     windows: Sequence[Sequence[Window]] | None = None,
+    constrain: bool = True,
 ) -> list[Annotated]:
     """Mark and embed the entity mentions of `texts` with one decoding pass per window.
 
@@ -86,11 +89,13 @@ def annotate(
         batch_size: windows decoded together ("copy": at most this many in flight, the next joining as one ends).
         max_window_tokens: source tokens per window (default: `default_window_tokens(onegen)`).
         decoder: "copy" (copy-speculative, fast) or "greedy" (HF generate + a second forward); same output.
-        max_new_tokens: generation budget per window (default: 2 x its source tokens + 64).
+        max_new_tokens: generation budget per window (default: 4 x its source tokens + 64).
         draft_tokens: most drafted tokens per verification pass ("copy"; default: by device, see `onegen.decoding`).
         stats: filled with decoding counters ("copy").
         windows: the windows of each text, computed beforehand (e.g. by `sentence_windows` on a machine
             with spaCy); None cuts them here.
+        constrain: keep each output to its window's text with mention markup (onegen.constrain); False
+            decodes freely (what the model writes off the source is then lost in the alignment).
     Returns:
         One Annotated per text, mentions in text order with L2-normalised float32 [LK] vectors.
     """
@@ -123,10 +128,11 @@ def annotate(
     results = [Annotated(text) for text in texts]
     candidates: list[list[_Candidate]] = [[] for _ in texts]
     marked: list[list[tuple[int, str]]] = [[] for _ in texts]  # (window start, marked output) per text
-    eos = set(_eos_ids(onegen.model, tokenizer))
+    eos = set(eos_ids(onegen.model, tokenizer))
     jobs.sort(key=lambda j: len(j.prompt))
     sources = [texts[j.text_index][j.window.start : j.window.end] for j in jobs]
-    for job, source, decoded in zip(jobs, sources, _decode(onegen, jobs, sources, eos, decoder, batch_size, draft_tokens, stats)):
+    for job, source, decoded in zip(jobs, sources, _decode(onegen, jobs, sources, eos, decoder, batch_size, draft_tokens, stats,
+                                                         constrain)):
         out = _marked_text(tokenizer, decoded, eos, onegen.token_ids.link)
         results[job.text_index].generated_tokens += len(decoded.tokens)
         marked[job.text_index].append((job.window.start, out))
@@ -140,30 +146,33 @@ def annotate(
 
 
 def _decode(onegen, jobs: list[_Job], sources: list[str], eos: set[int], decoder: str, batch_size: int,
-            draft_tokens: int | None, stats) -> list[Decoded]:
+            draft_tokens: int | None, stats, constrain: bool) -> list[Decoded]:
     """Decode every window: "copy" keeps `batch_size` windows in flight (the next one joins as one
-    finishes), "greedy" decodes them in batches of `batch_size`."""
+    finishes), "greedy" decodes them in batches of `batch_size`; with `constrain`, under the copy rule
+    of their sources."""
     tokenizer = onegen.tokenizer
+    ids = onegen.token_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked everywhere: any id works
     if not jobs:
         return []
+    rule = CopyRule.for_tokenizer(tokenizer, sources, ids.link, ids.cont, eos) if constrain else None
     prompts = [j.prompt for j in jobs]
     budgets = [j.max_new_tokens for j in jobs]
     if decoder == "copy":
         drafter = CopyDrafter(tokenizer, sources, prompts)
         return copy_decode(onegen.model, onegen.token_ids, prompts, drafter, max_new_tokens=budgets, pad_token_id=pad,
                            eos_token_ids=sorted(eos), batch_size=batch_size, draft_tokens=draft_tokens, stats=stats,
-                           prefix_cache=onegen.mention_prefix)
+                           prefix_cache=onegen.mention_prefix, rule=rule)
     decoded = []
     for b in range(0, len(jobs), batch_size):
         batch = slice(b, b + batch_size)
-        out = greedy_decode(onegen.model, onegen.token_ids, prompts[batch], max_new_tokens=max(budgets[batch]),
-                            pad_token_id=pad, eos_token_ids=sorted(eos))
+        out = greedy_decode(onegen.model, ids, prompts[batch], max_new_tokens=max(budgets[batch]),
+                            pad_token_id=pad, eos_token_ids=sorted(eos), rule=rule and rule.rows(batch))
         decoded += [_truncate(d, budget) for d, budget in zip(out, budgets[batch])]
     return decoded
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     """The model's EOS ids (generation config) and the tokenizer's."""
     ids = model.generation_config.eos_token_id
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)

@@ -1,4 +1,6 @@
 """annotate(): windows, batching, alignment, de-duplication across windows, vectors, token counts."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import onegen.inference as inference
 from onegen.decoding import Decoded
 from onegen.inference import _Candidate, annotate, merge_window_mentions
 from onegen.model import OneGen
-from onegen.tokens import mark
+from onegen.tokens import CONTINUE, LINK, MENTION_CLOSE, MENTION_OPEN, mark
 
 NAMES = ["Germany", "France", "Paris", "Brussels", "Peter Blackburn"]
 SENTENCES = [
@@ -116,11 +118,15 @@ def test_merge_keeps_the_copy_farthest_from_a_window_edge():
     assert merge_window_mentions([near, overlapping, far, other]) == [far, other]
 
 
-def test_copy_and_greedy_decoders_give_the_same_annotation(tiny_onegen):
+@pytest.mark.parametrize("constrain", [True, False])
+def test_copy_and_greedy_decoders_give_the_same_annotation(tiny_onegen, constrain):
     texts = [SENTENCES[0], " ".join(SENTENCES), "", SENTENCES[1], SENTENCES[2]]  # 4 windows, 2 in flight: 2 join
-    copy = annotate(tiny_onegen, texts, batch_size=2, max_new_tokens=12)
-    greedy = annotate(tiny_onegen, texts, batch_size=2, max_new_tokens=12, decoder="greedy")
+    copy = annotate(tiny_onegen, texts, batch_size=2, max_new_tokens=12, constrain=constrain)
+    greedy = annotate(tiny_onegen, texts, batch_size=2, max_new_tokens=12, decoder="greedy", constrain=constrain)
     assert [a.marked for a in copy] == [a.marked for a in greedy]
+    written = [a.marked.replace(LINK + CONTINUE, "").replace(MENTION_OPEN, "").replace(MENTION_CLOSE, "") for a in copy]
+    copied = [text.startswith(re.sub(r"<[/A-Z]*$", "", w)) for text, w in zip(texts, written)]  # cut: markup unfinished
+    assert all(copied) if constrain else not all(copied)  # a random model writes its own text unless held to the source
     assert [a.generated_tokens for a in copy] == [a.generated_tokens for a in greedy]
     assert copy[0].generated_tokens == 12 and copy[2].generated_tokens == 0
     with pytest.raises(ValueError, match="decoder must be one of"):
