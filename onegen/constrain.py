@@ -15,6 +15,7 @@ byte-level (GPT-2 style) or SentencePiece (`▁`, `<0xNN>`) vocabulary (`token_b
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import re
@@ -90,7 +91,7 @@ class CopyRule:
 
     def rows(self, rows: slice) -> CopyRule:
         """The rule of `rows` of the sources, numbered from 0."""
-        rule = CopyRule(self.tokens, [], self.link, self.cont, self.eos)
+        rule = copy.copy(self)
         rule.sources = self.sources[rows]
         return rule
 

@@ -57,6 +57,41 @@ def test_token_bytes_spell_any_text_and_added_tokens_none(tokenizer):
         assert table[_id(tokenizer, token)] is None
 
 
+def _sentencepiece_tokenizer():
+    """A Llama-2-style vocabulary: `▁` for a space, `<0xNN>` byte fallback, special tokens 0-2."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{i:02X}>": 3 + i for i in range(256)}}
+    for piece in ["\u2581", "\u2581B", "ü"] + list(string.ascii_letters + string.digits):
+        vocab[piece] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("\u2581", "B")], byte_fallback=True, unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_token_bytes_read_a_sentencepiece_vocabulary_and_refuse_others(caplog):
+    tokenizer = _sentencepiece_tokenizer()
+    table = token_bytes(tokenizer)
+    text = "Björn Borg , 東京\n"
+    assert b"".join(table[i] for i in tokenizer(text, add_special_tokens=False).input_ids) == b" " + text.encode()
+    assert table[tokenizer.convert_tokens_to_ids("\u2581B")] == b" B" and table[tokenizer.eos_token_id] is None
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "b": 1, "##orn": 2}, unk_token="[UNK]"))
+    wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
+    other = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]")
+    with pytest.raises(ValueError, match="cannot map the tokens"):
+        token_bytes(other)
+    assert CopyRule.for_tokenizer(other, ["born"], 1, 2, {0}) is None  # the decoders then run without it
+    assert "cannot map the tokens" in caplog.text
+
+
 def test_the_training_target_is_allowed_and_leaving_the_source_is_not(tokenizer, rule):
     eos = tokenizer.eos_token_id
 
