@@ -35,11 +35,13 @@ python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 
 
 WORK=/tmp/gpu-out
 mkdir -p "$WORK"
-python3 bench/gpu_run.py --data "$DATA" --out "$WORK" --deadline "$RUN_SECONDS" $GPU_RUN_ARGS 2>&1 | tee "$WORK/gpu_run.log" | grep -v "Loading weights"
+left() { echo $((CALL_SECONDS - SECONDS - 15)); }  # seconds left in this call, with a margin for the transfer
+# cut off 20 s before the call ends, so that what it wrote (adapter, finished datasets' candidates) is packed
+timeout "$(( $(left) - 20 ))" python3 bench/gpu_run.py --data "$DATA" --out "$WORK" --deadline "$RUN_SECONDS" \
+    $GPU_RUN_ARGS 2>&1 | tee "$WORK/gpu_run.log" | grep -v "Loading weights"
 (cd "$WORK" && [ -d adapter ] && tar czf - adapter | split -b 15M - "$OUT/adapter.tgz.part.")
 (cd "$WORK" && tar czf "$OUT/results.tgz" --exclude adapter .)
 ls -la "$OUT"
-left() { echo $((CALL_SECONDS - SECONDS - 15)); }  # seconds left in this call, with a margin for the transfer
 echo "== decode, trained default, corpus sample ($(left) s left)" | tee "$OUT/decode.log"
 [ -f "$WORK/adapter/adapter_config.json" ] && [ "$(left)" -gt 20 ] && timeout "$(left)" python3 bench/decode.py --model "$WORK/adapter" \
     --input samples/corpus.jsonl --texts 16 --batch-size 8 --repeats 1 2>&1 | grep -v "Loading weights" | tee -a "$OUT/decode.log"

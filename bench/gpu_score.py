@@ -35,12 +35,16 @@ PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 
 
 def read_candidates(path: Path) -> dict[str, dict[str, list[dict]]]:
-    """dataset -> doc_id -> mentions (with their candidates)."""
+    """dataset -> doc_id -> mentions (with their candidates); a file cut off mid-run gives what it holds."""
     out: dict[str, dict[str, list[dict]]] = defaultdict(dict)
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            out[row["dataset"]][row["doc_id"]] = row["mentions"]
+        try:
+            for line in f:
+                row = json.loads(line)
+                out[row["dataset"]][row["doc_id"]] = row["mentions"]
+        except EOFError:
+            print(f"{path.name} ends early (its run was cut off): kept {sum(map(len, out.values()))} documents "
+                  f"of {', '.join(out)}", file=sys.stderr)
     return out
 
 
