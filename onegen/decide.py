@@ -17,7 +17,7 @@ from kb.aliases import AliasTable
 
 # Cosine below which a mention is NIL, and the alias prior's weight: both picked on AIDA testa for the
 # trained default (bench/gpu_score.py); another model should tune its own (eval/run_gerbil.py --nil-threshold).
-DEFAULT_NIL_THRESHOLD = 0.8
+DEFAULT_NIL_THRESHOLD = 0.75
 DEFAULT_PRIOR_WEIGHT = 0.2
 
 
