@@ -62,9 +62,12 @@ class BuildConfig:
 class EntityEncoder:
     """Ray Data callable: one OneGen replica; a batch of KB rows -> their [SE] vectors."""
 
-    def __init__(self, model: str | None, batch_size: int):
+    def __init__(self, model: str | None, batch_size: int, threads: int):
+        import torch
+
         from onegen.model import OneGen
 
+        torch.set_num_threads(threads)
         self.onegen = OneGen.from_pretrained(model)  # loaded once per actor
         self.batch_size = batch_size  # entities per forward pass
 
@@ -182,6 +185,18 @@ def _drop_rows(batch: dict[str, np.ndarray], done: np.ndarray) -> dict[str, np.n
     return {name: column[keep] for name, column in batch.items()}
 
 
+def replica_cpus(resources: dict, replicas: int) -> tuple[float, int]:
+    """(CPUs Ray reserves, torch threads) for each of `replicas` encoder replicas on a cluster.
+
+    Beside a GPU a replica runs one thread. On a CPU-only cluster the threads share out the CPUs, but
+    the replicas reserve all CPUs but one: the tasks that read and split the KB need one, and a pool
+    holding every CPU left them none, so the build never started."""
+    if resources.get("GPU", 0):
+        return 1, 1
+    total = resources.get("CPU", 1)
+    return max(total - 1, 0) / replicas, max(1, round(total / replicas))
+
+
 def encode_kb(work: Path, config: BuildConfig, total: int) -> None:
     """Encode every staged KB row no chunk holds yet, with a Ray Data actor pool of model replicas."""
     chunk_dir = work / CHUNK_DIR
@@ -193,20 +208,19 @@ def encode_kb(work: Path, config: BuildConfig, total: int) -> None:
         ray.init()  # the cluster in RAY_ADDRESS, else a local one, as jobs/build_index.py does
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
-    # CPU threads per replica: 1 beside a GPU; on a CPU-only cluster the CPUs shared out, one left for reading
-    cpus = 1 if gpus else max(1, int(resources.get("CPU", 1) // config.num_replicas) - 1)
+    cpus, threads = replica_cpus(resources, config.num_replicas)
     # one block per chunk: replicas work in parallel and each chunk file is written as soon as it is encoded
     ds = ray.data.read_parquet(str(work / STAGED_KB)).repartition(target_num_rows_per_block=config.chunk_rows)
     if done.any():
         ds = ds.map_batches(_drop_rows, fn_kwargs={"done": done}, batch_format="numpy")
     ds = ds.map_batches(
         EntityEncoder,
-        fn_constructor_kwargs={"model": config.model, "batch_size": config.batch_size},
+        fn_constructor_kwargs={"model": config.model, "batch_size": config.batch_size, "threads": threads},
         batch_size=config.chunk_rows,  # entities per replica call
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=config.num_replicas),  # model replicas, loaded once each
         num_gpus=1 if gpus else 0,  # a whole GPU per replica when the cluster has GPUs
-        num_cpus=cpus,  # torch threads of a replica (Ray sets OMP_NUM_THREADS to it)
+        num_cpus=cpus,
     )
     with tqdm(total=total, initial=total - pending, unit="ent", desc="encode entities") as bar:
         for batch in ds.iter_batches(batch_size=config.chunk_rows, batch_format="numpy"):  # one chunk file each

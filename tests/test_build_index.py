@@ -136,6 +136,23 @@ def test_interrupted_build_resumes_to_the_clean_result_and_updates(tmp_path, ray
         build.update_index(build.BuildConfig(kb=delta, out=tmp_path / "index", model=str(other)))
 
 
+@pytest.mark.ray
+def test_a_build_with_a_replica_per_cpu_finishes(tmp_path, ray_cluster, tiny_model_dir):
+    """Replicas that took every CPU of the cluster left none to read the KB: the build never started."""
+    import threading
+
+    import kb.build as build
+
+    write_kb(kb_entities(20), tmp_path / "kb.jsonl")
+    config = build.BuildConfig(kb=tmp_path / "kb.jsonl", out=tmp_path / "index", model=tiny_model_dir, chunk_rows=8,
+                               num_replicas=int(ray_cluster.cluster_resources()["CPU"]))
+    built = []
+    worker = threading.Thread(target=lambda: built.append(build.build_index(config)), daemon=True)
+    worker.start()
+    worker.join(timeout=180)
+    assert built and len(built[0]) == 20, "the build did not finish within 180 s"
+
+
 def test_model_identity_is_cached_by_the_model_files(tmp_path, monkeypatch):
     """A second job on the same model files skips loading the model; new weights are identified again."""
     import os
