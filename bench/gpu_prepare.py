@@ -8,6 +8,8 @@ Writes into OUT (a folder git ignores: it holds Reuters-derived AIDA text, which
 - train.jsonl.gz: one `OneGenExample` per line (`dataclasses.asdict`), built by onegen.training.prepare_data
   with the alias table as hard-negative source, exactly as `jobs/train.py` builds them;
 - kb.jsonl.gz: the evaluation KB (DESIGN section 4 lines);
+- redirects.tsv: the title redirects, so that mined negatives (`bench/gpu_run.py --mine-negatives`) never
+  hold a redirect of the gold entity;
 - eval.jsonl.gz: {"dataset", "doc_id", "text", "windows": [[start, end], ...]} per evaluation document,
   windows as `onegen.inference.annotate` would cut them for the default model;
 - config.json: the TrainConfig of the main run (paths as on this machine, for the model card) and sizes.
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     write_jsonl_gz(args.out / "train.jsonl.gz", data["examples"])
     with kb_file.open("rb") as src, gzip.open(args.out / "kb.jsonl.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
+    shutil.copyfile(config.redirects, args.out / "redirects.tsv")
 
     window_tokens = default_window_tokens(onegen)
 

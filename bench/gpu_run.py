@@ -9,9 +9,12 @@ pieces as `jobs/train.py` (onegen.training: the trainable model, the OneGen loss
 model card) on one GPU, bf16 autocast over float32 weights. Runs, in order, each only if the time left
 allows it:
 
-1. `lora-bpr`: the default (LoRA r=16, BPR) for `--epochs` epochs, from scratch or from `--init`
+1. `main`: the default (LoRA r=16, BPR or `--loss`) for `--epochs` epochs, from scratch or from `--init`
    (an adapter saved earlier: training goes on from it, with a new learning-rate schedule); after epoch 1 its testa candidates
-   (`lora-bpr-e1`); at the end the adapter (OUT/adapter) and the candidates of every evaluation set;
+   (`main-e1`); at the end the adapter (OUT/adapter) and the candidates of every evaluation set. With
+   `--mine-negatives`, before each epoch the model as it stands searches the whole KB for every training
+   mention and the entities it ranks above the rest become the anchors' negatives (onegen.mining);
+   `--every-mention` makes every linked mention an anchor, not one per sentence;
 2. the ablations, one epoch each from the base model, testa candidates: `lora-infonce-e1` and
    `full-bpr-e1` by default (`--ablations`; `--epochs 0` skips the default run, so that e.g.
    `--epochs 0 --ablations lora-bpr,lora-infonce,full-infonce` compares the losses and LoRA against
@@ -43,11 +46,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from eval.ids import Redirects  # noqa: E402
 from kb.jsonl import read_kb  # noqa: E402
 from onegen.chunking import Window  # noqa: E402
 from onegen.collate import OneGenCollator  # noqa: E402
 from onegen.data import OneGenExample  # noqa: E402
 from onegen.inference import annotate  # noqa: E402
+from onegen.mining import mention_vectors, mine_negatives  # noqa: E402
 from onegen.model import OneGen  # noqa: E402
 from onegen.training import (  # noqa: E402
     ARGS_FILE,
@@ -66,7 +71,10 @@ from onegen.training import (  # noqa: E402
 
 LOG = logging.getLogger("gpu_run")
 TOP_K = 10
+MINE_TOP_K = 32  # entities searched per training mention when mining negatives
+SEARCH_ROWS = 4096  # queries scored against the KB at once (a (4096, N) float32 block on the GPU)
 TUNE_SET = "aida-testa"
+FINAL_EVAL_GUESS = 120  # s for the final evaluation when no testa evaluation was timed (78-82 s measured on an H200)
 
 
 def read_jsonl_gz(path: Path) -> list[dict]:
@@ -118,6 +126,23 @@ def embed_kb(onegen: OneGen, entities: list, batch_size: int) -> torch.Tensor:
     return torch.from_numpy(onegen.embed_entities(entities, batch_size=batch_size)).to(onegen.device)
 
 
+def exact_search(kb_ids: list[str], kb_vectors: torch.Tensor):
+    """A `search(queries, k) -> (scores, ids)` over the KB vectors, on their device, in blocks of queries."""
+    ids = np.asarray(kb_ids, dtype=object)
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(ids))
+        scores, rows = [], []
+        for start in range(0, len(queries), SEARCH_ROWS):
+            block = torch.from_numpy(queries[start:start + SEARCH_ROWS]).to(kb_vectors.device)
+            s, i = (block @ kb_vectors.T).topk(k, dim=1)  # (Q, k)
+            scores.append(s.cpu().numpy())
+            rows.append(i.cpu().numpy())
+        return np.concatenate(scores), ids[np.concatenate(rows)]
+
+    return search
+
+
 def in_scoring_order(docs: list[dict]) -> list[list[dict]]:
     """The documents grouped by dataset: AIDA testa (the tuning set) first, then testb, then the rest."""
     groups: dict[str, list[dict]] = {}
@@ -127,8 +152,7 @@ def in_scoring_order(docs: list[dict]) -> list[list[dict]]:
     return sorted(groups.values(), key=lambda g: first.index(g[0]["dataset"]) if g[0]["dataset"] in first else 2)
 
 
-def write_candidates(onegen: OneGen, docs: list[dict], kb_ids: list[str], kb_vectors: torch.Tensor, path: Path,
-                     batch_size: int) -> dict:
+def write_candidates(onegen: OneGen, docs: list[dict], search, path: Path, batch_size: int) -> dict:
     """Annotate `docs` over their windows, search the top-k entities of each mention, write them to `path`.
 
     One dataset at a time, AIDA first, each flushed once written: a call cut off in the middle still
@@ -143,11 +167,10 @@ def write_candidates(onegen: OneGen, docs: list[dict], kb_ids: list[str], kb_vec
             for doc, result in zip(group, annotated):
                 rows = []
                 if result.mentions:
-                    queries = torch.from_numpy(np.stack([m.vector for m in result.mentions])).to(kb_vectors.device)
-                    scores, index = (queries @ kb_vectors.T).topk(min(TOP_K, len(kb_ids)), dim=1)  # (M, k)
-                    for m, s, i in zip(result.mentions, scores.tolist(), index.tolist()):
+                    scores, ids = search(np.stack([m.vector for m in result.mentions]), TOP_K)  # (M, k) each
+                    for m, s, i in zip(result.mentions, scores.tolist(), ids.tolist()):
                         rows.append({"start": m.start, "end": m.end, "surface": m.surface,
-                                     "candidates": [[kb_ids[j], round(c, 6)] for j, c in zip(i, s)]})
+                                     "candidates": [[e, round(c, 6)] for e, c in zip(i, s)]})
                 mentions += len(rows)
                 generated += result.generated_tokens
                 f.write(json.dumps({"dataset": doc["dataset"], "doc_id": doc["doc_id"], "mentions": rows},
@@ -174,11 +197,31 @@ class Trainer:
         self.onegen.model = model
         self.onegen.device = device
         self.module = OneGenLoss(model, self.onegen.token_ids, config.loss, config.temperature).to(device)
-        collator = OneGenCollator(self.onegen.tokenizer, self.onegen.token_ids, entities,
-                                  num_negatives=config.num_negatives, seed=config.seed)
-        self.loader = shuffled_loader(examples, collator, config)
+        self.examples = examples  # as built; mining rewrites copies of them
+        self.collator = OneGenCollator(self.onegen.tokenizer, self.onegen.token_ids, entities,
+                                       num_negatives=config.num_negatives, seed=config.seed)
+        self.loader = shuffled_loader(examples, self.collator, config)
         self.optimizer, self.scheduler = optimizer_and_scheduler(self.module, config, len(self.loader))
         self.progress = Progress(hardware=_hardware(device, 1))
+
+    def mine(self, kb: list, embed_batch_size: int, every_mention: bool, canonical) -> dict:
+        """Give the next epoch's anchors the negatives the model ranks highest now (onegen.mining)."""
+        started = time.perf_counter()
+        model = self.onegen.model
+        model.eval()  # no LoRA dropout while embedding
+        try:
+            search = exact_search([e.id for e in kb], embed_kb(self.onegen, kb, embed_batch_size))
+        finally:
+            model.train()
+        vectors = mention_vectors(self.onegen, self.examples, batch_size=self.config.batch_size)
+        examples, report = mine_negatives(self.examples, vectors, search, num_negatives=self.config.num_negatives,
+                                          top_k=MINE_TOP_K, every_mention=every_mention, canonical=canonical)
+        self.loader = shuffled_loader(examples, self.collator, self.config)  # same length: the schedule holds
+        torch.cuda.empty_cache()
+        info = {**asdict(report), "train_gold_first": round(report.gold_first_rate, 4),
+                "seconds": round(time.perf_counter() - started, 1)}
+        LOG.info("mined negatives: %s", info)
+        return info
 
     def epoch(self) -> dict:
         """Train one epoch; returns its metrics (also appended to the progress history)."""
@@ -223,9 +266,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-kb", type=int, default=None, help="keep this many KB entities, gold first (smoke runs)")
     parser.add_argument("--limit-docs", type=int, default=None, help="evaluate this many documents per set (smoke runs)")
     parser.add_argument("--ablations", default="lora-infonce,full-bpr", help="comma-separated one-epoch runs")
+    parser.add_argument("--mine-negatives", action="store_true",
+                        help="default run: before each epoch, the model's top-ranked wrong entities become the negatives")
+    parser.add_argument("--every-mention", action="store_true",
+                        help="with --mine-negatives: every linked mention is an anchor (default: one per sentence)")
     parser.add_argument("--init", type=Path, default=None,
                         help="the default run starts from this saved LoRA adapter (e.g. onegen/default_adapter)")
     args = parser.parse_args(argv)
+    if args.every_mention and not args.mine_negatives:
+        parser.error("--every-mention needs --mine-negatives (the extra anchors get their negatives from mining)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     clock = Clock(args.deadline)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -262,8 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         onegen = OneGen.from_pretrained(str(folder), device=device, dtype=torch.float32)
         vectors = embed_kb(onegen, kb, args.embed_batch_size)
         embed_seconds = time.perf_counter() - started
-        info = write_candidates(onegen, eval_docs, kb_ids, vectors, args.out / f"candidates-{run}.jsonl.gz",
-                                args.eval_batch_size)
+        info = write_candidates(onegen, eval_docs, exact_search(kb_ids, vectors),
+                                args.out / f"candidates-{run}.jsonl.gz", args.eval_batch_size)
         results.data["runs"].setdefault(run, {})["eval"] = {**info, "embed_seconds": round(embed_seconds, 1),
                                                             "entities_per_second": round(len(kb) / embed_seconds)}
         results.save()
@@ -281,26 +330,31 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs > 0:
         main_config = replace(base_config, epochs=args.epochs, lr=args.lr, loss=args.loss or base_config.loss)
         trainer = Trainer(main_config, examples, entities, device, init=args.init)
+        redirects_file = args.data / "redirects.tsv"
+        canonical = Redirects.from_tsv(redirects_file).resolve if redirects_file.is_file() else str
         adapter = args.out / "adapter"
         for epoch in range(1, args.epochs + 1):
+            mined = trainer.mine(kb, args.embed_batch_size, args.every_mention, canonical) if args.mine_negatives else None
             metrics = trainer.epoch()
-            epoch_seconds = metrics["epoch_seconds"]
-            record("lora-bpr", trainer)
+            epoch_seconds = metrics["epoch_seconds"] + (mined["seconds"] if mined else 0)
+            if mined:
+                results.data["runs"].setdefault("main", {}).setdefault("mining", []).append(mined)
+            record("main", trainer)
             if epoch == 1 and args.ablations:
                 with tempfile.TemporaryDirectory() as tmp:
                     trainer.save(Path(tmp), sizes)
                     started = time.perf_counter()
-                    evaluate("lora-bpr-e1", Path(tmp), testa)
+                    evaluate("main-e1", Path(tmp), testa)
                     eval_seconds = time.perf_counter() - started
             trainer.save(adapter, sizes)  # the latest epoch's weights are always there
             # stop early when the next epoch plus the final evaluation would not fit
-            final_eval = 4 * (eval_seconds or 60)  # testa is ~1/4 of the eval documents' tokens
+            final_eval = 4 * eval_seconds if eval_seconds else FINAL_EVAL_GUESS  # testa: ~1/4 of the eval tokens
             if epoch < args.epochs and clock.left() < epoch_seconds + final_eval + 30:
-                results.data["skipped"].append(f"lora-bpr epochs {epoch + 1}..{args.epochs}: {clock.left():.0f} s left")
+                results.data["skipped"].append(f"main epochs {epoch + 1}..{args.epochs}: {clock.left():.0f} s left")
                 LOG.warning("stopping the default run after epoch %d: %.0f s left", epoch, clock.left())
                 break
         trainer.free()
-        evaluate("lora-bpr", adapter, docs)
+        evaluate("main", adapter, docs)
 
     # 2. Ablations, one epoch each, testa only.
     for name in filter(None, args.ablations.split(",")):

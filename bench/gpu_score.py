@@ -1,6 +1,6 @@
 """Score the candidates `bench/gpu_run.py` wrote on a GPU machine, here, with the eval/ scorer.
 
-    python bench/gpu_score.py --candidates DIR [--run lora-bpr] [--json results.json]
+    python bench/gpu_score.py --candidates DIR [--run main] [--json results.json]
 
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
@@ -74,7 +74,8 @@ def tune(gold, docs, redirects, table) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidates", type=Path, required=True, help="folder of candidates-RUN.jsonl.gz files")
-    parser.add_argument("--run", default="lora-bpr", help="the run scored on every dataset (default: %(default)s)")
+    parser.add_argument("--run", default="main",
+                        help="the run scored on every dataset (default: %(default)s; before 2026-11-27 it was lora-bpr)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, help="write the chosen settings and every score here")
     args = parser.parse_args(argv)
