@@ -52,7 +52,7 @@ from onegen.chunking import Window  # noqa: E402
 from onegen.collate import OneGenCollator  # noqa: E402
 from onegen.data import OneGenExample  # noqa: E402
 from onegen.inference import annotate  # noqa: E402
-from onegen.mining import mention_vectors, mine_negatives  # noqa: E402
+from onegen.mining import mine_with_model  # noqa: E402
 from onegen.model import OneGen  # noqa: E402
 from onegen.training import (  # noqa: E402
     ARGS_FILE,
@@ -71,7 +71,6 @@ from onegen.training import (  # noqa: E402
 
 LOG = logging.getLogger("gpu_run")
 TOP_K = 10
-MINE_TOP_K = 32  # entities searched per training mention when mining negatives
 SEARCH_ROWS = 4096  # queries scored against the KB at once (a (4096, N) float32 block on the GPU)
 TUNE_SET = "aida-testa"
 FINAL_EVAL_GUESS = 120  # s for the final evaluation when no testa evaluation was timed (78-82 s measured on an H200)
@@ -207,15 +206,10 @@ class Trainer:
     def mine(self, kb: list, embed_batch_size: int, every_mention: bool, canonical) -> dict:
         """Give the next epoch's anchors the negatives the model ranks highest now (onegen.mining)."""
         started = time.perf_counter()
-        model = self.onegen.model
-        model.eval()  # no LoRA dropout while embedding
-        try:
-            search = exact_search([e.id for e in kb], embed_kb(self.onegen, kb, embed_batch_size))
-        finally:
-            model.train()
-        vectors = mention_vectors(self.onegen, self.examples, batch_size=self.config.batch_size)
-        examples, report = mine_negatives(self.examples, vectors, search, num_negatives=self.config.num_negatives,
-                                          top_k=MINE_TOP_K, every_mention=every_mention, canonical=canonical)
+        examples, report = mine_with_model(
+            self.onegen, self.examples, kb, num_negatives=self.config.num_negatives, every_mention=every_mention,
+            canonical=canonical, batch_size=self.config.batch_size, embed_batch_size=embed_batch_size,
+            make_search=lambda ids, vectors: exact_search(ids, torch.from_numpy(vectors).to(self.device)))
         self.loader = shuffled_loader(examples, self.collator, self.config)  # same length: the schedule holds
         torch.cuda.empty_cache()
         info = {**asdict(report), "train_gold_first": round(report.gold_first_rate, 4),

@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--split", default=DEFAULTS.split, help="AIDA split of --train (default train; 'all' for every document)")
     add("--kb", required=True, help="KB JSONL: positives and negatives are drawn from it")
     add("--aliases", default=None, help="mention<TAB>entity<TAB>count table for same-alias hard negatives")
+    add("--mine-negatives", action="store_true",
+        help="before each epoch, the entities the model ranks above the gold one become the negatives (ANCE; "
+             "each worker embeds the whole KB every epoch)")
     add("--base", default=DEFAULT_MODEL_NAME, help=f"base model folder or cached hub id (default {DEFAULT_MODEL_NAME})")
     add("--output", required=True, help="folder of the final model, tokenizer and model card")
     mode = parser.add_mutually_exclusive_group()
@@ -68,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         train=args.train, split=split(args.split), kb=args.kb, aliases=args.aliases, base=args.base,
         output=args.output, lora=None if args.full else args.lora, lora_alpha=args.lora_alpha, loss=args.loss,
         epochs=args.epochs, lr=args.lr, max_length=args.max_length, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing, num_workers=args.num_workers,
+        grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
+        mine_negatives=args.mine_negatives, num_workers=args.num_workers,
         cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu, strategy=args.strategy,
         eval=args.eval, eval_split=split(args.eval_split) if args.eval else None, eval_docs=args.eval_docs,
         eval_kb_size=args.eval_kb_size, redirects=args.redirects, max_steps=args.max_steps, seed=args.seed,

@@ -20,7 +20,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from kb.types import Entity
 from onegen.data import OneGenExample
+from onegen.linker import ExactSearch
 from onegen.model import _pad, last_hidden
 
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (Q, D), k -> scores (Q, k), ids (Q, k)
@@ -120,3 +122,33 @@ def mine_negatives(
             negatives.append((mined + fill)[:num_negatives])
         out.append(replace(ex, anchors=anchors, negatives=negatives))
     return out, report
+
+
+def mine_with_model(
+    onegen,
+    examples: Sequence[OneGenExample],
+    kb: Sequence[Entity],
+    *,
+    num_negatives: int,
+    every_mention: bool = False,
+    canonical: Callable[[str], str] = str,
+    batch_size: int = 8,
+    embed_batch_size: int = 32,
+    make_search: Callable[[list[str], np.ndarray], Search] | None = None,
+) -> tuple[list[OneGenExample], MiningReport]:
+    """One mining pass with the model as it stands: embed the KB, read the examples, mine (`mine_negatives`).
+
+    `make_search(ids, vectors)` builds the search over the KB's (N, D) vectors (default: exact cosine
+    on the CPU, `onegen.linker.ExactSearch`). The KB is embedded in eval mode (no dropout); the model
+    is put back in the mode it was in.
+    """
+    was_training = onegen.model.training
+    onegen.model.eval()
+    try:
+        vectors = onegen.embed_entities(kb, batch_size=embed_batch_size)  # (N, D)
+    finally:
+        onegen.model.train(was_training)
+    ids = [e.id for e in kb]
+    search = make_search(ids, vectors) if make_search else ExactSearch(ids, vectors).search
+    return mine_negatives(examples, mention_vectors(onegen, examples, batch_size=batch_size), search,
+                          num_negatives=num_negatives, every_mention=every_mention, canonical=canonical)

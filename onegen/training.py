@@ -75,6 +75,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     gradient_checkpointing: bool = False  # recompute layer activations in backward: far less memory, ~1.3x compute
     num_negatives: int = 4  # hard negatives per anchor
+    mine_negatives: bool = False  # before each epoch, the entities the model ranks above the gold one lead each
+    #                               anchor's negatives (onegen.mining; every worker embeds the whole KB)
     num_workers: int = 1  # Ray Train workers (one GPU each with use_gpu)
     cpus_per_worker: int = 1  # CPU cores per worker; torch uses as many threads (Ray's default for a worker is 1)
     use_gpu: bool = False  # train on GPUs, bf16 autocast over float32 master weights
@@ -101,6 +103,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "num_workers", "cpus_per_worker", "num_to_keep", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mine_negatives and self.strategy == "fsdp":
+            raise ValueError("mine_negatives runs the whole model on each worker, which FSDP shards: use strategy 'ddp'")
         if self.lora is not None and self.lora < 1:
             raise ValueError(f"lora rank must be >= 1 (or None for full fine-tuning), got {self.lora}")
 
@@ -510,11 +514,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     while progress.epoch < config.epochs and (config.max_steps is None or progress.step < config.max_steps):
         epoch_start = time.perf_counter()
+        mining = None
+        if config.mine_negatives:  # the same on every worker: same model, same examples
+            mining, loader = _mine(onegen, examples, entities, collator, config, device)
         if world > 1:
             loader.sampler.set_epoch(progress.epoch)
         else:
             loader.generator.manual_seed(config.seed * 1000 + progress.epoch)  # same order after a resume
         metrics = train_epoch(model, loader, optimizer, scheduler, progress, config, device, log=rank == 0)
+        if mining is not None:
+            metrics.update(mining)
         metrics["tokens_per_second"] *= world  # every worker trains on as many tokens
         progress.tokens += metrics.pop("tokens") * world
         # [4] Ray: checkpoint (every rank joins; rank 0 writes and evaluates), then report from every rank.
@@ -530,6 +539,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 write_progress(folder, progress)
             LOG.info("epoch %d: %s", progress.epoch, metrics)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+
+
+def _mine(onegen: OneGen, examples: list, entities: dict, collator, config: TrainConfig, device: torch.device):
+    """Mine this epoch's negatives with the model as it stands; returns their metrics and the new loader."""
+    from eval.ids import Redirects
+    from onegen.mining import mine_with_model
+
+    started = time.perf_counter()
+    canonical = Redirects.from_tsv(config.redirects).resolve if config.redirects else str
+    onegen.device = device  # prepare_model moved the weights there
+    mined, report = mine_with_model(onegen, examples, list(entities.values()), num_negatives=config.num_negatives,
+                                    canonical=canonical, batch_size=config.batch_size)
+    metrics = {"mined_gold_first": report.gold_first_rate, "mining_seconds": time.perf_counter() - started}
+    return metrics, _data_loader(mined, collator, config)  # as many batches: the schedule holds
 
 
 def _evaluate_checkpoint(folder: Path, loop_config: dict, config: TrainConfig, device: torch.device) -> dict:
@@ -659,7 +682,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 _CARD_COLUMNS = [("epoch", "{}"), ("step", "{}"), ("train_loss", "{:.4f}"), ("train_generation", "{:.4f}"),
                  ("train_retrieval", "{:.4f}"), ("tokens_per_second", "{:.0f}"), ("eval_inkb_precision", "{:.4f}"),
-                 ("eval_inkb_recall", "{:.4f}"), (SCORE, "{:.4f}"), ("wall_seconds", "{:.0f}")]
+                 ("eval_inkb_recall", "{:.4f}"), (SCORE, "{:.4f}"), ("mined_gold_first", "{:.4f}"), ("wall_seconds", "{:.0f}")]
 
 
 def write_model_card(path: Path, config: TrainConfig, progress: Progress, sizes: dict, best: dict,

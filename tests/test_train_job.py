@@ -264,3 +264,25 @@ def test_killed_run_resumes_and_writes_a_loadable_model(tmp_path, files):
     best = max(history, key=lambda h: h[SCORE])[SCORE]
     assert result.checkpoint.name.startswith("checkpoint_") and read_progress(result.checkpoint).history[-1][SCORE] == best
     assert not any(CKPT_MODEL == p.name for p in output.iterdir() if p.is_dir())
+
+
+def test_config_refuses_mining_under_fsdp():
+    with pytest.raises(ValueError, match="mine_negatives .* use strategy 'ddp'"):
+        TrainConfig(train="t", kb="k", output="o", strategy="fsdp", use_gpu=True, mine_negatives=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mining_run_records_the_models_ranking_each_epoch(tmp_path, files):
+    """--mine-negatives through the CLI: every epoch mines first, its top-1 on the training data is in the history."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_object_store_memory": str(200 * 2**20)}
+    output = tmp_path / "out"
+    done = subprocess.run([*_cli(files, output, "--mine-negatives", "--loss", "infonce"), "--epochs", "2"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert done.returncode == 0, done.stdout.decode(errors="replace")[-3000:]
+    last = max(c for c in output.glob(f"ray/{RUN_NAME}/checkpoint_*") if (c / "progress.json").is_file())
+    history = read_progress(last).history
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(0.0 <= h["mined_gold_first"] <= 1.0 and h["mining_seconds"] > 0 for h in history)
+    assert json.loads((output / "training_args.json").read_text())["mine_negatives"] is True
+    assert "mined_gold_first" in (output / CARD_FILE).read_text()
