@@ -20,6 +20,7 @@ import argparse
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     index = EntityIndex.load(ensure_index(kb_file, str(args.model), onegen.fingerprint()), expect=onegen.fingerprint())
     entities = {e.id: e for e in read_kb(kb_file).entities}
     canonical = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv").resolve
-    aliases = read_alias_table(args.data_dir / "kb" / "aida_train_aliases.tsv")
+    alias_file = args.data_dir / "kb" / "aida_train_aliases.tsv"
+    aliases = read_alias_table(alias_file)
     rng = random.Random(args.seed)
 
     def sample(split: str, n: int):
@@ -106,14 +108,16 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     del onegen
 
-    config = TrainConfig(train=str(args.data_dir), kb=str(kb_file), output=str(args.save or ""), base=DEFAULT_MODEL_NAME,
+    config = TrainConfig(train=str(args.data_dir), kb=str(kb_file), output=str(args.save or ""), aliases=str(alias_file),
+                         base=DEFAULT_MODEL_NAME,
                          loss=args.loss, lr=args.lr, batch_size=1, epochs=1, seed=args.seed, num_negatives=NUM_NEGATIVES)
     rows = [["start model (its index)", "", "", f"{before:.3f}", ""]]
     # the start model loaded as training loads it, not trained: checks the shortlist ranking against the index's
     runs = {"start": ("start model, re-embedded", None), "built": ("built negatives", built),
             "mined": ("mined negatives", mined)}
     for name, examples in (runs[r] for r in args.runs.split(",")):
-        trainer = Trainer(config, examples or built, entities, torch.device("cpu"), init=args.model)
+        trainer = Trainer(replace(config, mine_negatives=examples is mined), examples or built, entities,
+                          torch.device("cpu"), init=args.model)
         metrics = trainer.epoch() if examples else {"train_retrieval": float("nan"), "step": 0, "epoch_seconds": 0}
         rate = shortlist_gold_first(trainer.onegen, evaluation, shortlists, gold, entities, canonical)
         rows.append([name, f"{metrics['train_retrieval']:.3f}", metrics["step"], f"{rate:.3f}",
@@ -121,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(["run", "train retrieval loss", "steps", "testa gold first (shortlist)", "train s"], rows),
               flush=True)
         if args.save and examples is mined:
-            trainer.save(args.save, {"train_examples": len(mined), "kb_entities": len(entities)})
+            trainer.save(args.save, {"train_docs": len({ex.doc_id for ex in mined}), "train_examples": len(mined),
+                                     "train_tokens": sum(len(ex.input_ids) for ex in mined),
+                                     "train_mentions": report.mentions, "kb_entities": len(entities)})
         trainer.free()
     print(f"\n{args.loss}, lr {args.lr}, batch 1, one pass; shortlist: start model's top {args.shortlist} + gold; "
           f"{time.perf_counter() - started:.0f} s in all")
