@@ -188,6 +188,7 @@ class Trainer:
                  init: Path | None = None):
         self.config = config
         self.device = device
+        self.init = init
         torch.manual_seed(config.seed)
         self.onegen = OneGen.from_pretrained(config.base, device="cpu", dtype=torch.float32)
         model = make_trainable(self.onegen.model, self.onegen.token_ids, config)
@@ -236,7 +237,7 @@ class Trainer:
         self.onegen.tokenizer.save_pretrained(folder)
         (folder / ARGS_FILE).write_text(json.dumps(asdict(self.config), indent=1))
         write_model_card(folder / CARD_FILE, self.config, self.progress, sizes, self.progress.history[-1],
-                         driver_seconds=self.progress.train_seconds)
+                         driver_seconds=self.progress.train_seconds, init=self.init)
 
     def free(self) -> None:
         del self.module, self.optimizer, self.scheduler, self.onegen

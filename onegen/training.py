@@ -686,8 +686,11 @@ _CARD_COLUMNS = [("epoch", "{}"), ("step", "{}"), ("train_loss", "{:.4f}"), ("tr
 
 
 def write_model_card(path: Path, config: TrainConfig, progress: Progress, sizes: dict, best: dict,
-                     driver_seconds: float) -> None:
-    """A README.md model card: base, data, hyper-parameters, metrics per epoch, wall time, hardware."""
+                     driver_seconds: float, init: Path | None = None) -> None:
+    """A README.md model card: base, data, hyper-parameters, metrics per epoch, wall time, hardware.
+
+    `init` names the saved model that training continued from, when it did not start from the base.
+    """
     method = (f"LoRA r={config.lora} alpha={config.lora_alpha or 2 * config.lora} dropout={config.lora_dropout} "
               "on every linear layer, plus the [LK]/[SE]/[_CONTINUE_] embedding rows (PEFT trainable tokens)"
               if config.lora is not None else "full fine-tuning")
@@ -701,6 +704,7 @@ def write_model_card(path: Path, config: TrainConfig, progress: Progress, sizes:
         "# OneGen entity linker", "",
         f"Base model: `{config.base}`. Method: {method}; loss: generation CE + {config.loss.upper()} retrieval "
         "(DESIGN section 2). Load with `OneGen.from_pretrained(this_folder)`.", "",
+        *([f"Training continued from `{init}` (its weights, a new learning-rate schedule).", ""] if init else []),
         "## Data", "",
         f"- Training: `{config.train}`" + (f", split `{config.split}`" if config.split else "")
         + f": {sizes['train_docs']} documents, {sizes['train_examples']} examples, {sizes['train_tokens']} tokens, "

@@ -22,8 +22,8 @@ from onegen.data import build_examples
 from onegen.model import OneGen
 from onegen.train_step import compute_loss
 from onegen.training import (
-    CARD_FILE, CKPT_MODEL, RUN_NAME, SCORE, TrainConfig, load_model_state, make_trainable, read_progress,
-    save_checkpoint,
+    CARD_FILE, CKPT_MODEL, RUN_NAME, SCORE, Progress, TrainConfig, load_model_state, make_trainable, read_progress,
+    save_checkpoint, write_model_card,
 )
 from tiny import annotated_document, tiny_model, tiny_tokenizer
 
@@ -264,6 +264,18 @@ def test_killed_run_resumes_and_writes_a_loadable_model(tmp_path, files):
     best = max(history, key=lambda h: h[SCORE])[SCORE]
     assert result.checkpoint.name.startswith("checkpoint_") and read_progress(result.checkpoint).history[-1][SCORE] == best
     assert not any(CKPT_MODEL == p.name for p in output.iterdir() if p.is_dir())
+
+
+def test_model_card_names_the_model_training_continued_from(tmp_path):
+    """A run continued from a saved adapter says so on its card; a run from the base does not claim one."""
+    config = TrainConfig(train="train.tsv", kb="kb.jsonl", output=str(tmp_path))
+    progress = Progress(epoch=1, step=3, history=[{"epoch": 1, "step": 3, "train_loss": 0.5}])
+    sizes = {"train_docs": 2, "train_examples": 3, "train_tokens": 90, "train_mentions": 5, "kb_entities": 10}
+    write_model_card(tmp_path / "continued.md", config, progress, sizes, progress.history[-1], driver_seconds=1.0,
+                     init=Path("onegen/default_adapter"))
+    write_model_card(tmp_path / "fresh.md", config, progress, sizes, progress.history[-1], driver_seconds=1.0)
+    assert "Training continued from `onegen/default_adapter`" in (tmp_path / "continued.md").read_text()
+    assert "continued from" not in (tmp_path / "fresh.md").read_text()
 
 
 def test_config_refuses_mining_under_fsdp():
