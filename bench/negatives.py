@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
 
     config = TrainConfig(train=str(args.data_dir), kb=str(kb_file), output=str(args.save or ""), aliases=str(alias_file),
                          base=DEFAULT_MODEL_NAME,
-                         loss=args.loss, lr=args.lr, batch_size=1, epochs=1, seed=args.seed, num_negatives=NUM_NEGATIVES)
+                         loss=args.loss, lr=args.lr, batch_size=1, epochs=1, seed=args.seed, num_negatives=NUM_NEGATIVES,
+                         # a window of a results table has a hundred anchors, each with its entity rows: without
+                         # recomputing activations one such window took the process past 23 GB (killed, seed 1)
+                         gradient_checkpointing=True)
     rows = [["start model (its index)", "", "", f"{before:.3f}", ""]]
     # the start model loaded as training loads it, not trained: checks the shortlist ranking against the index's
     runs = {"start": ("start model, re-embedded", None), "built": ("built negatives", built),
