@@ -2,6 +2,9 @@
 
     python bench/gpu_score.py --candidates DIR [--run main] [--json results.json]
 
+On a CPU, `eval/run_gerbil.py run --linker onegen --candidates DIR/candidates-main.jsonl.gz` writes the
+same file (it must include aida-testa, the set the settings are picked on).
+
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
 alias table re-ranks the candidates, and a mention whose chosen cosine is under the NIL threshold is
@@ -27,7 +30,8 @@ from eval.ids import Redirects  # noqa: E402
 from eval.run_gerbil import format_table, pct  # noqa: E402
 from eval.scorer import score  # noqa: E402
 from eval.types import Annotation  # noqa: E402
-from onegen.decide import AliasPrior, decide  # noqa: E402
+from onegen.decide import AliasPrior  # noqa: E402
+from onegen.linker import Retrieved, decide_mentions  # noqa: E402
 
 TUNE_SET = "aida-testa"
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
@@ -50,14 +54,8 @@ def read_candidates(path: Path) -> dict[str, dict[str, list[dict]]]:
 
 def link(docs: dict[str, list[dict]], threshold: float, prior: AliasPrior | None) -> dict[str, list[Annotation]]:
     """Annotations of every document: each mention's decided entity, or None (NIL)."""
-    out = {}
-    for doc_id, mentions in docs.items():
-        out[doc_id] = []
-        for m in mentions:
-            ids, cosines = zip(*m["candidates"]) if m["candidates"] else ((), ())
-            entity, _ = decide(list(ids), list(cosines), m["surface"], nil_threshold=threshold, alias_prior=prior)
-            out[doc_id].append(Annotation(m["start"], m["end"], m["surface"], entity))
-    return out
+    return {doc_id: decide_mentions([Retrieved.from_dict(m) for m in mentions], nil_threshold=threshold, alias_prior=prior)
+            for doc_id, mentions in docs.items()}
 
 
 def tune(gold, docs, redirects, table) -> tuple[float, float, float]:

@@ -15,6 +15,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_EVAL_DIR))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import gzip  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -102,18 +104,43 @@ def load_datasets(args: argparse.Namespace) -> list[tuple[str, list[Document]]]:
     return [(n, load_dataset(n, args.data_dir)) for n in names] + [(p.stem, load_dataset_file(p)) for p in files]
 
 
-def link_documents(linker: Linker, docs: list[Document], chunk: int, desc: str) -> dict[str, list]:
-    """doc_id -> predicted annotations, linking `chunk` documents per call with a progress bar on stderr."""
+def link_documents(linker: Linker, docs: list[Document], chunk: int, desc: str, candidates=None) -> dict[str, list]:
+    """doc_id -> predicted annotations, linking `chunk` documents per call with a progress bar on stderr.
+
+    With `candidates` (a text file open for writing), each document's mentions and their top-k
+    candidates are written there too, one JSON line per document under the dataset name `desc`."""
     from tqdm import tqdm
 
     pred: dict[str, list] = {}
     with tqdm(total=len(docs), desc=desc, unit="doc", file=sys.stderr, disable=None) as bar:
         for i in range(0, len(docs), chunk):
             batch = docs[i:i + chunk]
-            for doc, annotations in zip(batch, linker.link([d.text for d in batch]), strict=True):
+            texts = [d.text for d in batch]
+            if candidates is None:
+                linked = linker.link(texts)
+            else:
+                retrieved = linker.retrieve(texts)
+                for doc, mentions in zip(batch, retrieved, strict=True):
+                    candidates.write(json.dumps({"dataset": desc, "doc_id": doc.doc_id,
+                                                 "mentions": [m.to_dict() for m in mentions]}, ensure_ascii=False) + "\n")
+                linked = [linker.decide(mentions) for mentions in retrieved]
+            for doc, annotations in zip(batch, linked, strict=True):
                 pred[doc.doc_id] = annotations
             bar.update(len(batch))
     return pred
+
+
+@contextlib.contextmanager
+def candidates_file(path: str | None):
+    """A gzip text file for `--candidates`, written beside `path` and moved there only when the run finishes."""
+    if path is None:
+        yield None
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(f"{path}.partial")
+    with gzip.open(partial, "wt", encoding="utf-8") as f:
+        yield f
+    os.replace(partial, path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,21 +151,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     datasets = load_datasets(args)
     redirects = load_redirects(args.redirects)
     resolve_linker_paths(args)
+    if args.candidates and args.linker != "onegen":
+        raise ValueError(f"--candidates needs the onegen linker (it retrieves candidates), not {args.linker!r}")
+    if args.candidates and not args.candidates.endswith(".jsonl.gz"):
+        raise ValueError(f"--candidates {args.candidates}: name it DIR/candidates-RUN.jsonl.gz (bench/gpu_score.py reads those)")
     linker = linker_from_args(args)
     load_seconds = time.perf_counter() - started
     chunk = max(MIN_LINK_CHUNK, args.batch_size or 0)
     rows, results = [], []
-    for name, docs in datasets:
-        t0 = time.perf_counter()
-        pred = link_documents(linker, docs, chunk, desc=name)
-        seconds = time.perf_counter() - t0
-        report = score(docs, pred, match=args.match, task="a2kb", redirects=redirects)
-        m = report.inkb.micro
-        rate = len(docs) / seconds if seconds > 0 else float("inf")
-        rows.append([name, len(docs), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1),
-                     pct(report.inkb.macro.f1), f"{rate:.1f}"])
-        results.append({"dataset": name, "docs": len(docs), "gold_inkb": m.tp + m.fn, "link_seconds": seconds,
-                        "docs_per_second": rate, "report": report.to_dict()})
+    with candidates_file(args.candidates) as candidates:
+        for name, docs in datasets:
+            t0 = time.perf_counter()
+            pred = link_documents(linker, docs, chunk, desc=name, candidates=candidates)
+            seconds = time.perf_counter() - t0
+            report = score(docs, pred, match=args.match, task="a2kb", redirects=redirects)
+            m = report.inkb.micro
+            rate = len(docs) / seconds if seconds > 0 else float("inf")
+            rows.append([name, len(docs), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1),
+                         pct(report.inkb.macro.f1), f"{rate:.1f}"])
+            results.append({"dataset": name, "docs": len(docs), "gold_inkb": m.tp + m.fn, "link_seconds": seconds,
+                            "docs_per_second": rate, "report": report.to_dict()})
     total = time.perf_counter() - started
     print(f"linker: {args.linker}; A2KB, {args.match} match, InKB (percent); "
           f"redirects: {args.redirects or 'none'}; KB: {args.kb}")
@@ -215,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", choices=("strong", "weak"), default="strong", help="annotation match (default: strong)")
     p.add_argument("--redirects", help="redirects table (default: DATA_DIR/kb/redirects.tsv when present)")
     p.add_argument("--json", help="write per-dataset reports and timings as JSON to this file")
+    p.add_argument("--candidates", metavar="FILE.jsonl.gz",
+                   help="onegen: also write every mention's top-k candidates here, for picking the NIL threshold and "
+                        "prior weight offline (name it DIR/candidates-main.jsonl.gz, then: "
+                        "python bench/gpu_score.py --candidates DIR)")
     add_linker_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -4,12 +4,14 @@ entity index is searched and each mention is linked or left NIL (DESIGN section 
 `OneGenLinker(model, kb)` is what `eval/run_gerbil.py run --linker onegen` builds. The KB's index is
 built once per (model, KB) by the index-build job and cached (the link job uses the same cache);
 `index=DIR` uses a built index instead. `link_texts` is the shared core, also used by training to
-score a model against in-memory KB vectors through `ExactSearch`.
+score a model against in-memory KB vectors through `ExactSearch`: `retrieve_texts` finds each mention's
+candidates, `decide_mentions` links them, so candidates can be kept and decided again later.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +44,28 @@ class ExactSearch:
         return scores, ids
 
 
-def link_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
-               alias_prior: AliasPrior | None = None, batch_size: int = 8) -> list[list[Annotation]]:
-    """Annotate `texts` with `onegen` and link each mention through `retriever.search` and `decide`."""
+@dataclass
+class Retrieved:
+    """One marked mention with its top-k entities, before `decide` picks one or NIL."""
+
+    start: int  # code-point offsets into the text
+    end: int
+    surface: str
+    candidates: list[tuple[str, float]]  # (entity id, cosine), best first; index padding dropped
+
+    def to_dict(self) -> dict:
+        """The mention as a row of a candidates file (`bench/gpu_score.py` reads them)."""
+        return {"start": self.start, "end": self.end, "surface": self.surface,
+                "candidates": [[e, round(c, 6)] for e, c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> Retrieved:
+        """A mention read back from a row of a candidates file."""
+        return cls(row["start"], row["end"], row["surface"], [(e, float(c)) for e, c in row["candidates"]])
+
+
+def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batch_size: int = 8) -> list[list[Retrieved]]:
+    """Annotate `texts` with `onegen` and search the top-k entities of each mention through `retriever.search`."""
     out = []
     for annotated in onegen(texts, batch_size=batch_size):
         if not annotated.mentions:
@@ -52,13 +73,27 @@ def link_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, nil_thre
             continue
         queries = np.stack([m.vector for m in annotated.mentions])  # (M, D), L2-normalised
         scores, ids = retriever.search(queries, top_k)  # (M, k), (M, k)
-        linked = []
-        for mention, cand_ids, cand_scores in zip(annotated.mentions, ids, scores):
-            entity_id, _ = decide(list(cand_ids), list(cand_scores), mention.surface,
-                                  nil_threshold=nil_threshold, alias_prior=alias_prior)
-            linked.append(Annotation(mention.start, mention.end, mention.surface, entity_id))
-        out.append(linked)
+        out.append([Retrieved(m.start, m.end, m.surface, [(e, float(c)) for e, c in zip(row_ids, row_scores) if e])
+                    for m, row_ids, row_scores in zip(annotated.mentions, ids, scores)])
     return out
+
+
+def decide_mentions(mentions: list[Retrieved], *, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
+                    alias_prior: AliasPrior | None = None) -> list[Annotation]:
+    """One annotation per retrieved mention: its entity chosen by `decide`, or None (NIL)."""
+    out = []
+    for m in mentions:
+        ids, scores = zip(*m.candidates) if m.candidates else ((), ())
+        entity_id, _ = decide(list(ids), list(scores), m.surface, nil_threshold=nil_threshold, alias_prior=alias_prior)
+        out.append(Annotation(m.start, m.end, m.surface, entity_id))
+    return out
+
+
+def link_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
+               alias_prior: AliasPrior | None = None, batch_size: int = 8) -> list[list[Annotation]]:
+    """Annotate `texts` with `onegen` and link each mention through `retriever.search` and `decide`."""
+    return [decide_mentions(mentions, nil_threshold=nil_threshold, alias_prior=alias_prior)
+            for mentions in retrieve_texts(onegen, texts, retriever, top_k=top_k, batch_size=batch_size)]
 
 
 class OneGenLinker:
@@ -82,5 +117,12 @@ class OneGenLinker:
 
     def link(self, texts: list[str]) -> list[list[Annotation]]:
         """One list of annotations per text (code-point offsets, entity id or None for NIL)."""
-        return link_texts(self.onegen, texts, self.index, top_k=self.top_k, nil_threshold=self.nil_threshold,
-                          alias_prior=self.alias_prior, batch_size=self.batch_size)
+        return [self.decide(mentions) for mentions in self.retrieve(texts)]
+
+    def retrieve(self, texts: list[str]) -> list[list[Retrieved]]:
+        """The marked mentions of each text with their top-k candidates, before NIL and the prior."""
+        return retrieve_texts(self.onegen, texts, self.index, top_k=self.top_k, batch_size=self.batch_size)
+
+    def decide(self, mentions: list[Retrieved]) -> list[Annotation]:
+        """The annotations of one text's retrieved mentions, with this linker's NIL threshold and prior."""
+        return decide_mentions(mentions, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior)

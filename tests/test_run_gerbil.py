@@ -1,4 +1,5 @@
 """The command line `python eval/run_gerbil.py score|run|serve`, end to end."""
+import gzip
 import json
 import select
 import subprocess
@@ -12,7 +13,10 @@ import pytest
 
 from eval.nif import parse_nif, to_nif
 from eval.run_gerbil import main
+from eval.scorer import score
 from eval.types import Annotation, Document
+from onegen.linker import OneGenLinker, Retrieved, decide_mentions
+from test_linker import FakeOneGen, kb_search
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = [sys.executable, str(REPO / "eval" / "run_gerbil.py")]
@@ -188,3 +192,51 @@ def test_serve_answers_a_post(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class CandidateLinker(OneGenLinker):
+    """The OneGen linker's retrieval and decision over the test fakes: capitalised words as mentions, a hashed-vector KB."""
+
+    def __init__(self, nil_threshold: float):  # no model, no index to load
+        self.onegen, self.index = FakeOneGen(), kb_search(["Germany", "Paris", "London"])
+        self.nil_threshold, self.alias_prior, self.batch_size, self.top_k = nil_threshold, None, 8, 3
+
+
+def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeypatch):
+    (tmp_path / "tiny.ttl").write_text(to_nif(GOLD), encoding="utf-8")
+    monkeypatch.setattr("eval.run_gerbil.get_linker", lambda name, **options: CandidateLinker(nil_threshold=0.5))
+    path = tmp_path / "cpu" / "candidates-main.jsonl.gz"
+    assert main(["run", "--data-dir", str(tmp_path), "--dataset-file", str(tmp_path / "tiny.ttl"), "--linker", "onegen",
+                 "--json", str(tmp_path / "run.json"), "--candidates", str(path)]) == 0
+    assert [p.name for p in path.parent.iterdir()] == ["candidates-main.jsonl.gz"]  # no partial file left
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert {r["dataset"] for r in rows} == {"tiny"}
+    docs = {r["doc_id"]: r["mentions"] for r in rows}
+    assert sorted(docs) == sorted([D1, D2, D3])
+    assert [m["surface"] for m in docs[D1]] == ["German", "Helmut", "Kohl", "Bill", "Clinton", "Brussels", "Monday"]
+    paris = docs[D2][2]
+    assert (paris["start"], paris["end"], paris["surface"]) == (22, 27, "Paris") and len(paris["candidates"]) == 3
+    assert paris["candidates"][0] == ["Paris", pytest.approx(1.0)]
+
+    def offline(threshold):  # decided from the file, as bench/gpu_score.py decides
+        linked = {doc_id: decide_mentions([Retrieved.from_dict(m) for m in mentions], nil_threshold=threshold)
+                  for doc_id, mentions in docs.items()}
+        return score(GOLD, linked).inkb.micro
+
+    [dataset] = json.loads((tmp_path / "run.json").read_text())["datasets"]
+    assert micro(dataset["report"], "inkb")[:3] == (offline(0.5).tp, offline(0.5).fp, offline(0.5).fn)
+    assert offline(0.5).tp == 1  # Paris
+    # with no NIL all 12 mentions are linked: Paris right; London (not a gold mention), Nothing (d3) and the rest wrong
+    assert (offline(-1.0).tp, offline(-1.0).fp) == (1, 11)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--linker", "baseline", "--candidates", "c/candidates-main.jsonl.gz"], "--candidates needs the onegen linker"),
+    (["--linker", "onegen", "--candidates", "c/candidates.json"], "name it DIR/candidates-RUN.jsonl.gz"),
+])
+def test_run_refuses_candidates_it_cannot_write_before_loading_a_model(args, message, tmp_path, capsys, monkeypatch):
+    (tmp_path / "tiny.ttl").write_text(to_nif(GOLD), encoding="utf-8")
+    monkeypatch.setattr("eval.run_gerbil.get_linker", lambda name, **options: pytest.fail("the linker was built"))
+    assert main(["run", "--data-dir", str(tmp_path), "--dataset-file", str(tmp_path / "tiny.ttl"), *args]) == 2
+    assert message in capsys.readouterr().err
