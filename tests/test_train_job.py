@@ -2,6 +2,7 @@
 
 Tiny random model (tests/tiny.py) saved as a base folder, two invented NIF documents, a ten-entity KB.
 """
+import importlib.util
 import json
 import os
 import signal
@@ -298,3 +299,17 @@ def test_mining_run_records_the_models_ranking_each_epoch(tmp_path, files):
     assert all(0.0 <= h["mined_gold_first"] <= 1.0 and h["mining_seconds"] > 0 for h in history)
     assert json.loads((output / "training_args.json").read_text())["mine_negatives"] is True
     assert "mined_gold_first" in (output / CARD_FILE).read_text()
+
+
+@pytest.mark.parametrize("flags, recomputes", [
+    ([], True),  # on CPU by default: packed AIDA windows would otherwise run a 23 GB machine out of memory
+    (["--no-gradient-checkpointing"], False),
+    (["--use-gpu"], False),
+    (["--use-gpu", "--gradient-checkpointing"], True),
+])
+def test_cli_recomputes_activations_on_cpu_unless_told_not_to(flags, recomputes):
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "jobs" / "train.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    config = cli.config_from_args(cli.parse_args(["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o", *flags]))
+    assert config.gradient_checkpointing is recomputes
