@@ -7,10 +7,11 @@ same file (it must include aida-testa, the set the settings are picked on).
 
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
-alias table re-ranks the candidates, and a mention whose chosen cosine is under the NIL threshold is
-left unlinked. Both settings are picked on AIDA testa (best InKB micro-F1 over a grid); every dataset of
-`--run` is then scored with them (A2KB, strong match, InKB, redirects applied), and every run with testa
-candidates (the ablations) gets its testa F1, tuned the same way, and its F1 with no prior and no NIL.
+alias table and a popularity prior from the KB's `popularity` field re-rank the candidates, and a
+mention whose chosen cosine is under the NIL threshold is left unlinked. The three settings are picked
+on AIDA testa (best InKB micro-F1 over a grid); every dataset of `--run` is then scored with them
+(A2KB, strong match, InKB, redirects applied), and every run with testa candidates (the ablations) gets
+its testa F1, tuned the same way, and its F1 with no prior and no NIL.
 """
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ from eval.ids import Redirects  # noqa: E402
 from eval.run_gerbil import format_table, pct  # noqa: E402
 from eval.scorer import score  # noqa: E402
 from eval.types import Annotation  # noqa: E402
-from onegen.decide import AliasPrior  # noqa: E402
+from onegen.decide import AliasPrior, PopularityPrior  # noqa: E402
 from onegen.linker import Retrieved, decide_mentions  # noqa: E402
 
 TUNE_SET = "aida-testa"
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
 PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+POPULARITY_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.5]
 
 
 def read_candidates(path: Path) -> dict[str, dict[str, list[dict]]]:
@@ -52,20 +54,28 @@ def read_candidates(path: Path) -> dict[str, dict[str, list[dict]]]:
     return out
 
 
-def link(docs: dict[str, list[dict]], threshold: float, prior: AliasPrior | None) -> dict[str, list[Annotation]]:
+def link(docs: dict[str, list[dict]], threshold: float, prior: AliasPrior | None,
+         popularity: PopularityPrior | None = None) -> dict[str, list[Annotation]]:
     """Annotations of every document: each mention's decided entity, or None (NIL)."""
-    return {doc_id: decide_mentions([Retrieved.from_dict(m) for m in mentions], nil_threshold=threshold, alias_prior=prior)
+    return {doc_id: decide_mentions([Retrieved.from_dict(m) for m in mentions], nil_threshold=threshold,
+                                    alias_prior=prior, popularity=popularity)
             for doc_id, mentions in docs.items()}
 
 
-def tune(gold, docs, redirects, table) -> tuple[float, float, float]:
-    """(threshold, prior weight, InKB micro-F1) with the best F1 on these documents."""
-    best = (-math.inf, 0.0, -1.0)
-    for weight, threshold in itertools.product(PRIOR_WEIGHTS, THRESHOLDS):
-        prior = AliasPrior(table.table, weight) if weight else None
-        f1 = score(gold, link(docs, threshold, prior), redirects=redirects).inkb.micro.f1
-        if f1 > best[2]:
-            best = (threshold, weight, f1)
+def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popularity_weight: float):
+    """(alias prior, popularity prior) with these weights; a weight of 0 gives None."""
+    return (AliasPrior(table.table, weight) if weight else None,
+            PopularityPrior(popularity.scores, popularity_weight) if popularity_weight else None)
+
+
+def tune(gold, docs, redirects, table, popularity) -> tuple[float, float, float, float]:
+    """(threshold, prior weight, popularity weight, InKB micro-F1) with the best F1 on these documents."""
+    best = (-math.inf, 0.0, 0.0, -1.0)
+    for weight, popularity_weight, threshold in itertools.product(PRIOR_WEIGHTS, POPULARITY_WEIGHTS, THRESHOLDS):
+        f1 = score(gold, link(docs, threshold, *priors(table, popularity, weight, popularity_weight)),
+                   redirects=redirects).inkb.micro.f1
+        if f1 > best[3]:
+            best = (threshold, weight, popularity_weight, f1)
     return best
 
 
@@ -75,10 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", default="main",
                         help="the run scored on every dataset (default: %(default)s; before 2026-11-27 it was lora-bpr)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--kb", type=Path, help="KB JSONL with the popularity field (default: DATA_DIR/kb/entities.jsonl)")
     parser.add_argument("--json", type=Path, help="write the chosen settings and every score here")
     args = parser.parse_args(argv)
     redirects = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv")
     table = AliasPrior.from_tsv(args.data_dir / "kb" / "aida_train_aliases.tsv")
+    popularity = PopularityPrior.from_kb(args.kb or args.data_dir / "kb" / "entities.jsonl")
     runs = {p.name[len("candidates-"):-len(".jsonl.gz")]: read_candidates(p)
             for p in sorted(args.candidates.glob("candidates-*.jsonl.gz"))}
     if args.run not in runs:
@@ -90,23 +102,25 @@ def main(argv: list[str] | None = None) -> None:
     for run, data in runs.items():
         if TUNE_SET not in data:
             continue
-        threshold, weight, f1 = tune(gold[TUNE_SET], data[TUNE_SET], redirects, table)
+        threshold, weight, popularity_weight, f1 = tune(gold[TUNE_SET], data[TUNE_SET], redirects, table, popularity)
         raw = score(gold[TUNE_SET], link(data[TUNE_SET], -math.inf, None), redirects=redirects).inkb.micro.f1
-        report["runs"][run] = {"nil_threshold": threshold, "prior_weight": weight, "testa_f1": f1, "testa_f1_raw": raw}
-        ablation_rows.append([run, pct(raw), pct(f1), threshold, weight])
+        report["runs"][run] = {"nil_threshold": threshold, "prior_weight": weight, "popularity_weight": popularity_weight,
+                               "testa_f1": f1, "testa_f1_raw": raw}
+        ablation_rows.append([run, pct(raw), pct(f1), threshold, weight, popularity_weight])
     print("AIDA testa, A2KB strong InKB micro-F1 (percent)")
-    print(format_table(["run", "no prior, no NIL", "tuned", "NIL threshold", "prior weight"], ablation_rows))
+    print(format_table(["run", "no prior, no NIL", "tuned", "NIL threshold", "prior weight", "popularity weight"],
+                       ablation_rows))
 
     chosen = report["runs"][args.run]
-    prior = AliasPrior(table.table, chosen["prior_weight"]) if chosen["prior_weight"] else None
+    chosen_priors = priors(table, popularity, chosen["prior_weight"], chosen["popularity_weight"])
     rows = []
     for name, docs in runs[args.run].items():
-        r = score(gold[name], link(docs, chosen["nil_threshold"], prior), redirects=redirects)
+        r = score(gold[name], link(docs, chosen["nil_threshold"], *chosen_priors), redirects=redirects)
         m = r.inkb.micro
         rows.append([name, len(gold[name]), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1), pct(r.inkb.macro.f1)])
         report["datasets"][name] = r.to_dict()
-    print(f"\nrun {args.run}: NIL threshold {chosen['nil_threshold']}, prior weight {chosen['prior_weight']} "
-          f"(tuned on {TUNE_SET}); A2KB strong InKB (percent)")
+    print(f"\nrun {args.run}: NIL threshold {chosen['nil_threshold']}, prior weight {chosen['prior_weight']}, "
+          f"popularity weight {chosen['popularity_weight']} (tuned on {TUNE_SET}); A2KB strong InKB (percent)")
     print(format_table(["dataset", "docs", "gold InKB", "P", "R", "micro-F1", "macro-F1"], rows))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))

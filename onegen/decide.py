@@ -1,10 +1,14 @@
 """Entity or NIL for one mention, from its retrieved candidates (DESIGN section 3, "decide").
 
 The retrieval score is the cosine between the mention's `[LK]` vector and an entity's `[SE]`
-vector. An optional alias prior p(entity | surface), read from a `mention<TAB>entity<TAB>count`
-table, re-ranks the retrieved candidates; it never adds a candidate retrieval did not find.
+vector. Two optional priors re-rank the retrieved candidates; neither adds a candidate retrieval
+did not find:
+- an alias prior p(entity | surface), read from a `mention<TAB>entity<TAB>count` table;
+- a popularity prior, log(1 + popularity) / log(1 + the KB's largest popularity), read from the
+  KB JSONL's `popularity` field (e.g. Wikipedia in-links): between close candidates, the better
+  known entity is the likelier referent.
 NIL is decided on the cosine of the chosen candidate, so the threshold keeps one meaning
-with or without a prior.
+with or without priors.
 """
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kb.aliases import AliasTable
+from kb.jsonl import iter_kb
 
-# Cosine below which a mention is NIL, and the alias prior's weight: both picked on AIDA testa for the
-# trained default (bench/gpu_score.py); another model should tune its own (eval/run_gerbil.py --nil-threshold).
+# Cosine below which a mention is NIL, and the priors' weights: picked on AIDA testa for the trained
+# default (bench/gpu_score.py); another model should tune its own (eval/run_gerbil.py --nil-threshold).
 DEFAULT_NIL_THRESHOLD = 0.75
 DEFAULT_PRIOR_WEIGHT = 0.2
+DEFAULT_POPULARITY_WEIGHT = 0.0
 
 
 @dataclass
@@ -38,6 +44,27 @@ class AliasPrior:
         return self.table.probability(surface, entity_id)
 
 
+@dataclass
+class PopularityPrior:
+    """How well known each entity is, in [0, 1], weighted for re-ranking."""
+
+    scores: dict[str, float]  # entity id -> log(1 + popularity) / log(1 + max popularity); absent: 0
+    weight: float = DEFAULT_POPULARITY_WEIGHT  # added to the cosine as weight * score when ranking candidates
+
+    @classmethod
+    def from_kb(cls, *paths: str | Path, weight: float = DEFAULT_POPULARITY_WEIGHT) -> PopularityPrior:
+        """Read the `popularity` of every entity of KB JSONL files, a later file's line winning (a KB
+        without the field gives all zeros)."""
+        counts = {entity.id: entity.popularity for path in paths for entity in iter_kb(path)}
+        counts = {entity_id: count for entity_id, count in counts.items() if count > 0}
+        top = math.log1p(max(counts.values(), default=0))
+        return cls({entity_id: math.log1p(count) / top for entity_id, count in counts.items()}, weight)
+
+    def score(self, entity_id: str) -> float:
+        """The entity's popularity in [0, 1]; 0 when unknown."""
+        return self.scores.get(entity_id, 0.0)
+
+
 def decide(
     candidate_ids: Sequence[str | None],
     candidate_scores: Sequence[float],
@@ -45,11 +72,12 @@ def decide(
     *,
     nil_threshold: float,
     alias_prior: AliasPrior | None = None,
+    popularity: PopularityPrior | None = None,
 ) -> tuple[str | None, float]:
     """Pick the linked entity of one mention, or None (NIL).
 
-    Candidates are ranked by cosine (+ prior weight * p(entity | surface) with an alias prior);
-    the best one is returned with its cosine, or None with that cosine when the cosine is below
+    Candidates are ranked by cosine (+ weight * p(entity | surface) with an alias prior, + weight *
+    popularity score with a popularity prior); the best one is returned with its cosine, or None with that cosine when the cosine is below
     `nil_threshold`. Empty ids (padding from a short index) are skipped; no candidate -> (None, -inf).
     """
     if len(candidate_ids) != len(candidate_scores):
@@ -58,7 +86,11 @@ def decide(
     for entity_id, cosine in zip(candidate_ids, candidate_scores):
         if not entity_id:
             continue
-        rank = float(cosine) + (alias_prior.weight * alias_prior.probability(surface, entity_id) if alias_prior else 0.0)
+        rank = float(cosine)
+        if alias_prior:
+            rank += alias_prior.weight * alias_prior.probability(surface, entity_id)
+        if popularity:
+            rank += popularity.weight * popularity.score(entity_id)
         if rank > best_rank:
             best_id, best_cosine, best_rank = entity_id, float(cosine), rank
     if best_id is None or best_cosine < nil_threshold:

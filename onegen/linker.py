@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.types import Annotation
-from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, decide
+from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior, decide
 
 LOG = logging.getLogger(__name__)
 
@@ -79,20 +79,22 @@ def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batc
 
 
 def decide_mentions(mentions: list[Retrieved], *, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
-                    alias_prior: AliasPrior | None = None) -> list[Annotation]:
+                    alias_prior: AliasPrior | None = None, popularity: PopularityPrior | None = None) -> list[Annotation]:
     """One annotation per retrieved mention: its entity chosen by `decide`, or None (NIL)."""
     out = []
     for m in mentions:
         ids, scores = zip(*m.candidates) if m.candidates else ((), ())
-        entity_id, _ = decide(list(ids), list(scores), m.surface, nil_threshold=nil_threshold, alias_prior=alias_prior)
+        entity_id, _ = decide(list(ids), list(scores), m.surface, nil_threshold=nil_threshold,
+                              alias_prior=alias_prior, popularity=popularity)
         out.append(Annotation(m.start, m.end, m.surface, entity_id))
     return out
 
 
 def link_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
-               alias_prior: AliasPrior | None = None, batch_size: int = 8) -> list[list[Annotation]]:
+               alias_prior: AliasPrior | None = None, popularity: PopularityPrior | None = None,
+               batch_size: int = 8) -> list[list[Annotation]]:
     """Annotate `texts` with `onegen` and link each mention through `retriever.search` and `decide`."""
-    return [decide_mentions(mentions, nil_threshold=nil_threshold, alias_prior=alias_prior)
+    return [decide_mentions(mentions, nil_threshold=nil_threshold, alias_prior=alias_prior, popularity=popularity)
             for mentions in retrieve_texts(onegen, texts, retriever, top_k=top_k, batch_size=batch_size)]
 
 
@@ -100,10 +102,11 @@ class OneGenLinker:
     """The eval/ Linker of a OneGen model over a KB (JSONL, index built and cached) or a built index."""
 
     def __init__(self, model: str | None = None, kb: str | None = None, index: str | None = None, batch_size: int = 8,
-                 nil_threshold: float | None = None, aliases: str | None = None, top_k: int = 10):
+                 nil_threshold: float | None = None, aliases: str | None = None, top_k: int = 10,
+                 popularity_weight: float | None = None):
         from kb.index import EntityIndex
         from onegen.model import OneGen
-        from onegen.pipeline.linking import SAMPLE_KB, ensure_index
+        from onegen.pipeline.linking import SAMPLE_KB, ensure_index, popularity_prior
 
         self.onegen = OneGen.from_pretrained(model)
         fingerprint = self.onegen.fingerprint()
@@ -111,18 +114,21 @@ class OneGenLinker:
         self.index = EntityIndex.load(directory, expect=fingerprint, expect_dim=self.onegen.hidden_size)
         LOG.info("linking with %s against %d entities in %s", fingerprint["model"], len(self.index), directory)
         self.alias_prior = AliasPrior.from_tsv(aliases) if aliases else None
+        weight = DEFAULT_POPULARITY_WEIGHT if popularity_weight is None else popularity_weight
+        self.popularity = popularity_prior(directory, weight)  # from the KB files the index was built from
         self.nil_threshold = DEFAULT_NIL_THRESHOLD if nil_threshold is None else nil_threshold  # cosine below: NIL
         self.batch_size = batch_size  # texts per model batch
-        self.top_k = top_k  # candidates per mention the prior may re-rank
+        self.top_k = top_k  # candidates per mention the priors may re-rank
 
     def link(self, texts: list[str]) -> list[list[Annotation]]:
         """One list of annotations per text (code-point offsets, entity id or None for NIL)."""
         return [self.decide(mentions) for mentions in self.retrieve(texts)]
 
     def retrieve(self, texts: list[str]) -> list[list[Retrieved]]:
-        """The marked mentions of each text with their top-k candidates, before NIL and the prior."""
+        """The marked mentions of each text with their top-k candidates, before NIL and the priors."""
         return retrieve_texts(self.onegen, texts, self.index, top_k=self.top_k, batch_size=self.batch_size)
 
     def decide(self, mentions: list[Retrieved]) -> list[Annotation]:
-        """The annotations of one text's retrieved mentions, with this linker's NIL threshold and prior."""
-        return decide_mentions(mentions, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior)
+        """The annotations of one text's retrieved mentions, with this linker's NIL threshold and priors."""
+        return decide_mentions(mentions, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
+                               popularity=self.popularity)

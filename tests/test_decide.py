@@ -1,9 +1,10 @@
-"""decide(): entity or NIL from retrieved candidates, with an optional alias prior."""
+"""decide(): entity or NIL from retrieved candidates, with optional alias and popularity priors."""
+import json
 import math
 
 import pytest
 
-from onegen.decide import AliasPrior, decide
+from onegen.decide import AliasPrior, PopularityPrior, decide
 
 
 def prior(tmp_path, rows: str, weight=0.2) -> AliasPrior:
@@ -51,3 +52,31 @@ def test_bad_alias_table_names_the_line(tmp_path, rows, message):
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="differ in length"):
         decide(["a"], [], "a", nil_threshold=0.0)
+
+
+def write_kb(path, popularity: dict) -> str:
+    path.write_text("".join(json.dumps({"id": e} | ({"popularity": p} if p is not None else {})) + "\n"
+                            for e, p in popularity.items()), encoding="utf-8")
+    return str(path)
+
+
+def test_popularity_prior_is_log_popularity_over_the_kb_maximum(tmp_path):
+    kb = write_kb(tmp_path / "kb.jsonl", {"Paris": 1000, "Paris_Hilton": 10, "Lyon": None, "Nowhere": 0})
+    prior = PopularityPrior.from_kb(kb, weight=0.3)
+    assert prior.score("Paris") == pytest.approx(1.0)
+    assert prior.score("Paris_Hilton") == pytest.approx(math.log(11) / math.log(1001))
+    assert prior.score("Lyon") == prior.score("Nowhere") == prior.score("not in the KB") == 0.0
+    # a later file's line wins, and the maximum moves with it
+    update = write_kb(tmp_path / "update.jsonl", {"Paris_Hilton": 100_000})
+    assert PopularityPrior.from_kb(kb, update).score("Paris_Hilton") == pytest.approx(1.0)
+    assert PopularityPrior.from_kb(write_kb(tmp_path / "plain.jsonl", {"Paris": None})).scores == {}
+
+
+def test_popularity_prior_reranks_close_candidates_but_nil_stays_on_the_cosine(tmp_path):
+    prior = PopularityPrior.from_kb(write_kb(tmp_path / "kb.jsonl", {"Paris": 1000, "Paris_Hilton": 10}), weight=0.3)
+    ids, scores = ["Paris_Hilton", "Paris"], [0.72, 0.70]
+    assert decide(ids, scores, "Paris", nil_threshold=0.5)[0] == "Paris_Hilton"
+    assert decide(ids, scores, "Paris", nil_threshold=0.5, popularity=prior) == ("Paris", pytest.approx(0.70))
+    assert decide(["Paris_Hilton", "Paris"], [0.9, 0.3], "Paris", nil_threshold=0.5, popularity=prior)[0] == "Paris_Hilton"
+    assert decide(ids, scores, "Paris", nil_threshold=0.71, popularity=prior) == (None, pytest.approx(0.70))
+    assert decide(["Lyon"], [0.6], "Paris", nil_threshold=0.5, popularity=prior)[0] == "Lyon"  # never adds Paris

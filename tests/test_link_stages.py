@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from link_fakes import FakeIndex, fake_annotate, vector
-from onegen.decide import AliasPrior
+from onegen.decide import AliasPrior, PopularityPrior
 from onegen.pipeline.inputs import Limits, RawRow, rows_to_table
 from onegen.pipeline.stages import AnnotateStage, Linker, column_vectors, vectors_column
 
@@ -61,3 +61,11 @@ def test_alias_prior_changes_the_choice_among_retrieved_candidates(tmp_path):
     with_prior = Linker(FakeIndex(), 3, -1.0, "m", "i", AliasPrior.from_tsv(aliases, weight=10.0))(annotated)
     assert plain.column("mentions").to_pylist()[0][0]["entity_id"] == first
     assert with_prior.column("mentions").to_pylist()[0][0]["entity_id"] == second
+
+
+def test_popularity_prior_changes_the_choice_among_retrieved_candidates():
+    _, ids = FakeIndex().search(vector("Normandy")[None], 3)  # (1, 3): what retrieval returns for "Normandy"
+    first, second = ids[0][0], ids[0][1]
+    annotated = AnnotateStage(lambda: fake_annotate)(batch(["Normandy."]))
+    known = Linker(FakeIndex(), 3, -1.0, "m", "i", popularity=PopularityPrior({second: 1.0}, weight=10.0))(annotated)
+    assert known.column("mentions").to_pylist()[0][0]["entity_id"] == second != first

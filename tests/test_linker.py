@@ -47,6 +47,28 @@ def test_link_texts_alias_prior_reranks_candidates(tmp_path):
     assert annotations[0].entity_id == "France"
 
 
+def test_popularity_prior_comes_from_the_kb_files_the_index_was_built_from(tmp_path, caplog):
+    import json
+
+    from kb.io import sha256_file
+    from onegen.pipeline.linking import popularity_prior
+
+    kb_file = tmp_path / "kb.jsonl"
+    kb_file.write_text(json.dumps({"id": "Paris", "popularity": 50}) + "\n" + json.dumps({"id": "Rome"}) + "\n")
+    vectors = np.stack([vector("Paris"), vector("Rome")])
+    built = {"path": str(kb_file), "sha256": sha256_file(kb_file)}
+    EntityIndex.build(tmp_path / "index", ["Paris", "Rome"], vectors, fingerprint={"model": "m"}, kb=built)
+    EntityIndex.build(tmp_path / "no-kb", ["Paris", "Rome"], vectors, fingerprint={"model": "m"})
+
+    prior = popularity_prior(tmp_path / "index", 0.3)
+    assert (prior.weight, prior.score("Paris"), prior.score("Rome")) == (0.3, pytest.approx(1.0), 0.0)
+    assert popularity_prior(tmp_path / "index", 0.0) is None  # off
+    assert popularity_prior(tmp_path / "no-kb", 0.3) is None
+    kb_file.write_text(json.dumps({"id": "Rome", "popularity": 50}) + "\n")  # changed since the build
+    assert popularity_prior(tmp_path / "index", 0.3) is None
+    assert "no popularity prior" in caplog.text and "gone or changed" in caplog.text
+
+
 def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
     from tiny import tiny_model, tiny_tokenizer
 
@@ -83,13 +105,15 @@ def test_onegen_linker_builds_the_index_of_a_kb_once_starting_ray_itself(tmp_pat
     tokenizer = tiny_tokenizer()
     OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(tmp_path / "model")
     kb_file = tmp_path / "kb.jsonl"
-    kb_file.write_text("".join(json.dumps({"id": name, "title": name, "description": f"{name} is a city."}) + "\n"
-                               for name in ("Paris", "Rome", "Berlin")), encoding="utf-8")
+    kb_file.write_text("".join(json.dumps({"id": name, "title": name, "description": f"{name} is a city.",
+                                           "popularity": popularity}) + "\n"
+                               for name, popularity in (("Paris", 100), ("Rome", 10), ("Berlin", 0))), encoding="utf-8")
     try:
         kb.build.model_identity(str(tmp_path / "model"))  # cached by the model's files, as after an earlier run
         ray.shutdown()  # the identity came from a Ray task
-        linker = OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file), nil_threshold=-1.0)
+        linker = OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file), nil_threshold=-1.0, popularity_weight=0.3)
         assert len(linker.index) == 3
+        assert linker.popularity.score("Paris") == pytest.approx(1.0) and linker.popularity.score("Berlin") == 0.0
         text = "Paris, Rome and Berlin."
         for annotation in linker.link([text])[0]:
             assert text[annotation.start:annotation.end] == annotation.surface

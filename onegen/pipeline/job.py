@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import ray
 
-from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior
+from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior
 from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, content_hash, resolve_input, scan_inputs
 from onegen.pipeline.outputs import METRICS_FILE, AtomicParquetSink, Manifest, Output, done_rows, drop_sources
 from onegen.pipeline.stages import Annotate, AnnotateStage, Linker, Retriever
@@ -47,6 +47,7 @@ class JobConfig:
     top_k: int = 10  # candidates kept per mention
     nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine below which a mention is NIL
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
+    popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run
@@ -61,6 +62,7 @@ class Linking:
     retriever: Retriever  # index-shard client (or an in-process index)
     model_id: str  # written to every output row
     index_id: str  # index manifest hash, written to every output row
+    popularity: PopularityPrior | None = None  # KB-popularity prior for the decision (None: off)
 
 
 @dataclass
@@ -159,7 +161,8 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
         num_gpus=gpus,  # GPUs per replica (--gpus-per-replica; 1 when the cluster has GPUs)
         num_cpus=config.cpus_per_replica,  # small on GPU nodes so reads are not starved
     )
-    linker = Linker(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id, alias_prior)
+    linker = Linker(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id,
+                    alias_prior, linking.popularity)
     # Retrieval is remote calls to the index-shard actors plus numpy: a quarter CPU per task.
     return dataset.map_batches(linker, batch_format="pyarrow", num_cpus=0.25)
 

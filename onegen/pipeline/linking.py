@@ -12,6 +12,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from onegen.decide import PopularityPrior
 from onegen.default_model import cache_root
 from onegen.pipeline.job import JobConfig, Linking, index_id, model_id
 from onegen.pipeline.stages import onegen_annotator
@@ -43,6 +44,29 @@ def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
     return directory
 
 
+def popularity_prior(directory: Path, weight: float) -> PopularityPrior | None:
+    """The popularity prior read from the KB files an index was built from (its manifest names them).
+
+    None when the weight is 0, or, with a warning, when the manifest names no KB file or a file is gone
+    or changed since the build (linking then goes on without the prior).
+    """
+    from kb.io import sha256_file
+    from kb.manifest import Manifest
+
+    if not weight:
+        return None
+    kb = Manifest.read(directory).kb
+    if not kb.get("path"):
+        LOG.warning("no popularity prior: the manifest of the index %s names no KB file", directory)
+        return None
+    files = [(Path(kb["path"]), kb["sha256"])] + [(Path(u["path"]), u["sha256"]) for u in kb.get("updates", [])]
+    for path, sha256 in files:
+        if not path.is_file() or sha256_file(path) != sha256:
+            LOG.warning("no popularity prior: %s, a KB file of the index %s, is gone or changed since the build", path, directory)
+            return None
+    return PopularityPrior.from_kb(*(path for path, _ in files), weight=weight)
+
+
 def prepare_linking(config: JobConfig) -> Linking:
     """Model identity, index (given, or built and cached) served by shard actors, and the replica factory."""
     from kb.build import model_identity
@@ -61,4 +85,5 @@ def prepare_linking(config: JobConfig) -> Linking:
         retriever=client,
         model_id=model_id(fingerprint),
         index_id=index_id((directory / MANIFEST_NAME).read_bytes()),
+        popularity=popularity_prior(directory, config.popularity_weight),
     )

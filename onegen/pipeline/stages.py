@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from onegen.decide import AliasPrior, decide
+from onegen.decide import AliasPrior, PopularityPrior, decide
 from onegen.pipeline.inputs import ERROR, OK
 from onegen.pipeline.outputs import MENTIONS_TYPE, TOKENS_COLUMN
 from onegen.types import Annotated
@@ -138,7 +138,8 @@ class Linker:
     nil_threshold: float  # cosine below which a mention is NIL
     model_id: str  # written to every row (run metadata)
     index_id: str  # index manifest hash, written to every row
-    alias_prior: AliasPrior | None = None
+    alias_prior: AliasPrior | None = None  # p(entity | surface) re-ranking
+    popularity: PopularityPrior | None = None  # KB-popularity re-ranking
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         spans = batch.column(SPANS).to_pylist()
@@ -151,7 +152,8 @@ class Linker:
             for span in row:
                 cand_ids, cand_scores = list(ids[q]), [float(s) for s in scores[q]]
                 entity_id, score = decide(cand_ids, cand_scores, span["surface"],
-                                          nil_threshold=self.nil_threshold, alias_prior=self.alias_prior)
+                                          nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
+                                          popularity=self.popularity)
                 out.append({**span, "entity_id": entity_id, "score": score if np.isfinite(score) else None,
                             "candidates": [{"entity_id": e, "score": s} for e, s in zip(cand_ids, cand_scores) if e]})
                 q += 1
