@@ -80,7 +80,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def linker_from_args(args: argparse.Namespace) -> Linker:
     """Build --linker with the options given on the command line (the rest stay at the linker's defaults)."""
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size,
-                      nil_threshold=args.nil_threshold, popularity_weight=args.popularity_weight)
+                      nil_threshold=args.nil_threshold, popularity_weight=args.popularity_weight,
+                      mention_bias=args.mention_bias)
 
 
 def resolve_linker_paths(args: argparse.Namespace) -> None:
@@ -180,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json(args.json, {
             "linker": args.linker,
             "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold",
-                                                           "popularity_weight")},
+                                                           "popularity_weight", "mention_bias")},
             "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
             "load_seconds": load_seconds, "total_seconds": total, "datasets": results,
         })
@@ -209,6 +210,9 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nil-threshold", type=float, help="onegen: minimum score to link, else NIL")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the linker's)")
+    parser.add_argument("--mention-bias", type=float,
+                        help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
+                             "(recall for precision, and slower; default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     parser.add_argument("--popularity-weight", type=float, default=defaults.popularity_weight,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "
                              "(default: %(default)s; 0 turns it off)")
+    parser.add_argument("--mention-bias", type=float, default=defaults.mention_bias,
+                        help="logits added to opening a mention while decoding: above 0 the model marks more mentions "
+                             "(recall for precision; slower) (default: %(default)s)")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output (writes only missing rows)")
     parser.add_argument("--incremental", action="store_true", help="process only input files new or changed since the last run")

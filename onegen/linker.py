@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ class OneGenLinker:
 
     def __init__(self, model: str | None = None, kb: str | None = None, index: str | None = None, batch_size: int = 8,
                  nil_threshold: float | None = None, aliases: str | None = None, top_k: int = 10,
-                 popularity_weight: float | None = None):
+                 popularity_weight: float | None = None, mention_bias: float = 0.0):
         from kb.index import EntityIndex
         from onegen.model import OneGen
         from onegen.pipeline.linking import SAMPLE_KB, ensure_index, popularity_prior
@@ -119,6 +120,7 @@ class OneGenLinker:
         self.nil_threshold = DEFAULT_NIL_THRESHOLD if nil_threshold is None else nil_threshold  # cosine below: NIL
         self.batch_size = batch_size  # texts per model batch
         self.top_k = top_k  # candidates per mention the priors may re-rank
+        self.mention_bias = mention_bias  # logits added to opening a mention while decoding (0: the model's own choice)
 
     def link(self, texts: list[str]) -> list[list[Annotation]]:
         """One list of annotations per text (code-point offsets, entity id or None for NIL)."""
@@ -126,7 +128,8 @@ class OneGenLinker:
 
     def retrieve(self, texts: list[str]) -> list[list[Retrieved]]:
         """The marked mentions of each text with their top-k candidates, before NIL and the priors."""
-        return retrieve_texts(self.onegen, texts, self.index, top_k=self.top_k, batch_size=self.batch_size)
+        onegen = partial(self.onegen, mention_bias=self.mention_bias) if self.mention_bias else self.onegen
+        return retrieve_texts(onegen, texts, self.index, top_k=self.top_k, batch_size=self.batch_size)
 
     def decide(self, mentions: list[Retrieved]) -> list[Annotation]:
         """The annotations of one text's retrieved mentions, with this linker's NIL threshold and priors."""

@@ -125,6 +125,27 @@ def test_pick_takes_the_models_best_allowed_token(tokenizer, rule):
     assert rule.pick(state, wrong, lambda: logits) == space_borg
 
 
+def test_a_mention_bias_opens_a_mention_the_model_nearly_chose(tokenizer):
+    def rule_with(bias):
+        return CopyRule(token_bytes(tokenizer), [SOURCE], _id(tokenizer, "[LK]"), _id(tokenizer, "[_CONTINUE_]"),
+                        {tokenizer.eos_token_id}, mention_bias=bias)
+
+    [space_lt] = tokenizer(" <", add_special_tokens=False).input_ids
+    copy = tokenizer(" Payne", add_special_tokens=False).input_ids[0]
+    logits = torch.zeros(len(tokenizer))
+    logits[copy], logits[space_lt] = 3.0, 1.5  # the model would rather copy " Payne" than open a mention
+    before_payne = _walk(rule_with(0.0), tokenizer("Björn Borg beat", add_special_tokens=False).input_ids)
+    assert rule_with(0.0).pick(before_payne, [copy, space_lt], lambda: logits) == copy
+    assert rule_with(1.0).pick(before_payne, [copy, space_lt], lambda: logits) == copy  # 1.5 + 1 < 3
+    assert rule_with(2.0).pick(before_payne, [copy, space_lt], lambda: logits) == space_lt  # 1.5 + 2 >= 3
+    # the bias never opens where the rule forbids it (inside a word) nor boosts a token that only copies
+    lt = tokenizer("<", add_special_tokens=False).input_ids[0]
+    inside_payne = _walk(rule_with(0.0), tokenizer("Björn Borg beat Pay", add_special_tokens=False).input_ids)
+    ne = tokenizer("ne", add_special_tokens=False).input_ids[0]
+    logits[ne], logits[lt] = 1.0, 0.9
+    assert rule_with(10.0).pick(inside_payne, [lt, ne], lambda: logits) == ne
+
+
 def _markup_model(tokenizer, seed):
     """A float64 random model that often wants to write "<" (so it opens and closes mentions)."""
     model = tiny_model(len(tokenizer), tie=False, seed=seed)

@@ -153,3 +153,18 @@ def test_default_model_annotates_a_sentence():
         assert a.generated_tokens > 0 and a.marked
         assert all(text[m.start : m.end] == m.surface and m.vector.shape == (onegen.hidden_size,) for m in a.mentions)
     assert {"Germany", "France", "Paris"} <= {m.surface for m in copy[0].mentions}  # the trained default marks them
+
+
+@pytest.mark.slow
+def test_a_mention_bias_marks_the_names_the_default_model_half_believes():
+    onegen = OneGen.from_pretrained(None, device="cpu")
+    text = "Andre Joubert and Gail Devers met KeyCorp officials in Hubei on Labour Day."
+    (plain,) = annotate(onegen, [text], max_new_tokens=120)
+    (biased,) = annotate(onegen, [text], max_new_tokens=120, mention_bias=2.0)
+    (greedy,) = annotate(onegen, [text], max_new_tokens=120, mention_bias=2.0, decoder="greedy")
+    assert {"Gail Devers", "KeyCorp", "Labour Day"}.isdisjoint(m.surface for m in plain.mentions)
+    assert {"Gail Devers", "KeyCorp", "Hubei", "Labour Day"} <= {m.surface for m in biased.mentions}
+    assert all(text[m.start : m.end] == m.surface for m in biased.mentions)
+    assert biased.marked == greedy.marked  # both decoders apply the bias alike
+    with pytest.raises(ValueError, match="needs the copy rule"):
+        annotate(onegen, [text], mention_bias=2.0, constrain=False)

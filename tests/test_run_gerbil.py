@@ -200,6 +200,7 @@ class CandidateLinker(OneGenLinker):
     def __init__(self, nil_threshold: float):  # no model, no index to load
         self.onegen, self.index = FakeOneGen(), kb_search(["Germany", "Paris", "London"])
         self.nil_threshold, self.alias_prior, self.popularity, self.batch_size, self.top_k = nil_threshold, None, None, 8, 3
+        self.mention_bias = 0.0
 
 
 def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeypatch):

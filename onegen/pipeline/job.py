@@ -48,6 +48,7 @@ class JobConfig:
     nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine below which a mention is NIL
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
     popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
+    mention_bias: float = 0.0  # logits added to opening a mention while decoding (more mentions, slower)
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run

@@ -81,7 +81,8 @@ def prepare_linking(config: JobConfig) -> Linking:
     client = RayIndexClient(directory, fingerprint, expect_dim=dim, num_cpus=SHARD_CPUS)  # refuses a mismatched index
     return Linking(
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
-        make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1),
+        make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
+                               config.mention_bias),
         retriever=client,
         model_id=model_id(fingerprint),
         index_id=index_id((directory / MANIFEST_NAME).read_bytes()),

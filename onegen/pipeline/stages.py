@@ -39,15 +39,16 @@ class Retriever(Protocol):
         """Release what serves the index (shard actors)."""
 
 
-def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool = False) -> Annotate:
+def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool = False,
+                     mention_bias: float = 0.0) -> Annotate:
     """Load OneGen once (in the replica; on its GPU when it has one, its layers spread over its GPUs with
-    `split_over_gpus`) and return its batched annotate call."""
+    `split_over_gpus`) and return its batched annotate call (`mention_bias`: onegen.inference.annotate)."""
     from onegen.model import OneGen
 
     onegen = OneGen.from_pretrained(model, split_over_gpus=split_over_gpus)
 
     def annotate(texts: list[str]) -> list[Annotated]:
-        return onegen(texts, batch_size=batch_size)
+        return onegen(texts, batch_size=batch_size, mention_bias=mention_bias)
 
     return annotate
 
