@@ -20,11 +20,12 @@ from pathlib import Path
 from kb.aliases import AliasTable
 from kb.jsonl import iter_kb
 
-# Cosine below which a mention is NIL, and the priors' weights: picked on AIDA testa for the trained
-# default (bench/gpu_score.py); another model should tune its own (eval/run_gerbil.py --nil-threshold).
+# Cosine below which a mention is NIL, and the priors' weights: picked together on AIDA testa for the
+# trained default (bench/gpu_score.py grid); another model should tune its own (eval/run_gerbil.py
+# --nil-threshold, --popularity-weight).
 DEFAULT_NIL_THRESHOLD = 0.75
-DEFAULT_PRIOR_WEIGHT = 0.2
-DEFAULT_POPULARITY_WEIGHT = 0.0
+DEFAULT_PRIOR_WEIGHT = 0.3
+DEFAULT_POPULARITY_WEIGHT = 0.3
 
 
 @dataclass
