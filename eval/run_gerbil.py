@@ -32,6 +32,7 @@ from eval.types import Document  # noqa: E402
 USER_ERRORS = (OSError, ValueError, ImportError)
 EXIT_USER_ERROR = 2
 MIN_LINK_CHUNK = 64  # documents per linker call in `run`, so the progress bar moves
+PROGRESS_LOG_SECONDS = 30  # off a terminal (nohup, a job's log), the progress bar is redrawn this seldom
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:
@@ -106,14 +107,16 @@ def load_datasets(args: argparse.Namespace) -> list[tuple[str, list[Document]]]:
 
 
 def link_documents(linker: Linker, docs: list[Document], chunk: int, desc: str, candidates=None) -> dict[str, list]:
-    """doc_id -> predicted annotations, linking `chunk` documents per call with a progress bar on stderr.
+    """doc_id -> predicted annotations, linking `chunk` documents per call with a progress bar on stderr
+    (also into a log, redrawn there at most every PROGRESS_LOG_SECONDS).
 
     With `candidates` (a text file open for writing), each document's mentions and their top-k
     candidates are written there too, one JSON line per document under the dataset name `desc`."""
     from tqdm import tqdm
 
     pred: dict[str, list] = {}
-    with tqdm(total=len(docs), desc=desc, unit="doc", file=sys.stderr, disable=None) as bar:
+    interval = 0.1 if sys.stderr.isatty() else PROGRESS_LOG_SECONDS
+    with tqdm(total=len(docs), desc=desc, unit="doc", file=sys.stderr, mininterval=interval) as bar:
         for i in range(0, len(docs), chunk):
             batch = docs[i:i + chunk]
             texts = [d.text for d in batch]

@@ -129,8 +129,10 @@ def test_run_baseline_on_a_dataset_file(tmp_path, capsys):
     # baseline: German, Helmut Kohl (aliases), Brussels, London (KB titles), Paris (alias) right;
     # Bill Clinton and Angela Merkel found but NIL -> InKB TP 5, FP 0, FN 2
     # micro P 100, R 5/7 = 71.43, F1 10/12 = 83.33; macro F1 = mean(6/7, 4/5) = 82.86
-    row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny"))
+    captured = capsys.readouterr()
+    row = next(l for l in captured.out.splitlines() if l.startswith("tiny"))
     assert row.split() == ["tiny", "2", "7", "100.00", "71.43", "83.33", "82.86", row.split()[-1]]
+    assert "tiny: 100%" in captured.err and "2/2" in captured.err  # progress reaches a log too, not only a terminal
     result = json.loads((tmp_path / "run.json").read_text())
     [dataset] = result["datasets"]
     assert dataset["dataset"] == "tiny" and dataset["docs"] == 2 and dataset["gold_inkb"] == 7
