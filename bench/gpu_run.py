@@ -196,7 +196,8 @@ class Trainer:
             load_trained_weights(model, init, lora=config.lora is not None)
         self.onegen.model = model
         self.onegen.device = device
-        self.module = OneGenLoss(model, self.onegen.token_ids, config.loss, config.temperature).to(device)
+        self.module = OneGenLoss(model, self.onegen.token_ids, config.loss, config.temperature,
+                                 config.retrieval_weight).to(device)
         self.examples = examples  # as built; mining rewrites copies of them
         self.collator = OneGenCollator(self.onegen.tokenizer, self.onegen.token_ids, entities,
                                        num_negatives=config.num_negatives, seed=config.seed)
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the default run (default: %(default)s)")
     parser.add_argument("--loss", choices=["bpr", "infonce"], default=None,
                         help="retrieval loss of the default run (default: bench/gpu_prepare.py's, BPR)")
+    parser.add_argument("--retrieval-weight", type=float, default=1.0,
+                        help="weight of the default run's retrieval loss next to the CE's 1 (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, LoRA runs (default: %(default)s)")
     parser.add_argument("--full-lr", type=float, default=5e-5, help="peak learning rate, full fine-tuning")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step (default: %(default)s)")
@@ -323,7 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     # 1. The default: LoRA + BPR (or --loss); --epochs 0 skips it.
     epoch_seconds = eval_seconds = None
     if args.epochs > 0:
-        main_config = replace(base_config, epochs=args.epochs, lr=args.lr, loss=args.loss or base_config.loss)
+        main_config = replace(base_config, epochs=args.epochs, lr=args.lr, loss=args.loss or base_config.loss,
+                              retrieval_weight=args.retrieval_weight)
         trainer = Trainer(main_config, examples, entities, device, init=args.init)
         redirects_file = args.data / "redirects.tsv"
         canonical = Redirects.from_tsv(redirects_file).resolve if redirects_file.is_file() else str

@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     add("--lora-alpha", type=int, default=None, help="LoRA alpha (default 2 * rank)")
     add("--loss", choices=RETRIEVAL_KINDS, default=DEFAULTS.loss, help="retrieval loss (default bpr)")
+    add("--retrieval-weight", type=float, default=DEFAULTS.retrieval_weight, metavar="W",
+        help="weight of the retrieval loss next to the generation CE's 1 (lambda_ret, default 1); below 1 keeps "
+             "more of the mention marking when the negatives are hard (--mine-negatives)")
     add("--epochs", type=int, default=DEFAULTS.epochs)
     add("--lr", type=float, default=None, help="peak learning rate (default 2e-4 LoRA, 5e-5 full)")
     add("--max-length", type=int, default=DEFAULTS.max_length, help="tokens per training example")
@@ -71,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         train=args.train, split=split(args.split), kb=args.kb, aliases=args.aliases, base=args.base,
         output=args.output, lora=None if args.full else args.lora, lora_alpha=args.lora_alpha, loss=args.loss,
+        retrieval_weight=args.retrieval_weight,
         epochs=args.epochs, lr=args.lr, max_length=args.max_length, batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         gradient_checkpointing=not args.use_gpu if args.gradient_checkpointing is None else args.gradient_checkpointing,
@@ -83,7 +87,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(parse_args(argv))
+    try:
+        config = config_from_args(parse_args(argv))
+    except ValueError as e:  # a bad setting (--epochs 0, --retrieval-weight 0, ...): one line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import ray
 

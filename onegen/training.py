@@ -65,6 +65,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     loss: str = "bpr"  # retrieval loss: "bpr" (4 hard negatives per anchor) or "infonce" (in-batch)
     temperature: float = 0.02  # InfoNCE temperature
+    retrieval_weight: float = 1.0  # lambda_ret: the retrieval loss's weight next to the generation CE's 1
     epochs: int = 1
     lr: float | None = None  # peak learning rate; None = 2e-4 with LoRA, 5e-5 for full fine-tuning
     weight_decay: float = 0.0  # AdamW decoupled weight decay
@@ -105,6 +106,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mine_negatives and self.strategy == "fsdp":
             raise ValueError("mine_negatives runs the whole model on each worker, which FSDP shards: use strategy 'ddp'")
+        if not self.retrieval_weight > 0:
+            raise ValueError(f"retrieval_weight must be > 0 (0 would train no retrieval), got {self.retrieval_weight}")
         if self.lora is not None and self.lora < 1:
             raise ValueError(f"lora rank must be >= 1 (or None for full fine-tuning), got {self.lora}")
 
@@ -203,17 +206,20 @@ class OneGenLoss(nn.Module):
     """The model with its OneGen loss as one module: DDP and FSDP wrap this, so their forward runs around
     `compute_loss` (which calls the decoder and the LM head itself, not the model's own forward)."""
 
-    def __init__(self, model: nn.Module, token_ids: TokenIds, kind: str = "bpr", temperature: float = 0.02):
+    def __init__(self, model: nn.Module, token_ids: TokenIds, kind: str = "bpr", temperature: float = 0.02,
+                 retrieval_weight: float = 1.0):
         super().__init__()
         self.model = model
         self.token_ids = token_ids
         self.kind = kind
         self.temperature = temperature
+        self.retrieval_weight = retrieval_weight  # lambda_ret
 
     def forward(self, batch):
         from onegen.train_step import compute_loss
 
-        return compute_loss(self.model, batch, self.token_ids, kind=self.kind, temperature=self.temperature)
+        return compute_loss(self.model, batch, self.token_ids, kind=self.kind, temperature=self.temperature,
+                            lambda_ret=self.retrieval_weight)
 
 
 def _is_fsdp(model: nn.Module) -> bool:
@@ -494,7 +500,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     onegen.model = model  # save_pretrained sees the PEFT model (adapter + token rows)
     sharded = config.strategy == "fsdp" and world > 1
     model = ray.train.torch.prepare_model(  # [3] Ray: move to the worker's device, wrap in DDP / FSDP
-        OneGenLoss(model, onegen.token_ids, config.loss, config.temperature),
+        OneGenLoss(model, onegen.token_ids, config.loss, config.temperature, config.retrieval_weight),
         move_to_device=not sharded,  # FSDP moves each shard itself
         parallel_strategy=config.strategy,
         parallel_strategy_kwargs=fsdp_kwargs(model, device) if sharded else None,

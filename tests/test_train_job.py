@@ -301,6 +301,14 @@ def test_mining_run_records_the_models_ranking_each_epoch(tmp_path, files):
     assert "mined_gold_first" in (output / CARD_FILE).read_text()
 
 
+def load_train_cli():
+    """jobs/train.py as a module (it is a script, not a package member)."""
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "jobs" / "train.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
 @pytest.mark.parametrize("flags, recomputes", [
     ([], True),  # on CPU by default: packed AIDA windows would otherwise run a 23 GB machine out of memory
     (["--no-gradient-checkpointing"], False),
@@ -308,8 +316,23 @@ def test_mining_run_records_the_models_ranking_each_epoch(tmp_path, files):
     (["--use-gpu", "--gradient-checkpointing"], True),
 ])
 def test_cli_recomputes_activations_on_cpu_unless_told_not_to(flags, recomputes):
-    spec = importlib.util.spec_from_file_location("train_cli", REPO / "jobs" / "train.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_train_cli()
     config = cli.config_from_args(cli.parse_args(["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o", *flags]))
     assert config.gradient_checkpointing is recomputes
+
+
+def test_cli_retrieval_weight_reaches_the_config_and_must_be_positive():
+    cli = load_train_cli()
+    args = ["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o"]
+    assert cli.config_from_args(cli.parse_args(args)).retrieval_weight == 1.0
+    assert cli.config_from_args(cli.parse_args([*args, "--retrieval-weight", "0.3"])).retrieval_weight == 0.3
+    with pytest.raises(ValueError, match="retrieval_weight must be > 0"):
+        cli.config_from_args(cli.parse_args([*args, "--retrieval-weight", "0"]))
+
+
+def test_cli_reports_a_bad_setting_in_one_line(capsys):
+    cli = load_train_cli()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o", "--epochs", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: epochs must be >= 1, got 0"

@@ -85,3 +85,16 @@ def test_models_that_transform_logits_are_refused(setup):
             compute_loss(model, batch, ids)
     finally:
         model.config.final_logit_softcapping = None
+
+
+def test_training_module_weights_the_retrieval_loss(setup):
+    """OneGenLoss, what the training job steps on, scales only the retrieval part by its retrieval weight."""
+    from onegen.training import OneGenLoss
+
+    model, ids, batch = setup
+    with torch.no_grad():
+        plain = OneGenLoss(model, ids, "infonce")(batch)
+        weighted = OneGenLoss(model, ids, "infonce", retrieval_weight=0.25)(batch)
+    assert torch.allclose(plain.total, plain.generation + plain.retrieval, atol=1e-6)
+    assert torch.allclose(weighted.generation, plain.generation) and torch.allclose(weighted.retrieval, plain.retrieval)
+    assert torch.allclose(weighted.total, plain.generation + 0.25 * plain.retrieval, atol=1e-6)
