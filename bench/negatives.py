@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shortlist", type=int, default=16, help="entities per mention re-ranked")
     parser.add_argument("--loss", choices=["bpr", "infonce"], default="infonce")
     parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--retrieval-weight", type=float, default=TrainConfig.retrieval_weight,
+                        help="weight of the retrieval loss next to the language-model loss's 1 (default: %(default)s)")
     parser.add_argument("--runs", default="start,built,mined",
                         help="which rows to train and rank: start (no training), built, mined (default: %(default)s)")
     parser.add_argument("--save", type=Path, default=None,
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
 
     config = TrainConfig(train=str(args.data_dir), kb=str(kb_file), output=str(args.save or ""), aliases=str(alias_file),
                          base=DEFAULT_MODEL_NAME,
-                         loss=args.loss, lr=args.lr, batch_size=1, epochs=1, seed=args.seed, num_negatives=NUM_NEGATIVES,
+                         loss=args.loss, lr=args.lr, retrieval_weight=args.retrieval_weight,
+                         batch_size=1, epochs=1, seed=args.seed, num_negatives=NUM_NEGATIVES,
                          # a window of a results table has a hundred anchors, each with its entity rows: without
                          # recomputing activations one such window took the process past 23 GB (killed, seed 1)
                          gradient_checkpointing=True)
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                                      "train_tokens": sum(len(ex.input_ids) for ex in mined),
                                      "train_mentions": report.mentions, "kb_entities": len(entities)})
         trainer.free()
-    print(f"\n{args.loss}, lr {args.lr}, batch 1, one pass; shortlist: start model's top {args.shortlist} + gold; "
+    print(f"\n{args.loss}, lr {args.lr}, retrieval weight {args.retrieval_weight}, batch 1, one pass; "
+          f"shortlist: start model's top {args.shortlist} + gold; "
           f"{time.perf_counter() - started:.0f} s in all")
 
 
