@@ -1,6 +1,7 @@
 """Screen a trained model against a reference run on a few documents, before building its whole index.
 
-    python bench/screen.py --model DIR --reference FILE [--dataset aida-testa] [--docs 100] [--output FILE]
+    python bench/screen.py --model DIR --reference FILE [--dataset aida-testa] [--docs 100] [--mention-bias B]
+                           [--output FILE]
 
 Embedding the 78k-entity evaluation KB for a new model takes 106 min on 2 CPU cores. This script
 needs about 20 min: it embeds only the entities in the reference run's top-k for the first `--docs`
@@ -25,6 +26,7 @@ import json
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,15 +77,17 @@ def marking_and_ranking(gold: list[Document], runs: dict[str, dict[str, list[dic
 
 
 def screen_candidates(onegen: OneGen, docs: list[Document], entity_ids: list[str], kb_file: Path,
-                      batch_size: int) -> dict[str, list[dict]]:
-    """doc id -> mentions with their top-k, the model searching only `entity_ids` (embedded by it)."""
+                      batch_size: int, mention_bias: float = 0.0) -> dict[str, list[dict]]:
+    """doc id -> mentions with their top-k, the model decoding with `mention_bias` and searching only
+    `entity_ids` (embedded by it)."""
     wanted = set(entity_ids)
     entities = [e for e in read_kb(kb_file).entities if e.id in wanted]
     search = ExactSearch([e.id for e in entities], onegen.embed_entities(entities))
+    decode = partial(onegen, mention_bias=mention_bias) if mention_bias else onegen
     out = {}
     for start in range(0, len(docs), batch_size):
         batch = docs[start:start + batch_size]
-        found = retrieve_texts(onegen, [d.text for d in batch], search, top_k=TOP_K, batch_size=batch_size)
+        found = retrieve_texts(decode, [d.text for d in batch], search, top_k=TOP_K, batch_size=batch_size)
         out.update({d.doc_id: [m.to_dict() for m in mentions] for d, mentions in zip(batch, found)})
         print(f"decoded {start + len(batch)}/{len(docs)} documents", file=sys.stderr, flush=True)
     return out
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=100, help="its first N documents (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--mention-bias", type=float, default=0.0,
+                        help="decode the model with this mention bias, as `eval/run_gerbil.py run --mention-bias` "
+                             "(default: %(default)s)")
     parser.add_argument("--output", type=Path, help="also write the model's candidates here (.jsonl.gz)")
     args = parser.parse_args(argv)
     if args.docs < 1:
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(gold)} {args.dataset} documents, {len(entity_ids)} entities in the reference's top {TOP_K}",
           file=sys.stderr, flush=True)
     kb_file = args.data_dir / "kb" / "entities.jsonl"
-    screened = screen_candidates(OneGen.from_pretrained(args.model), gold, entity_ids, kb_file, args.batch_size)
+    screened = screen_candidates(OneGen.from_pretrained(args.model), gold, entity_ids, kb_file, args.batch_size,
+                                 args.mention_bias)
     if args.output:
         with gzip.open(args.output, "wt", encoding="utf-8") as f:
             f.writelines(json.dumps({"dataset": args.dataset, "doc_id": doc_id, "mentions": mentions}) + "\n"
@@ -130,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         raw = score(gold, link(docs, -math.inf, None), redirects=redirects).inkb.micro.f1
         s = spans[name]
         rows.append([name, s["marked"], pct(s["exact_span"]), f"{s['top1']:.3f} / {s['top10']:.3f}", pct(f1), pct(raw)])
-    print(f"{args.dataset}, first {len(gold)} documents; the model searched only the reference's top-{TOP_K} "
-          f"entities ({time.perf_counter() - started:.0f} s)")
+    print(f"{args.dataset}, first {len(gold)} documents; the model (mention bias {args.mention_bias:g}) searched "
+          f"only the reference's top-{TOP_K} entities ({time.perf_counter() - started:.0f} s)")
     print(format_table(["run", "mentions marked", "gold links, exact span marked (%)",
                         f"top-1 / top-10 on the {spans['model']['common_spans']} spans both mark",
                         "F1, shipped settings", "F1, no prior or NIL"], rows))

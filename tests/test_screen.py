@@ -1,11 +1,14 @@
 """bench/screen.py: marking and ranking counted apart, and clear errors before any model is loaded."""
 import gzip
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from bench.screen import main, marking_and_ranking
+from bench.screen import main, marking_and_ranking, screen_candidates
 from eval.types import Annotation, Document
+from onegen.pipeline.linking import SAMPLE_KB
 
 TEXT = "Paris met Berlin and Rome in Oslo."
 
@@ -50,3 +53,31 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, args, error):
         main(["--model", "m", "--reference", str(tmp_path / "missing.jsonl.gz"), *args])
     assert exit_.value.code == 2
     assert error in capsys.readouterr().err
+
+
+class RecordingModel:
+    """Stands in for OneGen: embeds entities as one-hot rows and marks "Paris" in every text, recording
+    the keyword arguments each decoding call gets."""
+
+    def __init__(self):
+        self.calls = []
+
+    def embed_entities(self, entities):
+        return np.eye(len(entities), 4, dtype=np.float32)
+
+    def __call__(self, texts, batch_size=8, **kwargs):
+        self.calls.append(kwargs)
+        paris = SimpleNamespace(start=0, end=5, surface="Paris", vector=np.array([0, 1, 0, 0], np.float32))
+        return [SimpleNamespace(mentions=[paris]) for _ in texts]
+
+
+@pytest.mark.parametrize("bias, passed", [(0.0, {}), (1.5, {"mention_bias": 1.5})])
+def test_the_screen_decodes_with_the_mention_bias_asked_for_and_searches_only_the_given_entities(bias, passed):
+    model = RecordingModel()
+    docs = [Document(f"d{i}", TEXT, []) for i in range(3)]
+    out = screen_candidates(model, docs, ["Germany", "France", "Atlantis"], SAMPLE_KB, batch_size=2,
+                            mention_bias=bias)
+    assert model.calls == [passed, passed]  # two batches of at most two documents
+    assert set(out) == {"d0", "d1", "d2"}
+    # the KB order is France, Germany (Atlantis is not in it): the vector picks Germany first
+    assert [e for e, _ in out["d0"][0]["candidates"]] == ["Germany", "France"]
