@@ -18,7 +18,7 @@ allows it:
 2. the ablations, one epoch each from the base model, testa candidates: `lora-infonce-e1` and
    `full-bpr-e1` by default (`--ablations`; `--epochs 0` skips the default run, so that e.g.
    `--epochs 0 --ablations lora-bpr,lora-infonce,full-infonce` compares the losses and LoRA against
-   full fine-tuning at the same budget).
+   full fine-tuning at the same budget; `--retrieval-weight` applies to these runs too).
 
 Candidates are found as `eval/run_gerbil.py run --linker onegen` finds them (onegen.inference.annotate
 over the given windows, then exact cosine top-k over every KB entity's [SE] vector), computed in
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", choices=["bpr", "infonce"], default=None,
                         help="retrieval loss of the default run (default: bench/gpu_prepare.py's, BPR)")
     parser.add_argument("--retrieval-weight", type=float, default=1.0,
-                        help="weight of the default run's retrieval loss next to the CE's 1 (default: %(default)s)")
+                        help="weight of every run's retrieval loss next to the CE's 1 (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, LoRA runs (default: %(default)s)")
     parser.add_argument("--full-lr", type=float, default=5e-5, help="peak learning rate, full fine-tuning")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step (default: %(default)s)")
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
             results.save()
             continue
         config = replace(base_config, epochs=1, loss=loss, lora=None if lora == "full" else base_config.lora,
-                         lr=args.full_lr if lora == "full" else args.lr)
+                         lr=args.full_lr if lora == "full" else args.lr, retrieval_weight=args.retrieval_weight)
         trainer = Trainer(config, examples, entities, device)
         seconds = trainer.epoch()["epoch_seconds"]
         record(f"{name}-e1", trainer)
