@@ -39,6 +39,7 @@ from eval.scorer import score  # noqa: E402
 from eval.types import Document  # noqa: E402
 from kb.jsonl import read_kb  # noqa: E402
 from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, PopularityPrior  # noqa: E402
+from onegen.default_model import DEFAULT_MENTION_BIAS  # noqa: E402
 from onegen.linker import ExactSearch, retrieve_texts  # noqa: E402
 from onegen.model import OneGen  # noqa: E402
 
@@ -102,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=100, help="its first N documents (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--mention-bias", type=float, default=0.0,
+    parser.add_argument("--mention-bias", type=float, default=DEFAULT_MENTION_BIAS,
                         help="decode the model with this mention bias, as `eval/run_gerbil.py run --mention-bias` "
-                             "(default: %(default)s)")
+                             "(default: the product's, %(default)s; 0: the model's own choice)")
     parser.add_argument("--output", type=Path, help="also write the model's candidates here (.jsonl.gz)")
     args = parser.parse_args(argv)
     if args.docs < 1:

@@ -215,7 +215,7 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the linker's)")
     parser.add_argument("--mention-bias", type=float,
                         help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
-                             "(recall for precision, and slower; default: 0)")
+                             "(recall for precision, and slower; 0: the model's own choice; default: the linker's, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                              "(default: %(default)s; 0 turns it off)")
     parser.add_argument("--mention-bias", type=float, default=defaults.mention_bias,
                         help="logits added to opening a mention while decoding: above 0 the model marks more mentions "
-                             "(recall for precision; slower) (default: %(default)s)")
+                             "(recall for precision; slower); the default was chosen for the default model, 0 is the model's own "
+                             "choice (default: %(default)s)")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output (writes only missing rows)")
     parser.add_argument("--incremental", action="store_true", help="process only input files new or changed since the last run")

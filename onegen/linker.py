@@ -19,6 +19,7 @@ import numpy as np
 
 from eval.types import Annotation
 from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior, decide
+from onegen.default_model import DEFAULT_MENTION_BIAS
 
 LOG = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class OneGenLinker:
 
     def __init__(self, model: str | None = None, kb: str | None = None, index: str | None = None, batch_size: int = 8,
                  nil_threshold: float | None = None, aliases: str | None = None, top_k: int = 10,
-                 popularity_weight: float | None = None, mention_bias: float = 0.0):
+                 popularity_weight: float | None = None, mention_bias: float | None = None):
         from kb.index import EntityIndex
         from onegen.model import OneGen
         from onegen.pipeline.linking import SAMPLE_KB, ensure_index, popularity_prior
@@ -120,7 +121,8 @@ class OneGenLinker:
         self.nil_threshold = DEFAULT_NIL_THRESHOLD if nil_threshold is None else nil_threshold  # cosine below: NIL
         self.batch_size = batch_size  # texts per model batch
         self.top_k = top_k  # candidates per mention the priors may re-rank
-        self.mention_bias = mention_bias  # logits added to opening a mention while decoding (0: the model's own choice)
+        # logits added to opening a mention while decoding (0: the model's own choice)
+        self.mention_bias = DEFAULT_MENTION_BIAS if mention_bias is None else mention_bias
 
     def link(self, texts: list[str]) -> list[list[Annotation]]:
         """One list of annotations per text (code-point offsets, entity id or None for NIL)."""

@@ -7,6 +7,7 @@ from kb.index import EntityIndex
 from kb.types import Entity
 from link_fakes import ENTITIES, fake_annotate, vector
 from onegen.decide import AliasPrior
+from onegen.default_model import DEFAULT_MENTION_BIAS
 from onegen.linker import ExactSearch, OneGenLinker, link_texts
 
 
@@ -87,6 +88,16 @@ def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
     for annotation in out[0]:  # a random model marks whatever it marks; every span must be exact and linked
         assert texts[0][annotation.start:annotation.end] == annotation.surface
         assert annotation.entity_id in {"Paris", "Rome"}
+
+    def recorded(linker):  # the options the linker decodes with
+        calls = []
+        linker.onegen = lambda texts, **options: calls.append(options) or []
+        linker.retrieve(["Paris."])
+        return calls
+
+    assert recorded(linker) == [{"batch_size": 8, "mention_bias": DEFAULT_MENTION_BIAS}]  # the product's decoding
+    unbiased = OneGenLinker(model=str(tmp_path / "model"), index=str(tmp_path / "index"), mention_bias=0.0)
+    assert recorded(unbiased) == [{"batch_size": 8}]  # the model's own choice
 
 
 @pytest.mark.ray

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 import ray
 
 from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior
+from onegen.default_model import DEFAULT_MENTION_BIAS
 from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, content_hash, resolve_input, scan_inputs
 from onegen.pipeline.outputs import METRICS_FILE, AtomicParquetSink, Manifest, Output, done_rows, drop_sources
 from onegen.pipeline.stages import Annotate, AnnotateStage, Linker, Retriever
@@ -48,7 +49,7 @@ class JobConfig:
     nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine below which a mention is NIL
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
     popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
-    mention_bias: float = 0.0  # logits added to opening a mention while decoding (more mentions, slower)
+    mention_bias: float = DEFAULT_MENTION_BIAS  # logits added to opening a mention while decoding (0: the model's own)
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run
