@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     add("--lora-alpha", type=int, default=None, help="LoRA alpha (default 2 * rank)")
     add("--loss", choices=RETRIEVAL_KINDS, default=DEFAULTS.loss, help="retrieval loss (default bpr)")
+    add("--init", default=None, metavar="DIR",
+        help="continue training a saved model of the same kind (e.g. onegen/default_adapter with --lora 16): its "
+             "weights, this run's learning-rate schedule (default: start from --base)")
     add("--retrieval-weight", type=float, default=DEFAULTS.retrieval_weight, metavar="W",
         help="weight of the retrieval loss next to the generation CE's 1 (lambda_ret, default 1); below 1 keeps "
              "more of the mention marking when the negatives are hard (--mine-negatives)")
@@ -71,8 +74,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     def split(value):
         return None if value == "all" else value
 
+    if args.init and not Path(args.init).is_dir():
+        raise ValueError(f"--init {args.init}: no such folder (a saved model: an adapter or full weights)")
     return TrainConfig(
-        train=args.train, split=split(args.split), kb=args.kb, aliases=args.aliases, base=args.base,
+        train=args.train, split=split(args.split), kb=args.kb, aliases=args.aliases, base=args.base, init=args.init,
         output=args.output, lora=None if args.full else args.lora, lora_alpha=args.lora_alpha, loss=args.loss,
         retrieval_weight=args.retrieval_weight,
         epochs=args.epochs, lr=args.lr, max_length=args.max_length, batch_size=args.batch_size,

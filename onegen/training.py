@@ -58,6 +58,7 @@ class TrainConfig:
     kb: str  # KB JSONL (DESIGN section 4): positives and negatives are drawn from it
     output: str  # folder of the final model (adapter or full weights), tokenizer and model card
     base: str = DEFAULT_MODEL_NAME  # base model: embedded default name, model folder or cached hub id
+    init: str | None = None  # saved model of the same kind (adapter or full weights) to start from; None: the base
     split: str | None = "train"  # AIDA split of `train` (None: every document; must be None for NIF)
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for hard negatives (same-alias entities)
     lora: int | None = 16  # LoRA rank on every linear layer; None = full fine-tuning
@@ -497,6 +498,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             load_model_state(model, Path(folder), config)
+    elif config.init:  # continue a saved model: its weights, this run's learning-rate schedule
+        load_trained_weights(model, Path(config.init), lora=config.lora is not None)
     onegen.model = model  # save_pretrained sees the PEFT model (adapter + token rows)
     sharded = config.strategy == "fsdp" and world > 1
     model = ray.train.torch.prepare_model(  # [3] Ray: move to the worker's device, wrap in DDP / FSDP
@@ -680,7 +683,7 @@ def train(config: TrainConfig) -> TrainResult:
     tokenizer.save_pretrained(output)  # the tokenizer with the OneGen tokens, beside adapter or weights
     (output / ARGS_FILE).write_text(json.dumps(asdict(config), indent=1))
     write_model_card(output / CARD_FILE, config, progress, data["sizes"], best_metrics,
-                     driver_seconds=time.perf_counter() - started)
+                     driver_seconds=time.perf_counter() - started, init=config.init)
     return TrainResult(output=output, checkpoint=Path(best.path), progress=progress, data=data["sizes"])
 
 

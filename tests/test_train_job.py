@@ -301,6 +301,40 @@ def test_mining_run_records_the_models_ranking_each_epoch(tmp_path, files):
     assert "mined_gold_first" in (output / CARD_FILE).read_text()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_init_continues_training_from_a_saved_adapter(tmp_path, files):
+    """--init DIR: the run starts from that adapter (at a vanishing learning rate it ends there too), and the
+    card and training_args name it."""
+    onegen = OneGen.from_pretrained(files["base"], device="cpu")
+    model = make_trainable(onegen.model, onegen.token_ids, tiny_config(files, tmp_path / "unused"))
+    with torch.no_grad():  # far from a fresh adapter, whose LoRA B matrices are zero
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn_like(param))
+    onegen.model = model
+    onegen.save_pretrained(tmp_path / "init")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_object_store_memory": str(200 * 2**20)}
+    output = tmp_path / "out"
+    done = subprocess.run([*_cli(files, output, "--init", str(tmp_path / "init")), "--epochs", "1", "--lr", "1e-12"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert done.returncode == 0, done.stdout.decode(errors="replace")[-3000:]
+    started, ended = load_file(tmp_path / "init" / "adapter_model.safetensors"), load_file(output / "adapter_model.safetensors")
+    assert started.keys() == ended.keys()
+    for name in started:
+        torch.testing.assert_close(ended[name], started[name], atol=1e-6, rtol=0, msg=name)
+    assert f"Training continued from `{tmp_path / 'init'}`" in (output / CARD_FILE).read_text()
+    assert json.loads((output / "training_args.json").read_text())["init"] == str(tmp_path / "init")
+
+
+def test_cli_refuses_an_init_folder_that_does_not_exist(tmp_path, capsys):
+    cli = load_train_cli()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o", "--init", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: --init {tmp_path / 'missing'}: no such folder (a saved model: an adapter or full weights)"
+
+
 def load_train_cli():
     """jobs/train.py as a module (it is a script, not a package member)."""
     spec = importlib.util.spec_from_file_location("train_cli", REPO / "jobs" / "train.py")
