@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from kb.io import atomic_output, sha256_file
+from kb.jsonl import is_one_line
 from kb.manifest import DTYPES, IndexCorruptError, IndexMismatchError, IndexSpec, Manifest, ShardInfo
 from kb.manifest import fingerprints_match
 
@@ -217,13 +218,19 @@ class IndexShard:
         return cls(ids=ids, index=index, offset=sum(s.count for s in manifest.shards[:shard_no]))
 
 
+def check_ids(ids: Sequence[str]) -> None:
+    """Refuse ids that ids.txt could not give back: empty, or holding a line break (it is read with splitlines)."""
+    bad = [i for i in ids if not is_one_line(i)]
+    if bad:
+        raise ValueError(f"entity ids must be non-empty and hold no line break (\\n, \\r, \\u2028, \\x85, ...), got {bad[:3]!r}; "
+                         "read the KB with kb.jsonl.read_kb, which skips such lines")
+
+
 def write_shard(
     directory: Path, name: str, revision: int, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index | None
 ) -> ShardInfo:
     """Write one shard's files (atomically each) and return its manifest entry."""
-    bad = [i for i in ids if "\n" in i or not i]
-    if bad:
-        raise ValueError(f"entity ids must be non-empty and contain no newline, got {bad[:3]!r}")
+    check_ids(ids)
     files = {}
     with atomic_output(directory / shard_file(name, revision, "ids")) as f:
         f.write("".join(f"{i}\n" for i in ids))
@@ -323,6 +330,7 @@ class EntityIndex:
             raise ValueError(f"num_shards must be between 1 and the entity count {n}, got {num_shards}")
         if len(set(ids)) != n:
             raise ValueError("entity ids must be unique; deduplicate the KB (kb.jsonl.read_kb does)")
+        check_ids(ids)  # before any file is written
         started = time.perf_counter()
         directory.mkdir(parents=True, exist_ok=True)
         pca_entry = None
@@ -373,6 +381,7 @@ class EntityIndex:
             raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {len(vectors)}")
         if len(set(ids)) != len(ids):
             raise ValueError("update ids must be unique; deduplicate the delta KB (kb.jsonl.read_kb does)")
+        check_ids(ids)  # before any file is written
         manifest = self.manifest
         revision = manifest.revision + 1
         x = prepare_queries(vectors, manifest, self.pca).astype(manifest.dtype)  # (M, dim)

@@ -3,13 +3,15 @@
 A line is `{"id": ..., "title": ..., "description": ..., "aliases": [...], "popularity": N}`; only `id`
 is required (`title` defaults to the id with `_` as spaces, `description` to "" meaning the title
 is used). Problems are counted in a `KbReport` with their line numbers: a bad JSON line or a line
-without a usable id is skipped (fatal in strict mode); a duplicate id keeps its first line or is
-fatal, by option.
+without a usable id is skipped (fatal in strict mode); so is an id that holds a line break of any
+kind (`str.splitlines` splits on it: the index stores ids one a line) and a popularity that is not
+a finite count >= 0. A duplicate id keeps its first line or is fatal, by option.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,11 +75,18 @@ class KbReadResult:
     report: KbReport  # what was skipped and why
 
 
+def is_one_line(text: str) -> bool:
+    """True when `text` is non-empty and holds no line break of any kind (`str.splitlines` keeps it whole)."""
+    return text.splitlines() == [text]
+
+
 def entity_from_dict(obj: dict) -> Entity:
     """An `Entity` from one parsed JSON line; raises ValueError naming the field that is wrong."""
     entity_id = obj.get("id")
     if not isinstance(entity_id, str) or not entity_id.strip():
         raise ValueError(f'"id" must be a non-empty string, got {entity_id!r}')
+    if not is_one_line(entity_id):
+        raise ValueError(f'"id" must be one line (no \\n, \\r, \\u2028, \\x85 or other line break), got {entity_id!r}')
     title = obj.get("title") or entity_id.replace("_", " ")
     description = obj.get("description") or ""
     aliases = obj.get("aliases") or []
@@ -86,8 +95,8 @@ def entity_from_dict(obj: dict) -> Entity:
         raise ValueError('"title" and "description" must be strings')
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise ValueError(f'"aliases" must be a list of strings, got {aliases!r}')
-    if isinstance(popularity, bool) or not isinstance(popularity, (int, float)):
-        raise ValueError(f'"popularity" must be a number, got {popularity!r}')
+    if isinstance(popularity, bool) or not isinstance(popularity, (int, float)) or not 0 <= popularity < math.inf:
+        raise ValueError(f'"popularity" must be a finite number >= 0 (a count such as in-links), got {popularity!r}')
     return Entity(id=entity_id, title=title, description=description, aliases=aliases, popularity=int(popularity))
 
 

@@ -91,15 +91,24 @@ class Manifest:
                 f"no {MANIFEST_NAME} in {directory}: not a built entity index (or its build did not finish). "
                 f"Build it with: {build_command(None, directory, None)} (add --resume to continue an interrupted build)"
             )
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("version") != FORMAT_VERSION:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            version = data.get("version")
+        except (ValueError, AttributeError) as err:  # not UTF-8, not JSON, not an object
+            raise IndexCorruptError(f"{path} is not an index manifest ({err}). "
+                                    f"Rebuild the index with: {build_command(None, directory, None)}") from None
+        if version != FORMAT_VERSION:
             raise IndexMismatchError(
-                f"{path} has layout version {data.get('version')!r}, this code reads version {FORMAT_VERSION}. "
+                f"{path} has layout version {version!r}, this code reads version {FORMAT_VERSION}. "
                 f"Rebuild it with: {build_command(data.get('kb', {}).get('path'), directory, data.get('model', {}).get('model'))}"
             )
-        data["index"] = IndexSpec(**data["index"])
-        data["shards"] = [ShardInfo(**s) for s in data["shards"]]
-        return cls(**data)
+        try:
+            data["index"] = IndexSpec(**data["index"])
+            data["shards"] = [ShardInfo(**s) for s in data["shards"]]
+            return cls(**data)
+        except (KeyError, TypeError, ValueError) as err:  # a field missing, unknown or of the wrong type
+            raise IndexCorruptError(f"{path} is not a complete index manifest ({type(err).__name__}: {err}). "
+                                    f"Rebuild the index with: {build_command(None, directory, None)}") from None
 
     def rebuild_command(self, directory: str | Path, model: str | None = None) -> str:
         """The command that rebuilds this index (for `model`, else the one it was built with)."""

@@ -14,7 +14,7 @@ import numpy as np
 import ray
 
 from kb.index import EntityIndex, IndexShard, load_pca, merge_topk, prepare_queries, read_checked_manifest
-from kb.manifest import Manifest
+from kb.manifest import IndexLoadError, Manifest
 
 LOG = logging.getLogger(__name__)
 
@@ -52,33 +52,36 @@ class RayIndexClient:
         expect_dim: int | None = None,
         verify: bool = True,
         num_cpus: float = 0.5,
-        num_gpus: float | None = None,
+        num_gpus: float = 0.0,
     ):
         """Start the shard actors (Ray must be initialised) and wait until every shard is loaded.
 
         Args:
             expect, expect_dim, verify: as in `EntityIndex.load`; refusals are raised here.
             num_cpus: CPUs reserved per shard actor (small: searching is mostly memory-bound).
-            num_gpus: GPU share per shard actor; None spreads the cluster's GPUs over the shards
-                (at most one each), 0 keeps every shard on the CPU.
+            num_gpus: GPU share per shard actor; 0 (the default) keeps every shard on the CPU, so the
+                GPUs stay free for the model replicas that need them whole.
+
+        A shard that fails its checks raises its own `IndexLoadError` (one line naming the file and
+        the rebuild command), not Ray's wrapper of it.
         """
         directory = Path(directory).resolve()
         self.directory = directory  # the index folder
         self.manifest = read_checked_manifest(directory, expect, expect_dim)  # checked against the model
         self.pca = load_pca(directory, self.manifest, verify)  # applied to queries here, once per batch
         shards = len(self.manifest.shards)
-        if num_gpus is None:
-            gpus = ray.cluster_resources().get("GPU", 0)
-            num_gpus = min(1.0, gpus / shards) if gpus else 0
         self.actors = [
-            # one actor per shard: small CPU share, a GPU share when the cluster has GPUs
+            # one actor per shard: small CPU share, a GPU share only when asked for
             ShardActor.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(str(directory), self.manifest, s)
             for s in range(shards)
         ]
         try:
             loaded = ray.get([actor.load.remote(verify, num_gpus > 0) for actor in self.actors])
-        except Exception:
+        except Exception as err:
             self.close()
+            cause = getattr(err, "cause", None)  # a RayTaskError wraps what the actor raised
+            if isinstance(cause, IndexLoadError):
+                raise cause from None  # the refusal itself: its message names the file and the rebuild command
             raise
         LOG.info("serving %d shards from %s: %s", shards, directory, loaded)
 
