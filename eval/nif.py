@@ -18,6 +18,7 @@ percent-encoding and read back as the original id.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -37,6 +38,8 @@ LOCAL_DOC_BASE = "http://onegen-el.local/doc/"  # context URIs for doc ids that 
 # ASCII characters left as they are in an entity IRI; other ASCII (space, quotes, <>, %, ?, #, ...)
 # is percent-encoded, so canonical_id(entity_uri(x)) == x
 IRI_SAFE = "!$&'()*+,;=:@/-._~"
+SURROGATE = re.compile("[\ud800-\udfff]")  # UTF-16 surrogate halves: text only when two of them form a pair
+IRI_FORBIDDEN = re.compile(r'[\x00-\x20<>"{}|^`\\]')  # characters Turtle's IRIREF cannot hold
 
 
 class NifError(ValueError):
@@ -74,14 +77,50 @@ def nil_uri(surface: str) -> str:
     return NOT_IN_WIKI + _iri_escape(surface.replace(" ", "_"))
 
 
-def parse_graph(data: str | bytes, source: str = "<data>") -> Graph:
-    """Parse Turtle into an rdflib Graph; NifError naming `source` (and rdflib's line) when it is not Turtle."""
+def parse_graph(data: str | bytes, source: str = "<data>", base: str | None = None) -> Graph:
+    """Parse Turtle into an rdflib Graph, relative IRIs resolved against `base` (default: rdflib's, the working
+    folder); NifError naming `source` (and rdflib's line) when it is not Turtle."""
     graph = Graph()
     try:
-        graph.parse(data=data, format="turtle")
+        graph.parse(data=data, format="turtle", publicID=base)
     except Exception as e:  # rdflib raises BadSyntax, UnicodeDecodeError, ValueError, ... for bad input
         raise NifError(f"{source}: not valid Turtle: {e}") from e
     return graph
+
+
+def _join_surrogates(value: str, source: str) -> str:
+    """`value` with each surrogate pair (one character written as two \\u escapes) joined; NifError on a lone half."""
+    try:
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except UnicodeDecodeError as e:
+        unit = int.from_bytes(e.object[e.start:e.start + 2], "little")
+        raise NifError(f"{source}: lone UTF-16 surrogate \\u{unit:04X} in {value[:80]!r}; write a character above "
+                       f"U+FFFF as one \\U escape or as two \\u escapes that form a pair") from None
+
+
+def _normal_term(term, source: str):
+    """`term` with surrogate pairs joined; NifError for a lone surrogate or an IRI that Turtle cannot write."""
+    value = str(term)
+    joined = _join_surrogates(value, source) if SURROGATE.search(value) else value
+    if isinstance(term, URIRef):
+        bad = IRI_FORBIDDEN.search(joined)
+        if bad:
+            raise NifError(f"{source}: IRI {joined[:200]!r} holds {bad.group()!r}, which an IRI cannot hold; "
+                           f"percent-encode it (a space is %20)")
+        return URIRef(joined) if joined != value else term
+    if isinstance(term, Literal) and joined != value:
+        return Literal(joined, lang=term.language, datatype=term.datatype)
+    return term
+
+
+def normalise_terms(graph: Graph, source: str = "<data>") -> None:
+    """Join surrogate pairs written as two \\u escapes into their character, in place; NifError on a lone
+    surrogate or an IRI Turtle cannot write (space, <, >, ", ...), so the graph can be written back."""
+    for triple in list(graph):
+        normal = tuple(_normal_term(term, source) for term in triple)
+        if normal != triple:
+            graph.remove(triple)
+            graph.add(normal)
 
 
 def doc_id_of(context: URIRef) -> str:

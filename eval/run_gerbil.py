@@ -26,6 +26,7 @@ from eval.ids import Redirects  # noqa: E402
 from eval.linkers import LINKER_NAMES, Linker, get_linker  # noqa: E402
 from eval.predictions import read_predictions  # noqa: E402
 from eval.scorer import score  # noqa: E402
+from eval.serve import ServiceLimits, serve  # noqa: E402
 from eval.types import Document  # noqa: E402
 
 # errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
@@ -193,11 +194,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the linker as a GERBIL NIF annotator web service until interrupted."""
-    from eval.serve import serve
-
+    limits = ServiceLimits(args.max_body, args.max_chars, args.max_in_flight, args.timeout)  # checked before loading
     resolve_linker_paths(args)
     linker = linker_from_args(args)
-    serve(args.host, args.port, linker)
+    serve(args.host, args.port, linker, limits)
     return 0
 
 
@@ -272,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "  curl -X POST -H 'Content-Type: application/x-turtle' --data-binary @doc.ttl http://localhost:8080/")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
+    limits = ServiceLimits()
+    p.add_argument("--max-body", type=int, default=limits.max_body,
+                   help="largest request body in bytes; larger gets 413 at once (default: %(default)s)")
+    p.add_argument("--max-chars", type=int, default=limits.max_chars,
+                   help="longest context in characters; longer gets 413 (default: %(default)s)")
+    p.add_argument("--max-in-flight", type=int, default=limits.max_in_flight,
+                   help="requests in work at once; one more gets 503 with Retry-After (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=limits.timeout,
+                   help="seconds a client may stay silent (then the connection is closed) and may take to send a body "
+                        "(then 408) (default: %(default)s)")
     add_linker_options(p)
     p.set_defaults(func=cmd_serve)
     return parser

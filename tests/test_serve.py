@@ -1,24 +1,35 @@
 """The NIF annotator web service, exercised with real HTTP requests on 127.0.0.1."""
 import http.client
 import re
+import select
+import socket
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 from rdflib import Literal, URIRef
 
 from eval.nif import ITSRDF, NIF, parse_graph, parse_nif, to_nif
-from eval.serve import make_server
+from eval.run_gerbil import main
+from eval.serve import ServiceLimits, make_server
 from eval.types import Annotation, Document
 
 MAX_BODY = 4096
+MAX_CHARS = 1000
+TIMEOUT = 1.0  # seconds: the service's socket and body timeout in these tests
+MARGIN = 1.5  # seconds an answer may come after its deadline on a loaded machine
+LIMITS = ServiceLimits(max_body=MAX_BODY, max_chars=MAX_CHARS, max_in_flight=16, timeout=TIMEOUT)
+NIF_PREFIX = "@prefix nif: <http://persistence.uni-leipzig.org/nlp2rdf/ontologies/nif-core#> .\n"
 
 
 class CapitalisedWordLinker:
     """Links every capitalised word to the entity of the same name; "Nobody" is NIL; "Boom" raises."""
 
-    def __init__(self):
+    def __init__(self, delay: float = 0.01):
+        self.delay = delay  # seconds each call takes
         self.active = 0  # linker calls running right now
         self.max_active = 0  # most calls seen running at once
 
@@ -26,7 +37,7 @@ class CapitalisedWordLinker:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
-            time.sleep(0.01)
+            time.sleep(self.delay)
             out = []
             for text in texts:
                 if "Boom" in text:
@@ -38,27 +49,40 @@ class CapitalisedWordLinker:
             self.active -= 1
 
 
-@pytest.fixture(scope="module")
-def server():
-    linker = CapitalisedWordLinker()
-    srv = make_server("127.0.0.1", 0, linker, max_body=MAX_BODY)  # port 0: a free ephemeral port
+@contextmanager
+def running(linker, limits: ServiceLimits):
+    """A server on a free port of 127.0.0.1, serving in a thread until the block ends."""
+    srv = make_server("127.0.0.1", 0, linker, limits)  # port 0: a free ephemeral port
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running(CapitalisedWordLinker(), LIMITS) as srv:
+        yield srv
+
+
+def exchange(srv, method="POST", body: bytes = b"", content_type: str | None = "application/x-turtle"):
+    """Status, headers and text of the answer to one request on a new connection."""
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+    try:
+        conn.request(method, "/", body=body, headers={"Content-Type": content_type} if content_type else {})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read().decode("utf-8")
+    finally:
+        conn.close()
 
 
 def request(srv, method="POST", body: bytes = b"", content_type: str | None = "application/x-turtle"):
-    host, port = srv.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    headers = {"Content-Type": content_type} if content_type else {}
-    conn.request(method, "/", body=body, headers=headers)
-    response = conn.getresponse()
-    status, ctype, data = response.status, response.getheader("Content-Type"), response.read()
-    conn.close()
-    return status, ctype, data.decode("utf-8")
+    status, headers, text = exchange(srv, method, body, content_type)
+    return status, headers.get("Content-Type"), text
 
 
 def nif_request(text: str, uri: str = "http://example.org/doc1") -> bytes:
@@ -148,3 +172,146 @@ def test_concurrent_requests(server):
         assert doc.doc_id == f"http://example.org/doc{i}"
         assert [a.entity_id for a in doc.annotations] == ["Request", f"City{i}", f"Town{i}"]
     assert server.linker.max_active == 1  # linker calls are serialised
+
+
+def context_turtle(iri: str, literal: str, more: str = "") -> bytes:
+    """A request whose context `iri` has nif:isString `literal` (both as written in Turtle), then `more` Turtle."""
+    return (NIF_PREFIX + f"{iri} a nif:Context ; nif:isString {literal} .\n" + more).encode("utf-8")
+
+
+def request_head(length: int, extra: str = "") -> bytes:
+    """Request line and headers of a Turtle POST announcing a body of `length` bytes."""
+    return (f"POST / HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-turtle\r\n"
+            f"Content-Length: {length}\r\n{extra}\r\n").encode("ascii")
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """All the server sends until it closes the connection; TimeoutError if it does not within the socket timeout."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def connect(srv) -> socket.socket:
+    return socket.create_connection(srv.server_address[:2], timeout=TIMEOUT + 5)
+
+
+def test_200_parallel_requests_answered_200_or_503_none_reset():
+    limits = ServiceLimits(max_body=MAX_BODY, max_chars=MAX_CHARS, max_in_flight=4, timeout=5)
+    with running(CapitalisedWordLinker(delay=0.02), limits) as srv:
+
+        def post(i):
+            try:
+                return exchange(srv, body=nif_request(f"Request {i} names City{i}", f"http://example.org/doc{i}"))
+            except OSError as e:  # a reset or refused connection
+                return e
+
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            results = list(pool.map(post, range(200)))
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, f"{len(errors)} of 200 requests got no answer, e.g. {errors[0]!r}"
+    assert set(Counter(status for status, _, _ in results)) == {200, 503}  # the limit was hit and work went on
+    for i, (status, headers, text) in enumerate(results):
+        if status == 503:
+            assert headers["Retry-After"] == "1" and "busy" in text
+        else:
+            [doc] = parse_nif(text)
+            assert doc.doc_id == f"http://example.org/doc{i}" and [a.entity_id for a in doc.annotations] == ["Request", f"City{i}"]
+
+
+def test_held_back_body_answered_408_within_timeout(server):
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(request_head(1000) + b"@prefix nif: ")  # 13 of the 1000 bytes announced, then nothing
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408") and b"got 13 of 1000 body bytes" in answer
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + MARGIN
+
+
+def test_slow_sender_cut_when_the_body_takes_longer_than_timeout(server):
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(request_head(1000))
+        while not select.select([sock], [], [], TIMEOUT / 5)[0]:  # one byte each TIMEOUT/5 s: no single read times out
+            assert time.monotonic() - start < TIMEOUT + 5, "no answer to a slow sender"
+            sock.sendall(b" ")
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408") and elapsed < TIMEOUT + MARGIN
+
+
+def test_silent_connection_closed_after_timeout(server):
+    with connect(server) as sock:
+        start = time.monotonic()
+        assert read_until_closed(sock) == b""  # nothing sent, nothing answered: just closed
+        assert time.monotonic() - start < TIMEOUT + MARGIN
+
+
+@pytest.mark.parametrize("expect", ["", "Expect: 100-continue\r\n"], ids=["plain", "expect-100-continue"])
+def test_over_limit_content_length_413_at_once_without_the_body(server, expect):
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(request_head(10**9, expect))  # headers only: the body is never sent
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 413") and f"over the limit of {MAX_BODY} bytes".encode() in answer
+    assert elapsed < TIMEOUT / 2  # at once, not after waiting for the body
+
+
+def test_over_limit_body_sent_anyway_413_readable(server):
+    status, _, body = request(server, body=b"x" * 8_000_000)  # http.client sends all 8 MB before it reads the answer
+    assert status == 413 and f"over the limit of {MAX_BODY} bytes" in body
+
+
+BAD_INPUTS = {  # name: (request body, expected status, part of the expected message)
+    "context over max_chars": (context_turtle("<http://example.org/d>", '"' + "a" * (MAX_CHARS + 1) + '"'),
+                               413, f"{MAX_CHARS + 1} characters, over the limit of {MAX_CHARS}"),
+    "lone high surrogate": (context_turtle("<http://example.org/d>", r'"\uD83D Paris"'), 400, r"lone UTF-16 surrogate \uD83D"),
+    "lone low surrogate": (context_turtle("<http://example.org/d>", r'"Paris \uDE00"'), 400, r"lone UTF-16 surrogate \uDE00"),
+    "surrogate as a \\U escape": (context_turtle("<http://example.org/d>", r'"\U0000D83D"'), 400, "lone UTF-16 surrogate"),
+    "lone surrogate in the context IRI": (context_turtle(r"<http://example.org/d\uD83D>", '"Paris"'), 400, "lone UTF-16 surrogate"),
+    "context IRI with a space": (context_turtle("<http://example.org/a b>", '"Paris"'), 400, "percent-encode"),
+    "context IRI with an escaped newline": (context_turtle(r"<http://example.org/a\u000Ab>", '"Paris"'), 400, "percent-encode"),
+    "entity IRI with a space": (context_turtle("<http://example.org/d>", '"Paris"',
+                                               "<http://example.org/d#p> <http://www.w3.org/2005/11/its/rdf#taIdentRef> "
+                                               "<http://dbpedia.org/resource/A B> .\n"), 400, "percent-encode"),
+    "blank-node context": (context_turtle("[]", '"Paris"'), 400, "blank node"),
+    "relative context IRI": (context_turtle("<doc1>", '"Paris"'), 400, "<doc1> is relative"),
+    "nif:isString an IRI": (context_turtle("<http://example.org/d>", "<http://example.org/x>"), 400,
+                            "expected one string literal"),
+    "unbound prefix": (b'ex:d <http://persistence.uni-leipzig.org/nlp2rdf/ontologies/nif-core#isString> "Paris" .', 400,
+                       "not valid Turtle"),
+    "unterminated string": (context_turtle("<http://example.org/d>", '"Paris'), 400, "not valid Turtle"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_4xx_with_a_message(server, name):
+    body, expected_status, message = BAD_INPUTS[name]
+    status, ctype, text = request(server, body=body)
+    assert (status, ctype.split(";")[0]) == (expected_status, "text/plain") and message in text, text
+    assert len(text.splitlines()) == 1
+
+
+def test_context_of_max_chars_is_linked(server):
+    status, _, body = request(server, body=nif_request("A" + "a" * (MAX_CHARS - 1)))
+    assert status == 200 and [a.surface for a in parse_nif(body)[0].annotations] == ["A" + "a" * (MAX_CHARS - 1)]
+
+
+def test_surrogate_pair_escapes_read_as_one_character(server):
+    status, _, body = request(server, body=context_turtle("<http://example.org/d>", r'"\uD83D\uDE00 Paris"'))
+    assert status == 200
+    [doc] = parse_nif(body)
+    assert doc.text == "😀 Paris" and doc.annotations == [Annotation(2, 7, "Paris", "Paris")]
+    graph = parse_graph(body)
+    [phrase] = list(graph.subjects(NIF.anchorOf, Literal("Paris")))
+    assert (int(graph.value(phrase, NIF.beginIndex)), int(graph.value(phrase, NIF.endIndex))) == (3, 8)  # UTF-16
+
+
+def test_limits_must_be_positive_and_the_cli_says_so_in_one_line(capsys):
+    with pytest.raises(ValueError, match="max_in_flight must be above 0, got 0"):
+        ServiceLimits(max_in_flight=0)
+    assert main(["serve", "--linker", "baseline", "--timeout", "0"]) == 2
+    assert capsys.readouterr().err == "error: service limit timeout must be above 0, got 0.0\n"
