@@ -28,10 +28,22 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--index", default=None, help="built entity index folder (python jobs/build_index.py)")
     source.add_argument("--kb", default=None, help="KB JSONL whose index is built on first use and cached (default: samples/kb.jsonl)")
-    parser.add_argument("--num-replicas", type=int, default=None, help="model replicas (default: one per GPU, or 1)")
+    parser.add_argument("--num-replicas", type=int, default=None,
+                        help="most model replicas. On GPUs the pool starts with one replica per GPU in the cluster and "
+                             "grows up to this as an autoscaler adds GPU nodes (default: no limit but the GPUs); "
+                             "on CPUs it is the pool's size (default: 1)")
     parser.add_argument("--gpus-per-replica", type=float, default=None,
-                        help="GPUs per replica (default: 1 with GPUs, else 0); more than 1 spreads one model over them")
+                        help="GPUs per replica; more than 1 spreads one model over them. Default: 1 when the cluster has "
+                             "a GPU at the start, else 0: the replicas run on CPUs (with a warning). On a cluster whose "
+                             "GPU nodes start on demand (cluster.yaml) pass 1: the job asks the autoscaler for a GPU node "
+                             "and stops with an error if none comes within --gpu-wait")
     parser.add_argument("--cpus-per-replica", type=float, default=defaults.cpus_per_replica, help="CPUs reserved per replica")
+    parser.add_argument("--shard-gpus", type=float, default=defaults.shard_gpus,
+                        help="GPU share per index-shard actor, e.g. 0.1 (default: 0, shards on CPUs so the replicas get "
+                             "the GPUs); refused unless the GPUs left over still take a model replica")
+    parser.add_argument("--gpu-wait", type=float, default=defaults.gpu_wait,
+                        help="seconds to wait for a node with a replica's GPUs before stopping with an error "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="documents per model call")
     parser.add_argument("--top-k", type=int, default=defaults.top_k, help="candidates kept per mention")
     parser.add_argument("--nil-threshold", type=float, default=defaults.nil_threshold, help="cosine below which a mention is NIL")
@@ -44,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                              "(recall for precision; slower); the default was chosen for the default model, 0 is the model's own "
                              "choice (default: %(default)s)")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")
-    parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output (writes only missing rows)")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output: same input, model, index and options (writes only missing rows)")
     parser.add_argument("--incremental", action="store_true", help="process only input files new or changed since the last run")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="remove the lock of a run that is gone (--output/_lock.json names it) before starting; "
+                             "a lock left by a killed run on this machine is taken over without it")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     return JobConfig(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()})
 

@@ -1,7 +1,9 @@
-"""cluster.yaml is a valid Ray cluster-launcher config that installs this project and mounts the index."""
+"""cluster.yaml is a valid Ray cluster-launcher config that installs this project, mounts the index and keeps
+the dashboard (and its Jobs API) on the head's loopback."""
 import copy
 import json
 import os
+import shlex
 from pathlib import Path
 
 import jsonschema
@@ -38,3 +40,19 @@ def test_head_gpu_workers_setup_and_index_mount(config):
     assert any("pip install" in cmd and "onegen-el" in cmd for cmd in config["setup_commands"])
     assert config["file_mounts"]["~/onegen-el"] == "."
     assert "/data/index" in config["file_mounts"]
+
+
+def dashboard_hosts(command: str) -> list[str]:
+    """The --dashboard-host values of the `ray start` calls in one shell command line."""
+    words = shlex.split(command.replace(";", " ; "))
+    hosts = [w.split("=", 1)[1] for w in words if w.startswith("--dashboard-host=")]
+    return hosts + [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--dashboard-host"]
+
+
+def test_dashboard_and_jobs_api_listen_on_loopback_only(config):
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    head = [cmd for cmd in config["head_start_ray_commands"] if "ray start --head" in cmd]
+    assert head, "the head must be started by a `ray start --head` command"
+    assert all(dashboard_hosts(cmd) == ["127.0.0.1"] for cmd in head)  # explicit: never Ray's choice of the day
+    assert all(host in ("127.0.0.1", "localhost") for cmd in starts for host in dashboard_hosts(cmd))
+    assert not any("0.0.0.0" in cmd for cmd in starts)

@@ -32,14 +32,14 @@ def rows_of(folder) -> list[dict]:
     return sorted(pq.read_table(folder).to_pylist(), key=lambda r: (r["source"], r["source_row"]))
 
 
-def link(tmp_path, name: str, replicas: int, cpus: float) -> tuple[list[dict], list[str], set[str]]:
+def link(tmp_path, name: str, replicas: int, cpus: float, shard_gpus: float = 0) -> tuple[list[dict], list[str], set[str]]:
     """Run the job with the fake model and the real sharded index served by shard actors;
     returns the rows, the nodes of the shard actors and the nodes the replicas ran on."""
     from kb.serving import RayIndexClient
 
     nodes = tmp_path / f"nodes-{name}"
     nodes.mkdir()
-    client = RayIndexClient(tmp_path / "index", FINGERPRINT, num_cpus=0.25)
+    client = RayIndexClient(tmp_path / "index", FINGERPRINT, num_cpus=0.25, num_gpus=shard_gpus)
     shard_nodes = ray.get([a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for a in client.actors])
     linking = Linking(partial(make_fake_annotator, node_dir=str(nodes), delay=0.05), client, "fake@sha256:0",
                       index_id((tmp_path / "index" / "manifest.json").read_bytes()))
@@ -60,13 +60,13 @@ def test_replicas_and_shards_spread_over_nodes_with_the_same_output(tmp_path):
     finally:
         ray.shutdown()
 
-    # A CPU-only head for the driver, reads and writes; two workers with a (fake) GPU each. The index
-    # client gives each shard one GPU and each replica needs 1.5 of a worker's 2 CPUs, so both spread.
+    # A CPU-only head for the driver, reads and writes; two workers with a (fake) GPU each. Each shard
+    # is given one GPU (an opt-in) and each replica needs 1.5 of a worker's 2 CPUs, so both spread.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 * 2**20})
     workers = [cluster.add_node(num_cpus=2, num_gpus=1, object_store_memory=80 * 2**20) for _ in range(2)]
     try:
         ray.init(address=cluster.address, runtime_env=ray_env())
-        multi, shard_nodes, replica_nodes = link(tmp_path, "multi", replicas=2, cpus=1.5)
+        multi, shard_nodes, replica_nodes = link(tmp_path, "multi", replicas=2, cpus=1.5, shard_gpus=1)
     finally:
         ray.shutdown()
         cluster.shutdown()

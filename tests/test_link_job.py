@@ -8,6 +8,7 @@ import ray
 
 from link_fakes import CORPUS, fake_linking, ray_env, tiny_model_and_index
 from onegen.pipeline.job import JobConfig, run_job
+from onegen.pipeline.outputs import Manifest, Output
 
 pytestmark = pytest.mark.ray
 
@@ -65,7 +66,11 @@ def test_resume_writes_only_missing_rows(tmp_path):
     clean = rows_of(tmp_path / "out")
     parts = sorted((tmp_path / "out").glob("part-*.parquet"))
     lost = pq.read_table(parts[0]).num_rows
-    parts[0].unlink()  # as if the driver died before this part was written
+    parts[0].unlink()  # as if the driver died before this part was written,
+    output = Output.from_uri(str(tmp_path / "out"))
+    manifest = Manifest.load(output)
+    manifest.pending, manifest.files, manifest.complete = manifest.files, {}, False  # leaving its manifest unfinished
+    manifest.save(output)
     summary = run_job(config(tmp_path, tmp_path / "a.jsonl", resume=True), fake_linking())
     assert (summary.documents, summary.resumed_rows) == (lost, 40 - lost)
     assert rows_of(tmp_path / "out") == clean

@@ -66,12 +66,13 @@ def test_done_rows_and_drop_sources(tmp_path):
     assert done_rows(output) == {"a": {1, 2}} and len(output.parts()) == 1
 
 
-def test_manifest_round_trip_and_change_detection(tmp_path):
+def test_manifest_round_trip_and_finish(tmp_path):
     output = Output.from_uri(str(tmp_path))
-    assert Manifest.load(output).files == {}
-    manifest = Manifest(files={"a": {"size": 3, "sha256": "x"}}, model="m", index="i")
+    assert Manifest.load(output) is None
+    manifest = Manifest("run1", False, "m", "i", {"top_k": 10}, "in/", files={"a": {"size": 3, "sha256": "x"}},
+                        pending={"b": {"size": 4, "sha256": "y"}})
     manifest.save(output)
-    loaded = Manifest.load(output)
-    assert loaded == manifest
-    assert not loaded.changed("a", 3, "x") and loaded.changed("a", 3, "y") and loaded.changed("b", 3, "x")
+    assert Manifest.load(output) == manifest
+    manifest.finish()
+    assert (manifest.complete, manifest.pending, sorted(manifest.files)) == (True, {}, ["a", "b"])
     assert visible(tmp_path) == ["_manifest.json"]

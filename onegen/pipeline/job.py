@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 
 from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior
 from onegen.default_model import DEFAULT_MENTION_BIAS
 from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, content_hash, resolve_input, scan_inputs
-from onegen.pipeline.outputs import METRICS_FILE, AtomicParquetSink, Manifest, Output, done_rows, drop_sources
+from onegen.pipeline.outputs import (MANIFEST_FILE, METRICS_FILE, AtomicParquetSink, Manifest, Output, done_rows,
+                                     drop_sources, locked, part_origins)
 from onegen.pipeline.stages import Annotate, AnnotateStage, Linker, Retriever
+from onegen.pipeline.uris import redact_uri
 
 LOG = logging.getLogger(__name__)
 # Documents per replica call = this x --batch-size. A call decodes its windows in length order, so
@@ -41,9 +46,11 @@ class JobConfig:
     model: str | None = None  # model folder / hub id in the cache; None: the embedded default
     index: str | None = None  # built entity index folder; None: built from `kb` (cached)
     kb: str | None = None  # KB JSONL for an index built on first use; None with no index: samples/kb.jsonl
-    num_replicas: int | None = None  # model replicas; None: one per GPU, or 1 without GPUs
-    gpus_per_replica: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    num_replicas: int | None = None  # most model replicas; None: one per GPU the cluster has (grows with it), or 1 on CPUs
+    gpus_per_replica: float | None = None  # None: 1 when the cluster has GPUs, else 0 (replicas on CPUs)
     cpus_per_replica: float = 1.0  # CPUs reserved per replica (model compute on CPU; keep small on GPU)
+    shard_gpus: float = 0.0  # GPU share per index-shard actor (0: shards on CPUs); only from GPUs the replicas leave
+    gpu_wait: float = 1200.0  # seconds to wait for a node with a replica's GPUs (an autoscaler adding one) before refusing
     batch_size: int = 8  # documents per model call
     top_k: int = 10  # candidates kept per mention
     nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine below which a mention is NIL
@@ -53,6 +60,7 @@ class JobConfig:
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run
+    break_lock: bool = False  # remove OUT's lock first (its holder is known to be gone; see the refusal)
     ray_address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a local Ray in-process
 
 
@@ -100,9 +108,16 @@ class Plan:
     """What this run reads, given the state of OUT."""
 
     inputs: InputSet  # files to read
-    hashes: dict[str, dict]  # uri -> {"size", "sha256"} of every input file (for the manifest)
-    skip: dict[str, set[int]]  # uri -> rows already written (resume)
-    skipped_files: int  # unchanged files left out (incremental)
+    skip: dict[str, set[int]]  # uri -> rows already written by an unfinished run of the same file content
+    skipped_files: int  # input files left out: all their rows are in OUT
+    files: dict[str, dict]  # uri -> {"size", "sha256"}: files done before this run (the manifest's `files`)
+    pending: dict[str, dict]  # uri -> {"size", "sha256"}: files this run writes (the manifest's `pending`)
+
+
+def check_folder(output: Output) -> None:
+    """Refuse an --output that is a file."""
+    if output.filesystem.get_file_info(output.path).type == pafs.FileType.File:
+        raise FileExistsError(f"--output {output.uri} is a file; expected a folder (new, or one an earlier run wrote)")
 
 
 def check_output(config: JobConfig, output: Output) -> None:
@@ -114,39 +129,175 @@ def check_output(config: JobConfig, output: Output) -> None:
             f"that run, --incremental to add new or changed input files, or choose an empty --output.")
 
 
-def check_consistent(output: Output, manifest: Manifest, linking: Linking) -> None:
-    """Refuse to add results of another model or index to an OUT."""
-    if manifest.model not in (None, linking.model_id) or manifest.index not in (None, linking.index_id):
+def check_sources(config: JobConfig) -> None:
+    """Refuse a missing --index, --kb or --aliases before Ray starts."""
+    if config.index:
+        from kb.manifest import Manifest as IndexManifest
+
+        IndexManifest.read(config.index)  # a missing or unfinished index is refused with the build command
+    elif config.kb:
+        from onegen.pipeline.linking import require_kb
+
+        require_kb(Path(config.kb))
+    if config.aliases and not Path(config.aliases).is_file():
+        raise FileNotFoundError(f"alias table {config.aliases} not found: pass --aliases FILE "
+                                f"(mention<TAB>entity<TAB>count lines)")
+
+
+def without_output(inputs: InputSet, output: Output) -> InputSet:
+    """The input files less those under OUT: an output folder inside the input folder is never read as input."""
+    inside = [f for f in inputs.files
+              if inputs.filesystem.equals(output.filesystem) and f.path.startswith(output.path + "/")]
+    if not inside:
+        return inputs
+    LOG.info("leaving out %d input files under the output folder %s", len(inside), output.uri)
+    files = [f for f in inputs.files if f not in inside]
+    if not files:
+        raise FileNotFoundError(f"the input holds no files outside the output folder {output.uri}; "
+                                f"point --input at the documents")
+    return InputSet(inputs.filesystem, files)
+
+
+def input_hashes(inputs: InputSet) -> dict[str, dict]:
+    """uri -> {"size", "sha256"} of every input file."""
+    return {f.uri: {"size": f.size, "sha256": content_hash(inputs.filesystem, f.path)} for f in inputs.files}
+
+
+def result_options(config: JobConfig) -> dict:
+    """The options that change output rows, as the manifest records them (the alias table by its content)."""
+    aliases = content_hash(pafs.LocalFileSystem(), os.path.abspath(config.aliases)) if config.aliases else None
+    return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "popularity_weight": config.popularity_weight,
+            "mention_bias": config.mention_bias, "max_chars": config.max_chars, "aliases_sha256": aliases}
+
+
+def option_changes(recorded: dict, options: dict) -> str:
+    """"--top-k 10 (this run: 5), ..." for every option that differs; "" when none does."""
+    return ", ".join(f"--{key.removesuffix('_sha256').replace('_', '-')} {recorded.get(key)} (this run: {value})"
+                     for key, value in options.items() if recorded.get(key) != value)
+
+
+def input_changes(recorded: dict[str, dict], hashes: dict[str, dict], shown: int = 3) -> str:
+    """"a.jsonl changed, b.jsonl is new, ..." for the files that differ from the recorded ones; "" when none does."""
+    changes = [f"{uri} changed" for uri in sorted(recorded.keys() & hashes.keys()) if recorded[uri] != hashes[uri]]
+    changes += [f"{uri} is new" for uri in sorted(hashes.keys() - recorded.keys())]
+    changes += [f"{uri} is not in this input" for uri in sorted(recorded.keys() - hashes.keys())]
+    more = f" and {len(changes) - shown} more" if len(changes) > shown else ""
+    return ", ".join(changes[:shown]) + more
+
+
+def check_resumable(config: JobConfig, output: Output, manifest: Manifest | None, hashes: dict[str, dict],
+                    options: dict) -> None:
+    """Refuse to continue OUT (--resume, --incremental) with other result-changing options, or (--resume)
+    from other input; checks what needs no model, before Ray starts."""
+    if not (config.resume or config.incremental):
+        return
+    if manifest is None:
+        if output.parts():
+            raise ValueError(f"{output.uri} holds part files but no {MANIFEST_FILE}, so what they were linked from "
+                             f"cannot be checked; link into a new --output")
+        return
+    if changes := option_changes(manifest.options, options):
+        raise ValueError(f"{output.uri} was linked with {changes}; continue it with the same options, "
+                         f"or link into a new --output")
+    if config.resume and (changes := input_changes(manifest.files | manifest.pending, hashes)):
+        raise ValueError(f"--resume finishes a run of the same input, but {output.uri} was linked from other input "
+                         f"({changes}); pass --incremental to link new or changed files into it, or use a new --output")
+
+
+def check_consistent(config: JobConfig, output: Output, manifest: Manifest | None, linking: Linking) -> None:
+    """Refuse to add results of another model or index to an OUT (as its manifest and its part files say)."""
+    if not (config.resume or config.incremental):
+        return
+    found = part_origins(output) | ({(manifest.model, manifest.index)} if manifest else set())
+    others = sorted(found - {(linking.model_id, linking.index_id)})
+    if others:
+        model, index = others[0]
         raise ValueError(
-            f"{output.uri} holds results of model {manifest.model} with index {manifest.index}; this run uses "
-            f"{linking.model_id} with {linking.index_id}. Write to a new --output to keep results consistent.")
+            f"{output.uri} holds results of model {model} with index {index}; this run uses {linking.model_id} with "
+            f"{linking.index_id}. Continue it with that model and index, or write to a new --output.")
 
 
-def plan_run(config: JobConfig, inputs: InputSet, output: Output, manifest: Manifest) -> Plan:
-    """Decide what to read (incremental: drops the old rows of changed files from OUT first)."""
-    hashes = {f.uri: {"size": f.size, "sha256": content_hash(inputs.filesystem, f.path)} for f in inputs.files}
-    files, skipped = inputs.files, 0
-    if config.incremental:
-        files = [f for f in inputs.files if manifest.changed(f.uri, **hashes[f.uri])]
-        skipped = len(inputs.files) - len(files)
-        stale = {f.uri for f in files if f.uri in manifest.files}
-        if stale:
-            LOG.info("removing %d rows of %d changed files", drop_sources(output, stale), len(stale))
-    skip = done_rows(output) if (config.resume or config.incremental) else {}
-    return Plan(InputSet(inputs.filesystem, files), hashes, skip, skipped)
+def plan_run(config: JobConfig, inputs: InputSet, output: Output, manifest: Manifest | None,
+             hashes: dict[str, dict]) -> Plan:
+    """Decide what to read. OUT keeps only rows the manifest vouches for: those of finished files still in
+    their recorded state (or gone from the input), and those of unfinished files with unchanged content,
+    which are skipped; any other rows (changed files, abandoned ones) are dropped first."""
+    continuing = manifest is not None and (config.resume or config.incremental)
+    finished = manifest.files if continuing else {}
+    unfinished = manifest.pending if continuing else {}
+    todo = [f for f in inputs.files if finished.get(f.uri) != hashes[f.uri]]
+    todo_uris = {f.uri for f in todo}
+    resumable = {uri for uri in todo_uris if unfinished.get(uri) == hashes[uri]}
+    written = done_rows(output) if continuing else {}
+    stale = written.keys() - (finished.keys() - todo_uris) - resumable
+    if stale:
+        LOG.info("removing %d rows of %d files changed or left unfinished since they were written",
+                 drop_sources(output, stale), len(stale))
+    return Plan(inputs=InputSet(inputs.filesystem, todo),
+                skip={uri: rows for uri, rows in written.items() if uri in resumable},
+                skipped_files=len(inputs.files) - len(todo),
+                files={uri: value for uri, value in finished.items() if uri not in todo_uris},
+                pending={uri: hashes[uri] for uri in sorted(todo_uris)})
 
 
-def replica_resources(config: JobConfig) -> tuple[int, float]:
-    """(replicas, GPUs per replica) from the config and the cluster."""
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    gpus = config.gpus_per_replica if config.gpus_per_replica is not None else (1 if cluster_gpus else 0)
-    replicas = config.num_replicas or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
-    return replicas, gpus
+class ReplicaPlacementError(ValueError):
+    """No node of the cluster takes a model replica: the options ask for more than it has (the message says what to change)."""
+
+
+@dataclass
+class Replicas:
+    """The pool of model replicas, from the config and the cluster."""
+
+    gpus: float  # GPUs per replica (0: the replicas run on CPUs)
+    initial: int  # replicas started at once: one per GPU in the cluster now; on CPUs --num-replicas or 1
+    most: int | None  # the pool's maximum (--num-replicas); None: as many as the cluster's GPUs take, as an autoscaler adds them
+
+
+def replica_gpus(config: JobConfig) -> float:
+    """GPUs per replica: --gpus-per-replica, else 1 when the cluster has a GPU now, else 0 (replicas on CPUs)."""
+    if config.gpus_per_replica is not None:
+        return config.gpus_per_replica
+    return 1 if ray.cluster_resources().get("GPU", 0) else 0
+
+
+def replica_resources(config: JobConfig) -> Replicas:
+    """How many replicas start and how far the pool may grow, on GPUs or CPUs."""
+    gpus = replica_gpus(config)
+    if not gpus:
+        if config.gpus_per_replica is None:
+            LOG.warning("the cluster has no GPU: the model replicas run on CPUs (where GPU nodes are added on demand, "
+                        "as with cluster.yaml, pass --gpus-per-replica 1)")
+        size = config.num_replicas or 1
+        return Replicas(0, size, size)
+    now = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
+    return Replicas(gpus, min(now, config.num_replicas or now), config.num_replicas)
+
+
+def wait_for_replica_node(config: JobConfig, gpus: float) -> None:
+    """Return once a node can take one GPU replica; refuse after --gpu-wait seconds, so the job never waits in
+    silence for GPUs that do not come. The pending placement group is what an autoscaler adds a node for."""
+    bundle = {"GPU": gpus, "CPU": config.cpus_per_replica}
+    if ray.available_resources().get("GPU", 0) < gpus:
+        LOG.warning("no free GPU for a model replica (%g GPUs per replica): waiting up to %g s for one (--gpu-wait)",
+                    gpus, config.gpu_wait)
+    group = ray.util.placement_group([{key: value for key, value in bundle.items() if value}])
+    try:
+        ray.get(group.ready(), timeout=config.gpu_wait)
+    except ray.exceptions.GetTimeoutError:
+        raise ReplicaPlacementError(
+            f"no node offered {gpus:g} GPU and {config.cpus_per_replica:g} CPU for a model replica within {config.gpu_wait:g} s "
+            f"(the cluster has {ray.cluster_resources().get('GPU', 0):g} GPUs, {ray.available_resources().get('GPU', 0):g} free). "
+            "Add GPU nodes (cluster.yaml's gpu_worker), lower --gpus-per-replica or --cpus-per-replica, "
+            "or pass --gpus-per-replica 0 to run the replicas on CPUs.") from None
+    finally:
+        ray.util.remove_placement_group(group)
 
 
 def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -> ray.data.Dataset:
     """The pipeline, lazily: read -> annotate (actor pool) -> link (tasks)."""
-    replicas, gpus = replica_resources(config)
+    replicas = replica_resources(config)
+    if replicas.gpus:
+        wait_for_replica_node(config, replicas.gpus)
     alias_prior = AliasPrior.from_tsv(config.aliases) if config.aliases else None
     source = DocumentSource(plan.inputs, Limits(config.max_chars), scan, plan.skip)
     # Reads are light (parse + validate): half a CPU each, so they never starve the replicas.
@@ -158,9 +309,10 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
         # A replica call takes several model batches' worth of documents and decodes them in length
         # order (onegen.inference sorts its windows), so that rows of one model batch pad little.
         batch_size=config.batch_size * MODEL_BATCHES_PER_CALL,
-        # One model replica per actor; Ray restarts a dead replica and retries its batch.
-        compute=ray.data.ActorPoolStrategy(size=replicas),
-        num_gpus=gpus,  # GPUs per replica (--gpus-per-replica; 1 when the cluster has GPUs)
+        # One model replica per actor; Ray restarts a dead replica and retries its batch. The pool starts with
+        # one replica per GPU present and grows up to --num-replicas as an autoscaler adds GPU nodes.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=replicas.most, initial_size=replicas.initial),
+        num_gpus=replicas.gpus,  # GPUs per replica (--gpus-per-replica; 1 when the cluster has GPUs, else 0)
         num_cpus=config.cpus_per_replica,  # small on GPU nodes so reads are not starved
     )
     linker = Linker(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id,
@@ -170,44 +322,62 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
 
 
 def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
-    """Run the link job; `linking` defaults to the real model + index (`linking.prepare_linking`)."""
-    started, clock = datetime.now(timezone.utc), time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address)  # None: RAY_ADDRESS (set by ray job submit) or a local Ray
-    inputs = resolve_input(config.input)
-    output = Output.from_uri(config.output)
-    check_output(config, output)
-    manifest = Manifest.load(output)
-    own_linking = linking is None
-    if own_linking:
-        from onegen.pipeline.linking import prepare_linking
+    """Run the link job; `linking` defaults to the real model + index (`linking.prepare_linking`).
 
-        linking = prepare_linking(config)
-    sink = AtomicParquetSink(output)
-    try:
-        check_consistent(output, manifest, linking)
-        plan = plan_run(config, inputs, output, manifest)
-        if plan.inputs.files:
-            dataset = build_dataset(config, plan, linking, scan_inputs(inputs))
-            # Writes only rename finished files: a quarter CPU per task.
-            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
-    finally:
+    What needs no model is checked before Ray starts: the input, the output folder, its lock and
+    manifest, the index or KB. The manifest is written (incomplete) before the first part and
+    completed after the last.
+    """
+    started, clock, run_id = datetime.now(timezone.utc), time.perf_counter(), uuid.uuid4().hex[:12]
+    output = Output.from_uri(config.output)
+    check_folder(output)
+    inputs = without_output(resolve_input(config.input), output)
+    check_sources(config)
+    with locked(output, run_id, config.break_lock):
+        check_output(config, output)
+        manifest = Manifest.load(output)
+        hashes, options = input_hashes(inputs), result_options(config)
+        check_resumable(config, output, manifest, hashes, options)
+        if not ray.is_initialized():
+            ray.init(address=config.ray_address)  # None: RAY_ADDRESS (set by ray job submit) or a local Ray
+        own_linking = linking is None
         if own_linking:
-            linking.retriever.close()  # stop the index-shard actors
-    resumed = sum(len(rows) for rows in plan.skip.values())
-    manifest.files.update({uri: plan.hashes[uri] for uri in (f.uri for f in plan.inputs.files)})
-    manifest.model, manifest.index = linking.model_id, linking.index_id
-    manifest.save(output)
-    wall = time.perf_counter() - clock
-    stats = {key: sink.stats.get(key, 0) for key in ("documents", "errors", "mentions", "linked", "characters", "generated_tokens")}
-    summary = Summary(
-        run_id=uuid.uuid4().hex[:12], started_at=started.isoformat(timespec="seconds"), wall_seconds=round(wall, 3),
+            from onegen.pipeline.linking import prepare_linking
+
+            linking = prepare_linking(config)
+        sink = AtomicParquetSink(output)
+        try:
+            check_consistent(config, output, manifest, linking)
+            plan = plan_run(config, inputs, output, manifest, hashes)
+            record = Manifest(run_id, False, linking.model_id, linking.index_id, options, redact_uri(config.input), plan.files, plan.pending)
+            record.save(output)  # before the first part: a run stopped from here on is known to be unfinished
+            if plan.inputs.files:
+                dataset = build_dataset(config, plan, linking, scan_inputs(inputs, Limits(config.max_chars)))
+                # Writes only rename finished files: a quarter CPU per task.
+                dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+            else:
+                LOG.info("nothing to do: %s already holds every row of this input", output.uri)
+        finally:
+            if own_linking:
+                linking.retriever.close()  # stop the index-shard actors
+        record.finish()
+        record.save(output)
+        summary = summarize(run_id, started, time.perf_counter() - clock, sink.stats, plan, linking, output)
+        output.write_json(METRICS_FILE, asdict(summary))
+    return summary
+
+
+def summarize(run_id: str, started: datetime, wall: float, stats: dict, plan: Plan, linking: Linking,
+              output: Output) -> Summary:
+    """The Summary of a finished run from the sink's counts."""
+    stats = {key: stats.get(key, 0) for key in ("documents", "errors", "mentions", "linked", "characters", "generated_tokens")}
+    return Summary(
+        run_id=run_id, started_at=started.isoformat(timespec="seconds"), wall_seconds=round(wall, 3),
         **stats, docs_per_second=round(stats["documents"] / wall, 3), tokens_per_second=round(stats["generated_tokens"] / wall, 3),
-        input_files=[f.uri for f in plan.inputs.files], skipped_files=plan.skipped_files, resumed_rows=resumed,
+        input_files=[f.uri for f in plan.inputs.files], skipped_files=plan.skipped_files,
+        resumed_rows=sum(len(rows) for rows in plan.skip.values()),
         model=linking.model_id, index=linking.index_id, output=output.uri,
     )
-    output.write_json(METRICS_FILE, asdict(summary))
-    return summary
 
 
 def index_id(manifest_bytes: bytes) -> str:

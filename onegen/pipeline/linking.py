@@ -12,9 +12,11 @@ import logging
 from functools import partial
 from pathlib import Path
 
+import ray
+
 from onegen.decide import PopularityPrior
 from onegen.default_model import cache_root
-from onegen.pipeline.job import JobConfig, Linking, index_id, model_id
+from onegen.pipeline.job import JobConfig, Linking, index_id, model_id, replica_gpus
 from onegen.pipeline.stages import onegen_annotator
 
 LOG = logging.getLogger(__name__)
@@ -29,14 +31,19 @@ def cached_index_dir(fingerprint: dict, kb_sha256: str, kb_name: str) -> Path:
     return cache_root() / "indexes" / f"{kb_name}-{key[:16]}"
 
 
+def require_kb(kb: Path) -> None:
+    """Refuse a KB file that does not exist, saying what to pass instead."""
+    if not kb.is_file():
+        raise FileNotFoundError(f"KB {kb} not found: pass --kb FILE (JSONL, DESIGN section 4) or --index DIR of a built index")
+
+
 def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
     """The cached index of `kb` for the model, built (resumably) when missing."""
     from kb.build import BuildConfig, build_index
     from kb.io import sha256_file
     from kb.manifest import MANIFEST_NAME
 
-    if not kb.is_file():
-        raise FileNotFoundError(f"KB {kb} not found: pass --kb FILE (JSONL, DESIGN section 4) or --index DIR of a built index")
+    require_kb(kb)
     directory = cached_index_dir(fingerprint, sha256_file(kb), kb.stem)
     if not (directory / MANIFEST_NAME).is_file():
         LOG.info("building the index of %s for %s into %s (once)", kb, fingerprint["model"], directory)
@@ -67,18 +74,33 @@ def popularity_prior(directory: Path, weight: float) -> PopularityPrior | None:
     return PopularityPrior.from_kb(*(path for path, _ in files), weight=weight)
 
 
+def shard_gpus(config: JobConfig, shards: int) -> float:
+    """GPU share per index-shard actor: 0 (shards on CPUs) unless --shard-gpus asks, and then only when the GPUs left
+    over still take a model replica (shards holding the GPUs that replicas need would stall the job)."""
+    if not config.shard_gpus:
+        return 0.0
+    total, need = ray.cluster_resources().get("GPU", 0), replica_gpus(config)
+    left = total - shards * config.shard_gpus
+    if left < need:
+        raise ValueError(
+            f"--shard-gpus {config.shard_gpus:g} for {shards} index shards leaves {left:g} of the cluster's {total:g} GPUs, "
+            f"less than a model replica needs ({need:g}). Pass --shard-gpus 0 (the default: shards on CPUs), a smaller "
+            "share, or add GPUs.")
+    return config.shard_gpus
+
+
 def prepare_linking(config: JobConfig) -> Linking:
     """Model identity, index (given, or built and cached) served by shard actors, and the replica factory."""
     from kb.build import model_identity
     from kb.manifest import MANIFEST_NAME, Manifest
     from kb.serving import RayIndexClient
 
-    if config.index:
-        Manifest.read(config.index)  # a missing or unfinished index is refused (with the build command) before any model loads
     fingerprint, dim = model_identity(config.model)  # in a Ray task: the driver never holds the model
     directory = Path(config.index) if config.index else ensure_index(Path(config.kb) if config.kb else SAMPLE_KB,
                                                                       config.model, fingerprint)
-    client = RayIndexClient(directory, fingerprint, expect_dim=dim, num_cpus=SHARD_CPUS)  # refuses a mismatched index
+    gpus = shard_gpus(config, len(Manifest.read(directory).shards))
+    # refuses a mismatched or damaged index; shards on CPUs unless --shard-gpus: the replicas get the GPUs
+    client = RayIndexClient(directory, fingerprint, expect_dim=dim, num_cpus=SHARD_CPUS, num_gpus=gpus)
     return Linking(
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
         make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
