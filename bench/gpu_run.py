@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval.ids import Redirects  # noqa: E402
+from kb.ids import Redirects  # noqa: E402
 from kb.jsonl import read_kb  # noqa: E402
 from onegen.chunking import Window  # noqa: E402
 from onegen.collate import OneGenCollator  # noqa: E402

@@ -27,10 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from eval.ids import Redirects  # noqa: E402
 from eval.run_gerbil import format_table, pct  # noqa: E402
 from eval.scorer import score  # noqa: E402
 from eval.types import Annotation  # noqa: E402
+from kb.ids import Redirects  # noqa: E402
 from onegen.decide import AliasPrior, PopularityPrior  # noqa: E402
 from onegen.linker import Retrieved, decide_mentions  # noqa: E402
 

@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from eval.ids import Redirects  # noqa: E402
 from eval.run_gerbil import format_table  # noqa: E402
+from kb.ids import Redirects  # noqa: E402
 from kb.index import EntityIndex  # noqa: E402
 from kb.jsonl import read_kb  # noqa: E402
 from onegen.collate import OneGenCollator  # noqa: E402

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_score import link, read_candidates  # noqa: E402
 from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from eval.ids import Redirects, canonical_id  # noqa: E402
 from eval.run_gerbil import format_table, pct  # noqa: E402
 from eval.scorer import score  # noqa: E402
 from eval.types import Document  # noqa: E402
+from kb.ids import Redirects, canonical_id  # noqa: E402
 from kb.jsonl import read_kb  # noqa: E402
 from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, PopularityPrior  # noqa: E402
 from onegen.default_model import DEFAULT_MENTION_BIAS  # noqa: E402

@@ -22,12 +22,12 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from eval.datasets import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file  # noqa: E402
-from eval.ids import Redirects  # noqa: E402
 from eval.linkers import LINKER_NAMES, Linker, get_linker  # noqa: E402
 from eval.predictions import read_predictions  # noqa: E402
 from eval.scorer import score  # noqa: E402
 from eval.serve import ServiceLimits, serve  # noqa: E402
 from eval.types import Document  # noqa: E402
+from kb.ids import Redirects  # noqa: E402
 
 # errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
 USER_ERRORS = (OSError, ValueError, ImportError)

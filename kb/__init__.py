@@ -6,9 +6,9 @@ parts live in kb.serving (`RayIndexClient`, `open_index`) and kb.build (`build_i
 `update_index`), imported on demand so that reading a KB does not import Ray; `EntityIndex` is
 imported on first use too, so that reading a KB does not import FAISS either.
 """
+from kb.entity import Entity
 from kb.jsonl import KbError, KbReport, iter_kb, read_kb, write_kb
 from kb.manifest import IndexCorruptError, IndexLoadError, IndexMismatchError, IndexSpec, Manifest
-from kb.types import Entity
 
 __all__ = [
     "Entity",

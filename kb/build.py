@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
+from kb.entity import Entity
 from kb.index import EntityIndex, read_checked_manifest
 from kb.io import atomic_output, sha256_file
 from kb.jsonl import KbReport, iter_kb
 from kb.manifest import MANIFEST_NAME, IndexSpec, fingerprints_match
-from kb.types import Entity
 
 LOG = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+from kb.entity import Entity
 from kb.jsonl import write_kb
-from kb.types import Entity
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 

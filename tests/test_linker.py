@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from eval.types import Annotation
+from kb.entity import Entity
 from kb.index import EntityIndex
-from kb.types import Entity
 from link_fakes import ENTITIES, fake_annotate, vector
 from onegen.decide import AliasPrior
 from onegen.default_model import DEFAULT_MENTION_BIAS
