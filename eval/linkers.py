@@ -11,7 +11,7 @@ import inspect
 from pathlib import Path
 from typing import Callable, Protocol
 
-from eval.datasets import DEFAULT_DATA_DIR
+from eval.corpora import DEFAULT_DATA_DIR
 from eval.types import Annotation
 from kb.aliases import AliasTable
 from kb.entity import Entity

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from kb.manifest import DTYPES, INDEX_KINDS, IndexSpec  # noqa: E402
-from onegen.index_build import BuildConfig, build_index, update_index  # noqa: E402
+from kb.manifest import DTYPES, INDEX_KINDS, IndexSpec
+from onegen.index_build import BuildConfig, build_index, update_index
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kb.io import atomic_output, sha256_file
+from kb.files import atomic_output, sha256_file
 from kb.jsonl import KbReport, iter_kb
 from kb.manifest import fingerprints_match
 

@@ -25,7 +25,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from kb.io import atomic_output, sha256_file
+from kb.files import atomic_output, sha256_file
 from kb.jsonl import is_one_line
 from kb.manifest import DTYPES, IndexCorruptError, IndexMismatchError, IndexSpec, Manifest, ShardInfo
 from kb.manifest import fingerprints_match

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from kb.entity import Entity
-from kb.io import atomic_output
+from kb.files import atomic_output
 
 LOG = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 from kb.entity import Entity
+from kb.files import open_dump
 from kb.ids import canonical_title
-from kb.io import open_dump
 from kb.jsonl import write_kb
 
 LOG = logging.getLogger(__name__)

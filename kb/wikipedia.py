@@ -18,8 +18,8 @@ import mwparserfromhell
 from mwparserfromhell.nodes import Comment, ExternalLink, Heading, HTMLEntity, Tag, Template, Text, Wikilink
 
 from kb.entity import Entity
+from kb.files import atomic_output, open_dump
 from kb.ids import canonical_title
-from kb.io import atomic_output, open_dump
 from kb.jsonl import entity_to_json
 
 LOG = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from kb.build import BUILD_DIR, CHUNK_DIR, STAGED_KB, UPDATE_DIR, assemble, encoded_rows, prepare_work_dir, write_chunk
 from kb.entity import Entity
+from kb.files import atomic_output
 from kb.index import EntityIndex, read_checked_manifest
-from kb.io import atomic_output
 from kb.manifest import MANIFEST_NAME, IndexSpec
 from onegen.default_model import cache_root
 from onegen.sources import source_files

@@ -609,7 +609,7 @@ def _check_run_folder(config: TrainConfig) -> None:
 
 def prepare_data(config: TrainConfig, tokenizer, token_ids: TokenIds) -> dict:
     """Training examples, KB and eval documents as plain objects, with their sizes under "sizes"."""
-    from eval.datasets import load_dataset_file
+    from eval.corpora import load_dataset_file
     from kb.jsonl import read_kb
     from onegen.data import build_examples, read_alias_table
 

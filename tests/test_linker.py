@@ -72,7 +72,7 @@ def test_popularity_prior_is_stored_in_the_index_and_needs_no_kb_file(tmp_path, 
 
 
 def test_an_index_built_before_popularity_was_stored_reads_its_kb_files_with_one_warning(tmp_path, caplog):
-    from kb.io import sha256_file
+    from kb.files import sha256_file
     from onegen.pipeline.linking import popularity_prior
 
     kb_file = tmp_path / "kb.jsonl"

@@ -39,7 +39,7 @@ def require_kb(kb: Path) -> None:
 
 def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
     """The cached index of `kb` for the model, built (resumably) when missing."""
-    from kb.io import sha256_file
+    from kb.files import sha256_file
     from kb.manifest import MANIFEST_NAME
     from onegen.index_build import BuildConfig, build_index
 
@@ -58,8 +58,8 @@ def popularity_prior(directory: Path, weight: float) -> PopularityPrior | None:
     to the KB files its manifest names: None when it names none or a file is gone or changed since the
     build (linking then goes on without the prior).
     """
+    from kb.files import sha256_file
     from kb.index import stored_popularity
-    from kb.io import sha256_file
     from kb.manifest import Manifest
 
     if not weight:
