@@ -46,22 +46,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from onegen.constrain import CopyRule  # noqa: E402
-from onegen.decoding import DecodeStats, Decoded, copy_decode, greedy_decode  # noqa: E402
-from onegen.kv_cache import PrefixCache  # noqa: E402
-from onegen.drafting import CopyDrafter  # noqa: E402
-from onegen.inference import eos_ids  # noqa: E402
-from onegen.model import OneGen  # noqa: E402
-from onegen.prompts import mention_prompt  # noqa: E402
+from onegen.constrain import CopyRule
+from onegen.decoding import DecodeStats, Decoded, copy_decode, greedy_decode
+from onegen.kv_cache import PrefixCache
+from onegen.drafting import CopyDrafter
+from onegen.inference import eos_ids
+from onegen.model import OneGen
+from onegen.prompts import mention_prompt
 
 SENTENCES = [  # written for this benchmark (news-like, many names)
     "The city council of Lyon approved a new tram line on Tuesday after a long debate.",
@@ -97,7 +94,7 @@ def read_texts(path: Path, n: int) -> list[str]:
 
 def dataset_windows(name: str, n: int, tokenizer, window_tokens: int) -> list[str]:
     """The first n sentence windows of dataset `name`, as the linker cuts them (needs spaCy)."""
-    from eval.datasets import DEFAULT_DATA_DIR, load_dataset
+    from eval.corpora import DEFAULT_DATA_DIR, load_dataset
     from onegen.chunking import sentence_windows
 
     texts = []

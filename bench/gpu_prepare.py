@@ -20,19 +20,16 @@ import argparse
 import gzip
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from eval.datasets import AIDA_FILE, DEFAULT_DATA_DIR, dataset_names, load_dataset  # noqa: E402
-from onegen.chunking import sentence_windows  # noqa: E402
-from onegen.default_model import DEFAULT_MODEL_NAME  # noqa: E402
-from onegen.inference import default_window_tokens  # noqa: E402
-from onegen.model import OneGen  # noqa: E402
-from onegen.training import TrainConfig, prepare_data  # noqa: E402
+from eval.corpora import AIDA_FILE, DEFAULT_DATA_DIR, dataset_names, load_dataset
+from onegen.chunking import sentence_windows
+from onegen.default_model import DEFAULT_MODEL_NAME
+from onegen.inference import default_window_tokens
+from onegen.model import OneGen
+from onegen.training import TrainConfig, prepare_data
 
 EVAL_DATASETS_SKIPPED = ("aida-train",)  # trained on
 

@@ -34,7 +34,6 @@ import gzip
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -44,18 +43,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from eval.ids import Redirects  # noqa: E402
-from kb.jsonl import read_kb  # noqa: E402
-from onegen.chunking import Window  # noqa: E402
-from onegen.collate import OneGenCollator  # noqa: E402
-from onegen.data import OneGenExample  # noqa: E402
-from onegen.inference import annotate  # noqa: E402
-from onegen.linker import Retrieved  # noqa: E402
-from onegen.mining import mine_with_model  # noqa: E402
-from onegen.model import OneGen  # noqa: E402
-from onegen.training import (  # noqa: E402
+from kb.ids import Redirects
+from kb.jsonl import read_kb
+from onegen.chunking import Window
+from onegen.collate import OneGenCollator
+from onegen.data import OneGenExample
+from onegen.inference import annotate
+from onegen.linker import Retrieved
+from onegen.mining import mine_with_model
+from onegen.model import OneGen
+from onegen.training import (
     ARGS_FILE,
     CARD_FILE,
     OneGenLoss,

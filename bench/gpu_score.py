@@ -24,15 +24,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from eval.ids import Redirects  # noqa: E402
-from eval.run_gerbil import format_table, pct  # noqa: E402
-from eval.scorer import score  # noqa: E402
-from eval.types import Annotation  # noqa: E402
-from onegen.decide import AliasPrior, PopularityPrior  # noqa: E402
-from onegen.linker import Retrieved, decide_mentions  # noqa: E402
+from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from eval.run_gerbil import format_table, pct
+from eval.scorer import score
+from eval.types import Annotation
+from kb.ids import Redirects
+from onegen.decide import AliasPrior, PopularityPrior
+from onegen.linker import Retrieved, decide_mentions
 
 TUNE_SET = "aida-testa"
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from kb.index import EntityIndex, set_search_params  # noqa: E402
-from kb.manifest import IndexSpec  # noqa: E402
+from kb.index import EntityIndex, set_search_params
+from kb.manifest import IndexSpec
 
 FINGERPRINT = {"model": "synthetic", "weights_sha256": "0" * 64, "tokenizer_sha256": "0" * 64}
 TARGET_N, TARGET_DIM = 6_000_000, 4096  # full English Wikipedia at a Llama-2-7B hidden size

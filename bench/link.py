@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+import psutil  # installed with ray[default]
+import ray
 
-import psutil  # noqa: E402  (installed with ray[default])
-import ray  # noqa: E402
-
-from onegen.pipeline.job import JobConfig, run_job  # noqa: E402
+from onegen.pipeline.job import JobConfig, run_job
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "corpus.jsonl"
 

@@ -1,7 +1,9 @@
 """Mined against built negatives at the same budget: which teaches the model to rank better?
 
-    python bench/negatives.py [--model DIR] [--train-examples 120] [--eval-examples 80] [--shortlist 16]
+    python -m bench.negatives [--model DIR] [--train-examples 120] [--eval-examples 80] [--shortlist 16]
                               [--lr 1e-4] [--loss infonce]
+
+(run from the repository root: it imports bench.gpu_run)
 
 Continues training the model (LoRA, as `bench/gpu_run.py --init` does) on the same seeded sample of AIDA
 train windows twice, one pass each, same seed, same steps: once with the negatives the data builder
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,20 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.gpu_run import Trainer  # noqa: E402
-from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from eval.ids import Redirects  # noqa: E402
-from eval.run_gerbil import format_table  # noqa: E402
-from kb.index import EntityIndex  # noqa: E402
-from kb.jsonl import read_kb  # noqa: E402
-from onegen.data import build_examples, read_alias_table  # noqa: E402
-from onegen.default_model import DEFAULT_MODEL_NAME  # noqa: E402
-from onegen.mining import mention_vectors, mine_negatives  # noqa: E402
-from onegen.model import OneGen  # noqa: E402
-from onegen.pipeline.linking import ensure_index  # noqa: E402
-from onegen.training import TrainConfig  # noqa: E402
+from bench.gpu_run import Trainer
+from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from eval.run_gerbil import format_table
+from kb.ids import Redirects
+from kb.index import EntityIndex
+from kb.jsonl import read_kb
+from onegen.data import build_examples, read_alias_table
+from onegen.default_model import DEFAULT_MODEL_NAME
+from onegen.mining import mention_vectors, mine_negatives
+from onegen.model import OneGen
+from onegen.pipeline.linking import ensure_index
+from onegen.training import TrainConfig
 
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "onegen" / "default_adapter"
 NUM_NEGATIVES = 4  # as training draws them (onegen.training.TrainConfig)

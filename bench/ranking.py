@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from eval.ids import Redirects  # noqa: E402
-from eval.run_gerbil import format_table  # noqa: E402
-from kb.index import EntityIndex  # noqa: E402
-from kb.jsonl import read_kb  # noqa: E402
-from onegen.collate import OneGenCollator  # noqa: E402
-from onegen.data import build_examples, read_alias_table  # noqa: E402
-from onegen.mining import mention_vectors, mine_negatives  # noqa: E402
-from onegen.model import OneGen  # noqa: E402
-from onegen.pipeline.linking import ensure_index  # noqa: E402
-from onegen.train_step import compute_loss  # noqa: E402
+from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from eval.run_gerbil import format_table
+from kb.ids import Redirects
+from kb.index import EntityIndex
+from kb.jsonl import read_kb
+from onegen.collate import OneGenCollator
+from onegen.data import build_examples, read_alias_table
+from onegen.mining import mention_vectors, mine_negatives
+from onegen.model import OneGen
+from onegen.pipeline.linking import ensure_index
+from onegen.train_step import compute_loss
 
 NUM_NEGATIVES = 4  # as training draws them (onegen.training.TrainConfig)
 TOP_K = 32

@@ -1,7 +1,9 @@
 """Screen a trained model against a reference run on a few documents, before building its whole index.
 
-    python bench/screen.py --model DIR --reference FILE [--dataset aida-testa] [--docs 100] [--mention-bias B]
+    python -m bench.screen --model DIR --reference FILE [--dataset aida-testa] [--docs 100] [--mention-bias B]
                            [--output FILE]
+
+(run from the repository root: it imports bench.gpu_score)
 
 Embedding the 78k-entity evaluation KB for a new model takes 106 min on 2 CPU cores. This script
 needs about 20 min: it embeds only the entities in the reference run's top-k for the first `--docs`
@@ -29,19 +31,17 @@ import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.gpu_score import link, read_candidates  # noqa: E402
-from eval.datasets import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
-from eval.ids import Redirects, canonical_id  # noqa: E402
-from eval.run_gerbil import format_table, pct  # noqa: E402
-from eval.scorer import score  # noqa: E402
-from eval.types import Document  # noqa: E402
-from kb.jsonl import read_kb  # noqa: E402
-from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, PopularityPrior  # noqa: E402
-from onegen.default_model import DEFAULT_MENTION_BIAS  # noqa: E402
-from onegen.linker import ExactSearch, retrieve_texts  # noqa: E402
-from onegen.model import OneGen  # noqa: E402
+from bench.gpu_score import link, read_candidates
+from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from eval.run_gerbil import format_table, pct
+from eval.scorer import score
+from eval.types import Document
+from kb.ids import Redirects, canonical_id
+from kb.jsonl import read_kb
+from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, PopularityPrior
+from onegen.default_model import DEFAULT_MENTION_BIAS
+from onegen.linker import ExactSearch, retrieve_texts
+from onegen.model import OneGen
 
 TOP_K = 10
 

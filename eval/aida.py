@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from eval.ids import canonical_id
 from eval.types import Annotation, Document
+from kb.ids import canonical_id
 
 SPLITS = ("train", "testa", "testb")
 NIL_MARK = "--NME--"

@@ -11,11 +11,11 @@ import inspect
 from pathlib import Path
 from typing import Callable, Protocol
 
-from eval.datasets import DEFAULT_DATA_DIR
+from eval.corpora import DEFAULT_DATA_DIR
 from eval.types import Annotation
 from kb.aliases import AliasTable
+from kb.entity import Entity
 from kb.jsonl import iter_kb
-from kb.types import Entity
 
 DEFAULT_ALIASES = DEFAULT_DATA_DIR / "kb" / "aida_train_aliases.tsv"  # mention<TAB>entity<TAB>count, AIDA train gold
 DEFAULT_KB = DEFAULT_DATA_DIR / "kb" / "entities.jsonl"  # {id, title, description, popularity} per line

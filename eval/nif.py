@@ -25,8 +25,8 @@ from urllib.parse import quote, unquote
 from rdflib import RDF, XSD, Graph, Literal, Namespace, URIRef
 from rdflib.namespace import OWL
 
-from eval.ids import canonical_id
 from eval.types import Annotation, Document
+from kb.ids import canonical_id
 
 LOG = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.ids import canonical_id
 from eval.nif import read_nif
 from eval.types import Annotation
+from kb.ids import canonical_id
 
 PARQUET_MAGIC = b"PAR1"
 REQUIRED_COLUMNS = ("doc_id", "mentions", "status")  # a link-job output row; `error` is read when present

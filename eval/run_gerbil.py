@@ -4,30 +4,22 @@
     python eval/run_gerbil.py run --datasets aida-testb,reuters-128 --linker baseline
     python eval/run_gerbil.py serve --port 8080 --linker baseline
 """
+import argparse
+import contextlib
+import gzip
+import json
 import os
 import sys
+import time
+from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: drop eval/ from sys.path (its modules would shadow top-level names such as
-    # `datasets` or `types`) and put the repo root there, so `import eval.xxx` works.
-    _EVAL_DIR = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _EVAL_DIR]
-    sys.path.insert(0, os.path.dirname(_EVAL_DIR))
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import gzip  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from eval.datasets import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file  # noqa: E402
-from eval.ids import Redirects  # noqa: E402
-from eval.linkers import LINKER_NAMES, Linker, get_linker  # noqa: E402
-from eval.predictions import read_predictions  # noqa: E402
-from eval.scorer import score  # noqa: E402
-from eval.serve import ServiceLimits, serve  # noqa: E402
-from eval.types import Document  # noqa: E402
+from eval.corpora import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file
+from eval.linkers import LINKER_NAMES, Linker, get_linker
+from eval.predictions import read_predictions
+from eval.scorer import score
+from eval.serve import ServiceLimits, serve
+from eval.types import Document
+from kb.ids import Redirects
 
 # errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
 USER_ERRORS = (OSError, ValueError, ImportError)

@@ -23,8 +23,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from eval.ids import Redirects, canonical_id
 from eval.types import Annotation, Document
+from kb.ids import Redirects, canonical_id
 
 LOG = logging.getLogger(__name__)
 

@@ -2,19 +2,16 @@
 
 A Ray Data job: KB rows -> [SE] vectors from a pool of model replicas (a GPU each where the
 cluster has GPUs) -> index shards + manifest.json. Connects to the cluster in RAY_ADDRESS, else
-starts a local one. The library code is kb/build.py.
+starts a local one. The library code is onegen/index_build.py.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from kb.build import BuildConfig, build_index, update_index  # noqa: E402
-from kb.manifest import DTYPES, INDEX_KINDS, IndexSpec  # noqa: E402
+from kb.manifest import DTYPES, INDEX_KINDS, IndexSpec
+from onegen.index_build import BuildConfig, build_index, update_index
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

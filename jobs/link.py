@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from onegen.pipeline.job import JobConfig, run_job  # noqa: E402
+from onegen.pipeline.job import JobConfig, run_job
 
 
 def parse_args(argv: list[str] | None = None) -> JobConfig:

@@ -12,11 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from onegen.default_model import DEFAULT_MODEL_NAME  # noqa: E402
-from onegen.loss import RETRIEVAL_KINDS  # noqa: E402
-from onegen.training import STRATEGIES, TrainConfig, train  # noqa: E402
+from onegen.default_model import DEFAULT_MODEL_NAME
+from onegen.loss import RETRIEVAL_KINDS
+from onegen.training import STRATEGIES, TrainConfig, train
 
 DEFAULTS = TrainConfig(train="", kb="", output="")
 

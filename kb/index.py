@@ -7,6 +7,7 @@ Layout of an index folder (the class owns the names):
     shard-00000.r0.ids.txt         entity ids, one a line, in row order
     shard-00000.r0.vectors.npy     (n, dim) float32/float16 unit vectors (the exact vectors indexed)
     shard-00000.r0.index.faiss     the FAISS index of an IVF/HNSW shard (a flat shard is its vectors)
+    shard-00000.r0.popularity.npy  (n,) int64 popularity of the shard's entities (the KB's field), for the prior
 
 `r0` is the revision that wrote the file: an update writes new files and then the manifest, so an
 interrupted update leaves the previous index intact. Search returns `D (Q, k)` scores and
@@ -24,7 +25,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from kb.io import atomic_output, sha256_file
+from kb.files import atomic_output, sha256_file
 from kb.jsonl import is_one_line
 from kb.manifest import DTYPES, IndexCorruptError, IndexMismatchError, IndexSpec, Manifest, ShardInfo
 from kb.manifest import fingerprints_match
@@ -45,8 +46,8 @@ def now_utc() -> str:
 
 
 def shard_file(name: str, revision: int, kind: str) -> str:
-    """File name of one part ("ids", "vectors" or "index") of a shard written at `revision`."""
-    suffix = {"ids": "ids.txt", "vectors": "vectors.npy", "index": "index.faiss"}[kind]
+    """File name of one part ("ids", "vectors", "index" or "popularity") of a shard written at `revision`."""
+    suffix = {"ids": "ids.txt", "vectors": "vectors.npy", "index": "index.faiss", "popularity": "popularity.npy"}[kind]
     return f"{name}.r{revision}.{suffix}"
 
 
@@ -187,16 +188,8 @@ class IndexShard:
         """Read one shard, checking its files exist, match their checksums and the manifest's shape."""
         info = manifest.shards[shard_no]
         rebuild = manifest.rebuild_command(directory)
-        for name, digest in info.files.items():
-            path = directory / name
-            if not path.is_file():
-                raise IndexCorruptError(f"shard file missing: {path}. The index is incomplete; rebuild it with: {rebuild}")
-            if verify and sha256_file(path) != digest:
-                raise IndexCorruptError(
-                    f"checksum mismatch for {path} (manifest {digest[:12]}..., file differs): the shard is corrupt. "
-                    f"Rebuild the index with: {rebuild}"
-                )
-        revision_files = {name.split(".", 2)[2]: directory / name for name in info.files}
+        check_files(directory, info.files, rebuild, verify)
+        revision_files = {part: directory / name for part, name in shard_parts(info).items()}
         vectors = np.load(revision_files["vectors.npy"], mmap_mode="r")
         ids = np.array(revision_files["ids.txt"].read_text(encoding="utf-8").splitlines(), dtype=object)
         expected = (info.count, manifest.dim)
@@ -218,6 +211,24 @@ class IndexShard:
         return cls(ids=ids, index=index, offset=sum(s.count for s in manifest.shards[:shard_no]))
 
 
+def shard_parts(info: ShardInfo) -> dict[str, str]:
+    """The shard's files by part: {"ids.txt": name, "vectors.npy": name, ...} (names as in the manifest)."""
+    return {name.split(".", 2)[2]: name for name in info.files}
+
+
+def check_files(directory: Path, files: dict[str, str], rebuild: str, verify: bool = True) -> None:
+    """Refuse index files (name -> sha256) that are missing or, with `verify`, differ from their checksum."""
+    for name, digest in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise IndexCorruptError(f"shard file missing: {path}. The index is incomplete; rebuild it with: {rebuild}")
+        if verify and sha256_file(path) != digest:
+            raise IndexCorruptError(
+                f"checksum mismatch for {path} (manifest {digest[:12]}..., file differs): the shard is corrupt. "
+                f"Rebuild the index with: {rebuild}"
+            )
+
+
 def check_ids(ids: Sequence[str]) -> None:
     """Refuse ids that ids.txt could not give back: empty, or holding a line break (it is read with splitlines)."""
     bad = [i for i in ids if not is_one_line(i)]
@@ -227,20 +238,25 @@ def check_ids(ids: Sequence[str]) -> None:
 
 
 def write_shard(
-    directory: Path, name: str, revision: int, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index | None
+    directory: Path, name: str, revision: int, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index | None,
+    popularity: np.ndarray | None = None,
 ) -> ShardInfo:
-    """Write one shard's files (atomically each) and return its manifest entry."""
+    """Write one shard's files (atomically each) and return its manifest entry; `popularity` (n,) is stored
+    when given."""
     check_ids(ids)
     files = {}
     with atomic_output(directory / shard_file(name, revision, "ids")) as f:
         f.write("".join(f"{i}\n" for i in ids))
     with atomic_output(directory / shard_file(name, revision, "vectors"), "wb") as f:
         np.save(f, vectors)
+    if popularity is not None:
+        with atomic_output(directory / shard_file(name, revision, "popularity"), "wb") as f:
+            np.save(f, np.asarray(popularity, dtype=np.int64))
     if index is not None:
         path = directory / shard_file(name, revision, "index")
         with atomic_output(path, "wb") as f:
             f.write(faiss.serialize_index(index).tobytes())
-    for kind in ("ids", "vectors", "index"):
+    for kind in ("ids", "vectors", "index", "popularity"):
         path = directory / shard_file(name, revision, kind)
         if path.is_file():
             files[path.name] = sha256_file(path)
@@ -312,18 +328,23 @@ class EntityIndex:
         spec: IndexSpec | None = None,
         pca_dim: int | None = None,
         kb: dict | None = None,
+        popularity: Sequence[int] | None = None,
         build_seconds: float = 0.0,
     ) -> EntityIndex:
         """Write a new index of `vectors` (N, D) (unit rows; a memmap is fine) named by `ids` (N,).
 
         Shards are contiguous row ranges of near-equal size. With `pca_dim`, a PCA to that many
         dimensions is fitted once on a sample and applied (and rows re-normalised) before indexing.
+        `popularity` (N,), the KB's popularity of each entity, is stored beside the shards for the
+        popularity prior (`stored_popularity`).
         """
         directory = Path(directory)
         spec = spec or IndexSpec()
         n, input_dim = vectors.shape
         if len(ids) != n:
             raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {n}")
+        if popularity is not None and len(popularity) != n:
+            raise ValueError(f"number of popularity values and ids must be the same, got {len(popularity)} and {n}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if not 1 <= num_shards <= max(n, 1):
@@ -345,13 +366,15 @@ class EntityIndex:
                 faiss.write_VectorTransform(pca, writer)
                 f.write(faiss.vector_to_array(writer.data).tobytes())
             pca_entry = {"file": PCA_FILE, "sha256": sha256_file(directory / PCA_FILE)}
+        counts = None if popularity is None else np.asarray(popularity, dtype=np.int64)  # (N,)
         bounds = np.linspace(0, n, num_shards + 1).astype(int)
         shards = []
         for s in range(num_shards):
             rows = slice(bounds[s], bounds[s + 1])
             shard_vectors = transform(vectors[rows], pca).astype(dtype)  # (n_s, dim)
             index = None if spec.kind == "flat" else fill_index(spec, shard_vectors, dtype)
-            shards.append(write_shard(directory, f"shard-{s:05d}", 0, list(ids[rows]), shard_vectors, index))
+            shards.append(write_shard(directory, f"shard-{s:05d}", 0, list(ids[rows]), shard_vectors, index,
+                                      None if counts is None else counts[rows]))
             LOG.info("wrote shard %d/%d (%d entities)", s + 1, num_shards, shards[-1].count)
         manifest = Manifest(
             model=fingerprint,
@@ -369,22 +392,27 @@ class EntityIndex:
         manifest.save(directory)
         return cls.load(directory, fingerprint, verify=False)
 
-    def update(self, ids: Sequence[str], vectors: np.ndarray, *, kb: dict | None = None) -> UpdateReport:
+    def update(self, ids: Sequence[str], vectors: np.ndarray, *, kb: dict | None = None,
+               popularity: Sequence[int] | None = None) -> UpdateReport:
         """Add or replace entities with encoder vectors (M, input_dim), without touching the others.
 
         A replaced entity's row is overwritten in its shard (its FAISS index rebuilt from the stored
         vectors, no re-encoding), so its old vector can no longer be returned; new entities go to a
-        new shard. Files of the new revision are written first, then the manifest, then the
-        superseded files are removed.
+        new shard. `popularity` (M,) replaces the stored popularity of those rows (a shard that
+        stored none, from an index built before popularity was stored, keeps storing none). Files
+        of the new revision are written first, then the manifest, then the superseded files are removed.
         """
         if len(ids) != len(vectors):
             raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {len(vectors)}")
+        if popularity is not None and len(popularity) != len(ids):
+            raise ValueError(f"number of popularity values and ids must be the same, got {len(popularity)} and {len(ids)}")
         if len(set(ids)) != len(ids):
             raise ValueError("update ids must be unique; deduplicate the delta KB (kb.jsonl.read_kb does)")
         check_ids(ids)  # before any file is written
         manifest = self.manifest
         revision = manifest.revision + 1
         x = prepare_queries(vectors, manifest, self.pca).astype(manifest.dtype)  # (M, dim)
+        counts = None if popularity is None else np.asarray(popularity, dtype=np.int64)  # (M,)
         where = {entity_id: (s, row) for s, shard in enumerate(self.shards) for row, entity_id in enumerate(shard.ids)}
         by_shard: dict[int, list[tuple[int, int]]] = {}  # shard -> [(row in shard, row in x)]
         new_rows = []
@@ -398,21 +426,27 @@ class EntityIndex:
         stale = []
         for s, pairs in by_shard.items():
             info = manifest.shards[s]
-            old_vectors = self.directory / next(name for name in info.files if name.endswith("vectors.npy"))
-            stored = np.load(old_vectors)  # (n_s, dim), in memory: this shard is rewritten
+            parts = shard_parts(info)
+            stored = np.load(self.directory / parts["vectors.npy"])  # (n_s, dim), in memory: this shard is rewritten
             rows, js = (np.array(c) for c in zip(*pairs))
             stored[rows] = x[js]
+            stored_counts = None
+            if counts is not None and "popularity.npy" in parts:
+                stored_counts = np.load(self.directory / parts["popularity.npy"])  # (n_s,)
+                stored_counts[rows] = counts[js]
             index = None
             if manifest.index.kind != "flat":
                 index = fill_index(manifest.index, stored, manifest.dtype, template=self.shards[s].index)
-            shards[s] = write_shard(self.directory, info.name, revision, list(self.shards[s].ids), stored, index)
+            shards[s] = write_shard(self.directory, info.name, revision, list(self.shards[s].ids), stored, index,
+                                    stored_counts)
             stale.extend(info.files)
         if new_rows:
             name = f"shard-{len(shards):05d}"
             index = None
             if manifest.index.kind != "flat":
                 index = fill_index(manifest.index, x[new_rows], manifest.dtype, template=self.shards[0].index)
-            shards.append(write_shard(self.directory, name, revision, [ids[j] for j in new_rows], x[new_rows], index))
+            shards.append(write_shard(self.directory, name, revision, [ids[j] for j in new_rows], x[new_rows], index,
+                                      None if counts is None else counts[new_rows]))
         manifest.shards = shards
         manifest.entity_count += len(new_rows)
         manifest.revision = revision
@@ -460,6 +494,27 @@ def read_checked_manifest(directory: Path, expect: dict | None, expect_dim: int 
             f"{expect_dim}. Rebuild it with: {manifest.rebuild_command(directory, model)}"
         )
     return manifest
+
+
+def stored_popularity(directory: str | Path) -> dict[str, int] | None:
+    """Entity id -> the KB popularity stored with the index (updates included); None when a shard stores
+    none (an index built before popularity was stored). Refuses missing or changed files."""
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    counts: dict[str, int] = {}
+    for info in manifest.shards:
+        parts = shard_parts(info)
+        if "popularity.npy" not in parts:
+            return None
+        names = (parts["ids.txt"], parts["popularity.npy"])
+        check_files(directory, {name: info.files[name] for name in names}, manifest.rebuild_command(directory))
+        ids = (directory / names[0]).read_text(encoding="utf-8").splitlines()
+        values = np.load(directory / names[1])  # (n_s,) int64
+        if len(values) != len(ids):
+            raise IndexCorruptError(f"shard {info.name}: {len(values)} popularity values for {len(ids)} ids. "
+                                    f"Rebuild the index with: {manifest.rebuild_command(directory)}")
+        counts.update(zip(ids, values.tolist()))
+    return counts
 
 
 def load_pca(directory: Path, manifest: Manifest, verify: bool) -> faiss.VectorTransform | None:

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from kb.io import atomic_output
-from kb.types import Entity
+from kb.entity import Entity
+from kb.files import atomic_output
 
 LOG = logging.getLogger(__name__)
 

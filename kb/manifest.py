@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kb.io import atomic_output
+from kb.files import atomic_output
 
 FORMAT_VERSION = 1  # bump when the layout changes; older indexes are then refused with the rebuild command
 MANIFEST_NAME = "manifest.json"

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from eval.ids import canonical_title
-from kb.io import open_dump
+from kb.entity import Entity
+from kb.files import open_dump
+from kb.ids import canonical_title
 from kb.jsonl import write_kb
-from kb.types import Entity
 
 LOG = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Iterator
 import mwparserfromhell
 from mwparserfromhell.nodes import Comment, ExternalLink, Heading, HTMLEntity, Tag, Template, Text, Wikilink
 
-from eval.ids import canonical_title
-from kb.io import atomic_output, open_dump
+from kb.entity import Entity
+from kb.files import atomic_output, open_dump
+from kb.ids import canonical_title
 from kb.jsonl import entity_to_json
-from kb.types import Entity
 
 LOG = logging.getLogger(__name__)
 

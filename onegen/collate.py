@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.data import OneGenExample
 from onegen.loss import IGNORE_INDEX
 from onegen.model import ENTITY_MAX_TOKENS, TokenIds

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from eval.types import Annotation, Document
 from kb.aliases import AliasTable
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.chunking import Window, sentence_spans, sentence_windows
 from onegen.loss import IGNORE_INDEX
 from onegen.prompts import mention_prompt

@@ -4,16 +4,16 @@ The retrieval score is the cosine between the mention's `[LK]` vector and an ent
 vector. Two optional priors re-rank the retrieved candidates; neither adds a candidate retrieval
 did not find:
 - an alias prior p(entity | surface), read from a `mention<TAB>entity<TAB>count` table;
-- a popularity prior, log(1 + popularity) / log(1 + the KB's largest popularity), read from the
-  KB JSONL's `popularity` field (e.g. Wikipedia in-links): between close candidates, the better
-  known entity is the likelier referent.
+- a popularity prior, log(1 + popularity) / log(1 + the KB's largest popularity), from the KB
+  JSONL's `popularity` field (e.g. Wikipedia in-links), which the index stores: between close
+  candidates, the better known entity is the likelier referent.
 NIL is decided on the cosine of the chosen candidate, so the threshold keeps one meaning
 with or without priors.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,11 @@ class PopularityPrior:
         """Read the `popularity` of every entity of KB JSONL files, a later file's line winning (a KB
         without the field gives all zeros)."""
         counts = {entity.id: entity.popularity for path in paths for entity in iter_kb(path)}
+        return cls.from_counts(counts, weight=weight)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], *, weight: float = DEFAULT_POPULARITY_WEIGHT) -> PopularityPrior:
+        """The prior of entity id -> popularity (as an index stores it, `kb.index.stored_popularity`)."""
         counts = {entity_id: count for entity_id, count in counts.items() if count > 0}
         top = math.log1p(max(counts.values(), default=0))
         return cls({entity_id: math.log1p(count) / top for entity_id, count in counts.items()}, weight)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.data import OneGenExample
 from onegen.linker import ExactSearch
 from onegen.model import _pad, last_hidden
@@ -88,7 +88,7 @@ def mine_negatives(
         num_negatives: negatives per anchor (as the collator takes them).
         top_k: entities searched per mention; the mined negatives are the first of them that are not gold.
         every_mention: make every linked mention an anchor (one per sentence otherwise, as built).
-        canonical: entity id -> canonical id (e.g. `eval.ids.Redirects.resolve`): an entity equal to
+        canonical: entity id -> canonical id (e.g. `kb.ids.Redirects.resolve`): an entity equal to
             the gold one under it is never a negative.
     Returns the new examples (the inputs are not changed) and a report. Each anchor gets
     `num_negatives`: the mined ones first, then its own, in order, without repeats.

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.default_model import DEFAULT_MODEL_NAME, default_model_path
 from onegen.kv_cache import PrefixCache, param_versions
 from onegen.prompts import ENTITY_PREFIX, entity_input_ids

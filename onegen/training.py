@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from eval.types import Document
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from onegen.linker import ExactSearch, link_texts
 from onegen.loss import RETRIEVAL_KINDS
@@ -353,8 +353,8 @@ def load_train_state(directory: Path, model: nn.Module, optimizer, scheduler) ->
 def evaluate(onegen: OneGen, docs: list[Document], entities: dict[str, Entity], *, batch_size: int = 8,
              redirects: str | None = None) -> dict:
     """InKB micro precision/recall/F1 (A2KB, strong match, eval/scorer) of exact linking over `entities`."""
-    from eval.ids import Redirects
     from eval.scorer import score
+    from kb.ids import Redirects
 
     kb_ids = list(entities)
     kb_vectors = onegen.embed_entities([entities[i] for i in kb_ids])  # (N, D)
@@ -552,7 +552,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def _mine(onegen: OneGen, examples: list, entities: dict, collator, config: TrainConfig, device: torch.device):
     """Mine this epoch's negatives with the model as it stands; returns their metrics and the new loader."""
-    from eval.ids import Redirects
+    from kb.ids import Redirects
     from onegen.mining import mine_with_model
 
     started = time.perf_counter()
@@ -609,7 +609,7 @@ def _check_run_folder(config: TrainConfig) -> None:
 
 def prepare_data(config: TrainConfig, tokenizer, token_ids: TokenIds) -> dict:
     """Training examples, KB and eval documents as plain objects, with their sizes under "sizes"."""
-    from eval.datasets import load_dataset_file
+    from eval.corpora import load_dataset_file
     from kb.jsonl import read_kb
     from onegen.data import build_examples, read_alias_table
 

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+from kb.entity import Entity
 from kb.jsonl import write_kb
-from kb.types import Entity
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -21,8 +21,8 @@ def test_cli_runs_as_a_script():
 
 
 def kb_entities(n, start=0, tag=""):
-    return [Entity(id=f"Entity_{i}", title=f"Entity {i}", description=f"thing number {i}{tag}" if i % 3 else "")
-            for i in range(start, start + n)]
+    return [Entity(id=f"Entity_{i}", title=f"Entity {i}", description=f"thing number {i}{tag}" if i % 3 else "",
+                   popularity=i) for i in range(start, start + n)]
 
 
 def test_work_folder_stages_the_kb_and_resumes_only_the_same_build(tmp_path):
@@ -38,9 +38,12 @@ def test_work_folder_stages_the_kb_and_resumes_only_the_same_build(tmp_path):
     assert encoded_rows(work / "chunks", 10).tolist() == [False, False, True, True, True] + [False] * 5
     with pytest.raises(RuntimeError, match="7 KB rows were not encoded; run the build again with --resume"):
         assemble(work, 10, 4)
+    write_chunk(work / "chunks", np.array([0, 1, 5, 6, 7, 8, 9]), np.ones((7, 4), dtype=np.float32))
+    ids, popularity, vectors = assemble(work, 10, 4)
+    assert ids == [f"Entity_{i}" for i in range(10)] and popularity == list(range(10)) and vectors.shape == (10, 4)
 
     assert prepare_work_dir(work, kb, dict(fingerprint, model="/moved/m"), resume=True) == state  # same weights
-    assert encoded_rows(work / "chunks", 10).sum() == 3  # the chunk survived the resume
+    assert encoded_rows(work / "chunks", 10).sum() == 10  # the chunks survived the resume
     write_kb(kb_entities(11), kb)
     with pytest.raises(ValueError, match="cannot resume .* Run again without --resume"):
         prepare_work_dir(work, kb, fingerprint, resume=True)
@@ -71,7 +74,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.mark.ray
 def test_interrupted_build_resumes_to_the_clean_result_and_updates(tmp_path, ray_cluster, tiny_model_dir, monkeypatch):
-    import kb.build as build
+    import onegen.index_build as build
     from kb.index import EntityIndex
     from kb.manifest import IndexMismatchError
     from onegen.model import OneGen
@@ -127,6 +130,16 @@ def test_interrupted_build_resumes_to_the_clean_result_and_updates(tmp_path, ray
     np.testing.assert_allclose(reloaded.shards[0].index.reconstruct(3), new_vectors[0], atol=1e-5)
     np.testing.assert_allclose(reloaded.shards[0].index.reconstruct_n(0, 3), expected[:3], atol=1e-5)
 
+    # the popularity prior is stored with the index: the KB files are not needed to read it
+    from onegen.pipeline.linking import popularity_prior
+
+    kb.unlink()
+    delta.unlink()
+    prior = popularity_prior(tmp_path / "index", 0.3)
+    assert prior.score("Entity_41") == pytest.approx(1.0) and prior.score("Entity_0") == 0.0
+    assert prior.score("Entity_3") == 0.0  # replaced by the delta's line, which has no popularity
+    assert prior.score("Entity_39") == pytest.approx(np.log1p(39) / np.log1p(41))
+
     other = tmp_path / "other-model"
     from tiny import tiny_model, tiny_tokenizer
 
@@ -141,7 +154,7 @@ def test_a_build_with_a_replica_per_cpu_finishes(tmp_path, ray_cluster, tiny_mod
     """Replicas that took every CPU of the cluster left none to read the KB: the build never started."""
     import threading
 
-    import kb.build as build
+    import onegen.index_build as build
 
     write_kb(kb_entities(20), tmp_path / "kb.jsonl")
     config = build.BuildConfig(kb=tmp_path / "kb.jsonl", out=tmp_path / "index", model=tiny_model_dir, chunk_rows=8,
@@ -157,7 +170,7 @@ def test_model_identity_is_cached_by_the_model_files(tmp_path, monkeypatch):
     """A second job on the same model files skips loading the model; new weights are identified again."""
     import os
 
-    import kb.build
+    import onegen.index_build
     from onegen.model import OneGen
     from tiny import tiny_model, tiny_tokenizer
 
@@ -171,17 +184,17 @@ def test_model_identity_is_cached_by_the_model_files(tmp_path, monkeypatch):
         onegen = OneGen.from_pretrained(model, device="cpu")
         return onegen.fingerprint(), onegen.hidden_size
 
-    monkeypatch.setattr(kb.build, "_identify_in_ray", identify)
-    first = kb.build.model_identity(str(folder))
-    assert kb.build.model_identity(str(folder)) == first and len(loads) == 1
+    monkeypatch.setattr(onegen.index_build, "_identify_in_ray", identify)
+    first = onegen.index_build.model_identity(str(folder))
+    assert onegen.index_build.model_identity(str(folder)) == first and len(loads) == 1
     [cached] = (tmp_path / "cache" / "identities").iterdir()
     assert first[1] == 32
     cached.write_text("{not json")  # an unreadable cache entry is computed again, not trusted
-    assert kb.build.model_identity(str(folder)) == first and len(loads) == 2
+    assert onegen.index_build.model_identity(str(folder)) == first and len(loads) == 2
 
     OneGen(tiny_model(len(tokenizer) + 3, seed=1), tokenizer).save_pretrained(folder)  # same names and sizes
     for path in folder.iterdir():  # a later time, as a retrain would have (this rewrite may share the tick)
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-    second = kb.build.model_identity(str(folder))
+    second = onegen.index_build.model_identity(str(folder))
     assert len(loads) == 3 and second[0]["weights_sha256"] != first[0]["weights_sha256"]
     assert second[0]["tokenizer_sha256"] == first[0]["tokenizer_sha256"]

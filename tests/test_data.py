@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from eval.types import Annotation, Document
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.data import OneGenExample, build_examples, read_alias_table
 from onegen.loss import IGNORE_INDEX
 from onegen.model import add_onegen_tokens

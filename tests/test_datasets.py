@@ -1,7 +1,7 @@
 """Dataset resolution: names in a data dir (AIDA splits, GERBIL NIF stems) and files by path."""
 import pytest
 
-from eval.datasets import dataset_names, load_dataset, load_dataset_file
+from eval.corpora import dataset_names, load_dataset, load_dataset_file
 from eval.nif import to_nif
 from eval.types import Annotation, Document
 

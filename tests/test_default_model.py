@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_NAME
 from onegen.model import OneGen
 

@@ -1,7 +1,7 @@
 """Canonical entity ids and the redirects table."""
 import pytest
 
-from eval.ids import Redirects, canonical_id
+from kb.ids import Redirects, canonical_id
 
 
 @pytest.mark.parametrize("ref, expected", [

@@ -148,3 +148,26 @@ def test_update_replaces_and_adds_without_old_vectors(tmp_path, spec):
     after = {p.name for p in (tmp_path / "idx").iterdir()}
     assert not any(name.startswith("shard-00000.r0") or name.startswith("shard-00001.r0") for name in after)
     assert before != sorted(after)
+
+
+def test_popularity_is_stored_per_shard_kept_by_updates_and_checked(tmp_path):
+    from kb.index import stored_popularity
+
+    popularity = list(range(300))
+    index = build(tmp_path, num_shards=3, popularity=popularity)
+    assert stored_popularity(tmp_path / "idx") == dict(zip(ids_for(300), popularity))
+    index.update(["E_5", "New_entity"], unit_vectors(2, seed=9), popularity=[1000, 7])
+    assert stored_popularity(tmp_path / "idx") == dict(zip(ids_for(300), popularity), E_5=1000, New_entity=7)
+    EntityIndex.load(tmp_path / "idx", FINGERPRINT)  # the popularity files' checksums verify with the others
+
+    [counts] = (tmp_path / "idx").glob("shard-00002.*.popularity.npy")
+    np.save(counts, np.zeros(100, dtype=np.int64))
+    with pytest.raises(IndexCorruptError, match="checksum mismatch.*python jobs/build_index.py"):
+        stored_popularity(tmp_path / "idx")
+    with pytest.raises(ValueError, match="number of popularity values and ids must be the same, got 2 and 3"):
+        build(tmp_path, n=3, name="short", popularity=[1, 2])
+
+    legacy = build(tmp_path, name="legacy", num_shards=2)  # built before popularity was stored
+    assert stored_popularity(tmp_path / "legacy") is None
+    legacy.update(["E_5", "New_entity"], unit_vectors(2, seed=9), popularity=[1000, 7])
+    assert stored_popularity(tmp_path / "legacy") is None  # the old shards still store none

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from kb.entity import Entity
 from kb.jsonl import read_kb
-from kb.types import Entity
 from kb.wikidata import convert_wikidata, iter_wikidata
 from kb.wikipedia import Redirect, WikipediaReport, convert_wikipedia, iter_wikipedia
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
+from kb.entity import Entity
 from kb.jsonl import KbError, iter_kb, read_kb, write_kb
-from kb.types import Entity
 
 LINES = [
     '{"id": "United_Kingdom", "title": "United Kingdom", "description": "A country.", "popularity": 5}',

@@ -65,15 +65,15 @@ def test_killed_replica_is_restarted_and_its_batch_retried(tmp_path, corpus):
 
 def test_resume_after_the_driver_is_killed_equals_a_clean_run(tmp_path, corpus, ray_session):
     script = textwrap.dedent(f"""
-        import sys, ray
-        sys.path.insert(0, {TESTS_DIR!r})
+        import ray
         from link_fakes import fake_linking, ray_env
         from onegen.pipeline.job import JobConfig, run_job
         ray.init(address={ray_session.address_info["address"]!r}, runtime_env=ray_env())
         run_job(JobConfig(input={str(corpus)!r}, output={str(tmp_path / "out")!r}, cpus_per_replica=0.5, batch_size=1,
                           nil_threshold=0.9), fake_linking(delay=0.1))
     """)
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(TESTS_DIR), start_new_session=True)
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(TESTS_DIR), start_new_session=True,
+                              env=dict(os.environ, **ray_env()["env_vars"]))  # imports link_fakes, as the workers do
     deadline = time.monotonic() + 120
     while not list((tmp_path / "out").glob("part-*.parquet")) and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.2)

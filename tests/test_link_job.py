@@ -8,7 +8,7 @@ import ray
 
 from link_fakes import CORPUS, fake_linking, ray_env, tiny_model_and_index
 from onegen.pipeline.job import JobConfig, run_job
-from onegen.pipeline.outputs import Manifest, Output
+from onegen.pipeline.outputs import Output, RunManifest
 
 pytestmark = pytest.mark.ray
 
@@ -68,7 +68,7 @@ def test_resume_writes_only_missing_rows(tmp_path):
     lost = pq.read_table(parts[0]).num_rows
     parts[0].unlink()  # as if the driver died before this part was written,
     output = Output.from_uri(str(tmp_path / "out"))
-    manifest = Manifest.load(output)
+    manifest = RunManifest.load(output)
     manifest.pending, manifest.files, manifest.complete = manifest.files, {}, False  # leaving its manifest unfinished
     manifest.save(output)
     summary = run_job(config(tmp_path, tmp_path / "a.jsonl", resume=True), fake_linking())

@@ -3,7 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from onegen.pipeline.outputs import (MENTIONS_TYPE, AtomicParquetSink, Manifest, Output, atomic_write, done_rows,
+from onegen.pipeline.outputs import (MENTIONS_TYPE, AtomicParquetSink, Output, RunManifest, atomic_write, done_rows,
                                      drop_sources, part_name)
 
 
@@ -68,11 +68,11 @@ def test_done_rows_and_drop_sources(tmp_path):
 
 def test_manifest_round_trip_and_finish(tmp_path):
     output = Output.from_uri(str(tmp_path))
-    assert Manifest.load(output) is None
-    manifest = Manifest("run1", False, "m", "i", {"top_k": 10}, "in/", files={"a": {"size": 3, "sha256": "x"}},
+    assert RunManifest.load(output) is None
+    manifest = RunManifest("run1", False, "m", "i", {"top_k": 10}, "in/", files={"a": {"size": 3, "sha256": "x"}},
                         pending={"b": {"size": 4, "sha256": "y"}})
     manifest.save(output)
-    assert Manifest.load(output) == manifest
+    assert RunManifest.load(output) == manifest
     manifest.finish()
     assert (manifest.complete, manifest.pending, sorted(manifest.files)) == (True, {}, ["a", "b"])
     assert visible(tmp_path) == ["_manifest.json"]

@@ -129,14 +129,14 @@ def finished(tmp_path_factory, ray_session):
 def start_driver(ray_session, run: JobConfig, delay: float = 0.2) -> subprocess.Popen:
     """The job in a driver process of its own, slowed to `delay` seconds a document."""
     script = textwrap.dedent(f"""
-        import sys, ray
-        sys.path.insert(0, {TESTS_DIR!r})
+        import ray
         from link_fakes import fake_linking, ray_env
         from onegen.pipeline.job import JobConfig, run_job
         ray.init(address={ray_session.address_info["address"]!r}, runtime_env=ray_env())
         run_job(JobConfig(**{vars(run)!r}), fake_linking(delay={delay!r}))
     """)
-    return subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(TESTS_DIR), start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(TESTS_DIR), start_new_session=True,
+                            env=dict(os.environ, **ray_env()["env_vars"]))  # imports link_fakes, as the workers do
 
 
 def sources_in(part: Path) -> list[str]:

@@ -1,10 +1,12 @@
 """The OneGen linker: retrieval + NIL decision over annotated mentions, and the eval/ entry end to end."""
+import json
+
 import numpy as np
 import pytest
 
 from eval.types import Annotation
+from kb.entity import Entity
 from kb.index import EntityIndex
-from kb.types import Entity
 from link_fakes import ENTITIES, fake_annotate, vector
 from onegen.decide import AliasPrior
 from onegen.default_model import DEFAULT_MENTION_BIAS
@@ -48,10 +50,29 @@ def test_link_texts_alias_prior_reranks_candidates(tmp_path):
     assert annotations[0].entity_id == "France"
 
 
-def test_popularity_prior_comes_from_the_kb_files_the_index_was_built_from(tmp_path, caplog):
-    import json
+def test_popularity_prior_is_stored_in_the_index_and_needs_no_kb_file(tmp_path, caplog):
+    """A cluster node may lack the KB file an index was built from: the prior comes from the index."""
+    from onegen.pipeline.linking import popularity_prior
 
-    from kb.io import sha256_file
+    vectors = np.stack([vector("Paris"), vector("Rome")])
+    kb_file = tmp_path / "kb.jsonl"
+    kb_file.write_text("{}\n")
+    built = {"path": str(kb_file), "sha256": "0" * 64}
+    index = EntityIndex.build(tmp_path / "index", ["Paris", "Rome"], vectors, fingerprint={"model": "m"}, kb=built,
+                              popularity=[50, 0])
+    kb_file.unlink()
+
+    prior = popularity_prior(tmp_path / "index", 0.3)
+    assert (prior.weight, prior.score("Paris"), prior.score("Rome")) == (0.3, pytest.approx(1.0), 0.0)
+    index.update(["Rome", "Milan"], np.stack([vector("Rome"), vector("Milan")]), popularity=[500, 5])
+    prior = popularity_prior(tmp_path / "index", 0.3)  # a replaced entity's popularity is replaced, a new one added
+    assert prior.score("Rome") == pytest.approx(1.0) and 0 < prior.score("Milan") < prior.score("Paris") < 1.0
+    assert popularity_prior(tmp_path / "index", 0.0) is None  # off
+    assert not caplog.records
+
+
+def test_an_index_built_before_popularity_was_stored_reads_its_kb_files_with_one_warning(tmp_path, caplog):
+    from kb.files import sha256_file
     from onegen.pipeline.linking import popularity_prior
 
     kb_file = tmp_path / "kb.jsonl"
@@ -63,11 +84,15 @@ def test_popularity_prior_comes_from_the_kb_files_the_index_was_built_from(tmp_p
 
     prior = popularity_prior(tmp_path / "index", 0.3)
     assert (prior.weight, prior.score("Paris"), prior.score("Rome")) == (0.3, pytest.approx(1.0), 0.0)
-    assert popularity_prior(tmp_path / "index", 0.0) is None  # off
+    assert [r.message for r in caplog.records] == [
+        f"the index {tmp_path / 'index'} stores no popularity (built before it was stored): read it from its KB files; "
+        "rebuild the index to store it"]
+    caplog.clear()
     assert popularity_prior(tmp_path / "no-kb", 0.3) is None
     kb_file.write_text(json.dumps({"id": "Rome", "popularity": 50}) + "\n")  # changed since the build
     assert popularity_prior(tmp_path / "index", 0.3) is None
-    assert "no popularity prior" in caplog.text and "gone or changed" in caplog.text
+    assert len(caplog.records) == 2 and all("no popularity prior" in r.message for r in caplog.records)
+    assert "gone or changed" in caplog.records[1].message
 
 
 def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
@@ -104,12 +129,10 @@ def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
 def test_onegen_linker_builds_the_index_of_a_kb_once_starting_ray_itself(tmp_path, monkeypatch):
     """`eval/run_gerbil.py run --linker onegen --kb KB` in a new process, the model's identity cached by an
     earlier run: no Ray is running when the index is built on first use; a second linker finds it cached."""
-    import json
-
     import ray
     from tiny import tiny_model, tiny_tokenizer
 
-    import kb.build
+    import onegen.index_build
     from onegen.model import OneGen
 
     monkeypatch.setenv("ONEGEN_CACHE", str(tmp_path / "cache"))
@@ -120,7 +143,7 @@ def test_onegen_linker_builds_the_index_of_a_kb_once_starting_ray_itself(tmp_pat
                                            "popularity": popularity}) + "\n"
                                for name, popularity in (("Paris", 100), ("Rome", 10), ("Berlin", 0))), encoding="utf-8")
     try:
-        kb.build.model_identity(str(tmp_path / "model"))  # cached by the model's files, as after an earlier run
+        onegen.index_build.model_identity(str(tmp_path / "model"))  # cached by the model's files, as after an earlier run
         ray.shutdown()  # the identity came from a Ray task
         linker = OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file), nil_threshold=-1.0, popularity_weight=0.3)
         assert len(linker.index) == 3
@@ -133,7 +156,7 @@ def test_onegen_linker_builds_the_index_of_a_kb_once_starting_ray_itself(tmp_pat
         def rebuild(config):
             raise AssertionError(f"the cached index was built again into {config.out}")
 
-        monkeypatch.setattr(kb.build, "build_index", rebuild)
+        monkeypatch.setattr(onegen.index_build, "build_index", rebuild)
         assert len(OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file)).index) == 3
     finally:
         ray.shutdown()

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.ids import Redirects
-from kb.types import Entity
+from kb.entity import Entity
+from kb.ids import Redirects
 from onegen.data import OneGenExample, build_examples
 from onegen.linker import ExactSearch
 from onegen.mining import mention_vectors, mine_negatives

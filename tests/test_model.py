@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from tiny import tiny_model, tiny_tokenizer
 
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.model import TOKEN_ROWS_FILE, OneGen, TokenIds, add_onegen_tokens, last_hidden, token_rows
 from onegen.prompts import entity_input_ids
 from onegen.tokens import CONTINUE, ENTITY, LINK, TOKEN_DESCRIPTIONS

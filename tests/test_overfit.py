@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from kb.types import Entity
+from kb.entity import Entity
 from onegen.collate import OneGenBatch, OneGenCollator
 from onegen.data import build_examples
 from onegen.decoding import ForceContinue

@@ -3,9 +3,9 @@ import logging
 
 import pytest
 
-from eval.ids import Redirects
 from eval.scorer import score
 from eval.types import Annotation, Document
+from kb.ids import Redirects
 
 TEXT = "Paris and France met Berlin in Rome."  # Paris 0-5, France 10-16, Berlin 21-27, Rome 31-35
 

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from eval.nif import to_nif
+from kb.entity import Entity
 from kb.jsonl import write_kb
-from kb.types import Entity
 from onegen.collate import OneGenCollator
 from onegen.data import build_examples
 from onegen.model import OneGen

@@ -26,7 +26,7 @@ import ray
 from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior
 from onegen.default_model import DEFAULT_MENTION_BIAS
 from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, content_hash, resolve_input, scan_inputs
-from onegen.pipeline.outputs import (MANIFEST_FILE, METRICS_FILE, AtomicParquetSink, Manifest, Output, done_rows,
+from onegen.pipeline.outputs import (MANIFEST_FILE, METRICS_FILE, AtomicParquetSink, Output, RunManifest, done_rows,
                                      drop_sources, locked, part_origins)
 from onegen.pipeline.stages import Annotate, AnnotateStage, Linker, Retriever
 from onegen.pipeline.uris import redact_uri
@@ -132,9 +132,9 @@ def check_output(config: JobConfig, output: Output) -> None:
 def check_sources(config: JobConfig) -> None:
     """Refuse a missing --index, --kb or --aliases before Ray starts."""
     if config.index:
-        from kb.manifest import Manifest as IndexManifest
+        from kb.manifest import Manifest
 
-        IndexManifest.read(config.index)  # a missing or unfinished index is refused with the build command
+        Manifest.read(config.index)  # a missing or unfinished index is refused with the build command
     elif config.kb:
         from onegen.pipeline.linking import require_kb
 
@@ -185,7 +185,7 @@ def input_changes(recorded: dict[str, dict], hashes: dict[str, dict], shown: int
     return ", ".join(changes[:shown]) + more
 
 
-def check_resumable(config: JobConfig, output: Output, manifest: Manifest | None, hashes: dict[str, dict],
+def check_resumable(config: JobConfig, output: Output, manifest: RunManifest | None, hashes: dict[str, dict],
                     options: dict) -> None:
     """Refuse to continue OUT (--resume, --incremental) with other result-changing options, or (--resume)
     from other input; checks what needs no model, before Ray starts."""
@@ -204,7 +204,7 @@ def check_resumable(config: JobConfig, output: Output, manifest: Manifest | None
                          f"({changes}); pass --incremental to link new or changed files into it, or use a new --output")
 
 
-def check_consistent(config: JobConfig, output: Output, manifest: Manifest | None, linking: Linking) -> None:
+def check_consistent(config: JobConfig, output: Output, manifest: RunManifest | None, linking: Linking) -> None:
     """Refuse to add results of another model or index to an OUT (as its manifest and its part files say)."""
     if not (config.resume or config.incremental):
         return
@@ -217,7 +217,7 @@ def check_consistent(config: JobConfig, output: Output, manifest: Manifest | Non
             f"{linking.index_id}. Continue it with that model and index, or write to a new --output.")
 
 
-def plan_run(config: JobConfig, inputs: InputSet, output: Output, manifest: Manifest | None,
+def plan_run(config: JobConfig, inputs: InputSet, output: Output, manifest: RunManifest | None,
              hashes: dict[str, dict]) -> Plan:
     """Decide what to read. OUT keeps only rows the manifest vouches for: those of finished files still in
     their recorded state (or gone from the input), and those of unfinished files with unchanged content,
@@ -335,7 +335,7 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
     check_sources(config)
     with locked(output, run_id, config.break_lock):
         check_output(config, output)
-        manifest = Manifest.load(output)
+        manifest = RunManifest.load(output)
         hashes, options = input_hashes(inputs), result_options(config)
         check_resumable(config, output, manifest, hashes, options)
         if not ray.is_initialized():
@@ -349,7 +349,7 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
         try:
             check_consistent(config, output, manifest, linking)
             plan = plan_run(config, inputs, output, manifest, hashes)
-            record = Manifest(run_id, False, linking.model_id, linking.index_id, options, redact_uri(config.input), plan.files, plan.pending)
+            record = RunManifest(run_id, False, linking.model_id, linking.index_id, options, redact_uri(config.input), plan.files, plan.pending)
             record.save(output)  # before the first part: a run stopped from here on is known to be unfinished
             if plan.inputs.files:
                 dataset = build_dataset(config, plan, linking, scan_inputs(inputs, Limits(config.max_chars)))

@@ -2,7 +2,7 @@
 
 With `--index DIR` the built index is used as it is (refused when its manifest names another
 model). Without it, the index of `--kb` (default: the bundled `samples/kb.jsonl`) is built on
-first use with `kb.build.build_index` and cached under `cache_root()/indexes/`, keyed by the
+first use with `onegen.index_build.build_index` and cached under `cache_root()/indexes/`, keyed by the
 model fingerprint and the KB's sha256.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ def require_kb(kb: Path) -> None:
 
 def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
     """The cached index of `kb` for the model, built (resumably) when missing."""
-    from kb.build import BuildConfig, build_index
-    from kb.io import sha256_file
+    from kb.files import sha256_file
     from kb.manifest import MANIFEST_NAME
+    from onegen.index_build import BuildConfig, build_index
 
     require_kb(kb)
     directory = cached_index_dir(fingerprint, sha256_file(kb), kb.stem)
@@ -52,25 +52,34 @@ def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
 
 
 def popularity_prior(directory: Path, weight: float) -> PopularityPrior | None:
-    """The popularity prior read from the KB files an index was built from (its manifest names them).
+    """The popularity prior of the entities of an index, from the popularity stored with it.
 
-    None when the weight is 0, or, with a warning, when the manifest names no KB file or a file is gone
-    or changed since the build (linking then goes on without the prior).
+    None when the weight is 0. An index built before popularity was stored falls back, with one warning,
+    to the KB files its manifest names: None when it names none or a file is gone or changed since the
+    build (linking then goes on without the prior).
     """
-    from kb.io import sha256_file
+    from kb.files import sha256_file
+    from kb.index import stored_popularity
     from kb.manifest import Manifest
 
     if not weight:
         return None
+    counts = stored_popularity(directory)
+    if counts is not None:
+        return PopularityPrior.from_counts(counts, weight=weight)
+    # an index built before popularity was stored: read it from the KB files, as such an index always did
     kb = Manifest.read(directory).kb
     if not kb.get("path"):
-        LOG.warning("no popularity prior: the manifest of the index %s names no KB file", directory)
+        LOG.warning("no popularity prior: the index %s stores no popularity and its manifest names no KB file", directory)
         return None
     files = [(Path(kb["path"]), kb["sha256"])] + [(Path(u["path"]), u["sha256"]) for u in kb.get("updates", [])]
     for path, sha256 in files:
         if not path.is_file() or sha256_file(path) != sha256:
-            LOG.warning("no popularity prior: %s, a KB file of the index %s, is gone or changed since the build", path, directory)
+            LOG.warning("no popularity prior: the index %s stores no popularity and %s, a KB file of it, is gone or "
+                        "changed since the build; rebuild the index to store it", directory, path)
             return None
+    LOG.warning("the index %s stores no popularity (built before it was stored): read it from its KB files; "
+                "rebuild the index to store it", directory)
     return PopularityPrior.from_kb(*(path for path, _ in files), weight=weight)
 
 
@@ -91,9 +100,9 @@ def shard_gpus(config: JobConfig, shards: int) -> float:
 
 def prepare_linking(config: JobConfig) -> Linking:
     """Model identity, index (given, or built and cached) served by shard actors, and the replica factory."""
-    from kb.build import model_identity
     from kb.manifest import MANIFEST_NAME, Manifest
     from kb.serving import RayIndexClient
+    from onegen.index_build import model_identity
 
     fingerprint, dim = model_identity(config.model)  # in a Ray task: the driver never holds the model
     directory = Path(config.index) if config.index else ensure_index(Path(config.kb) if config.kb else SAMPLE_KB,

@@ -202,12 +202,12 @@ def drop_sources(output: Output, sources: set[str]) -> int:
     return removed
 
 
-class ManifestError(ValueError):
+class RunManifestError(ValueError):
     """`_manifest.json` is not one this job wrote (corrupt, foreign, or of another version)."""
 
 
 @dataclass
-class Manifest:
+class RunManifest:
     """`_manifest.json`: what OUT holds, written at the start of a run (incomplete) and at its end.
 
     A run first records the files it is about to write as `pending` with `complete` false, and
@@ -227,16 +227,16 @@ class Manifest:
     version: int = MANIFEST_VERSION  # layout of this file
 
     @classmethod
-    def load(cls, output: Output) -> Manifest | None:
-        """The manifest of OUT, None when there is none; a ManifestError when it is not one this job wrote."""
+    def load(cls, output: Output) -> RunManifest | None:
+        """The manifest of OUT, None when there is none; a RunManifestError when it is not one this job wrote."""
         try:
             value = output.read_json(MANIFEST_FILE)
         except ValueError as err:  # not UTF-8 or not JSON
-            raise ManifestError(cls._refusal(output, f"it is not JSON ({err})")) from None
+            raise RunManifestError(cls._refusal(output, f"it is not JSON ({err})")) from None
         if value is None:
             return None
         if problem := cls._shape_problem(value):
-            raise ManifestError(cls._refusal(output, problem))
+            raise RunManifestError(cls._refusal(output, problem))
         return cls(**value)
 
     @classmethod

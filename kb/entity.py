@@ -1,4 +1,4 @@
-"""Knowledge-base types."""
+"""The KB entity: one line of the KB JSONL."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
