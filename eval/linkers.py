@@ -2,7 +2,7 @@
 
 A linker maps texts to annotations with code-point offsets and canonical entity ids (None = NIL).
 `get_linker("baseline")` is spaCy NER + an alias prior from AIDA train + exact KB-title match;
-`get_linker("onegen")` is the OneGen linker (`onegen.linker.OneGenLinker`), imported on demand.
+`get_linker("onegen")` is `onegen.Linker`, imported on demand.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from eval.datasets import DEFAULT_DATA_DIR
-from eval.types import Annotation
+from onegen.spans import Mention
 from kb.aliases import AliasTable
 from kb.jsonl import iter_kb
 from kb.types import Entity
@@ -31,8 +31,8 @@ SPACY_EXCLUDE = ("lemmatizer", "attribute_ruler", "tagger")
 class Linker(Protocol):
     """Finds and links the entity mentions of each text."""
 
-    def link(self, texts: list[str]) -> list[list[Annotation]]:
-        """One list of annotations per text, sorted by start; code-point offsets, entity_id None for NIL."""
+    def link(self, texts: list[str]) -> list[list[Mention]]:
+        """One list of mentions per text, sorted by start; code-point offsets, entity_id None for NIL."""
         ...
 
 
@@ -73,25 +73,26 @@ class BaselineLinker:
         """Alias prior (exact, then case-insensitive), then exact KB title or id, else None (NIL)."""
         return self.aliases.most_frequent(mention) or self.titles.get(mention)
 
-    def link(self, texts: list[str]) -> list[list[Annotation]]:
+    def link(self, texts: list[str]) -> list[list[Mention]]:
         """Annotate each text: spaCy entities with a name label, without a leading "the", linked by `entity_for`."""
         out = []
         for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
             spans = [ent[1:] if len(ent) > 1 and ent[0].lower_ == "the" else ent
                      for ent in doc.ents if ent.label_ in self.labels]
-            out.append([Annotation(s.start_char, s.end_char, s.text, self.entity_for(s.text)) for s in spans])
+            out.append([Mention(s.start_char, s.end_char, s.text, self.entity_for(s.text)) for s in spans])
         return out
 
 
-def _onegen_linker(**options) -> Linker:
-    """`onegen.linker.OneGenLinker(**options)`, imported only when asked for."""
+def _onegen_linker(model: str | None = None, kb: str | None = None, **options) -> Linker:
+    """`onegen.Linker.from_pretrained(model, kb=kb, **options)`, imported only when asked for; a big KB's
+    index is built into the cache (with Ray) on first use."""
     try:
         module = importlib.import_module("onegen.linker")
-        cls = module.OneGenLinker
+        cls = module.Linker
     except (ImportError, AttributeError) as e:
-        raise ImportError(f"the 'onegen' linker needs onegen.linker.OneGenLinker, which cannot be imported ({e}); "
+        raise ImportError(f"the 'onegen' linker needs onegen.Linker, which cannot be imported ({e}); "
                           f"use --linker baseline until the OneGen linker is installed") from e
-    return cls(**options)
+    return cls.from_pretrained(model, kb=kb, build_index=True, **options)
 
 
 # linker name -> factory taking the linker's keyword options

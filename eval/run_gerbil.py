@@ -27,7 +27,7 @@ from eval.linkers import LINKER_NAMES, Linker, get_linker  # noqa: E402
 from eval.predictions import read_predictions  # noqa: E402
 from eval.scorer import score  # noqa: E402
 from eval.serve import ServiceLimits, serve  # noqa: E402
-from eval.types import Document  # noqa: E402
+from onegen.spans import Document  # noqa: E402
 
 # errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
 USER_ERRORS = (OSError, ValueError, ImportError)
@@ -210,12 +210,12 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kb", help="entities JSONL (default: DATA_DIR/kb/entities.jsonl)")
     parser.add_argument("--aliases", help="alias prior mention<TAB>entity<TAB>count (default: DATA_DIR/kb/aida_train_aliases.tsv)")
     parser.add_argument("--batch-size", type=int, help="texts per model batch (default: the linker's)")
-    parser.add_argument("--nil-threshold", type=float, help="onegen: minimum score to link, else NIL")
+    parser.add_argument("--nil-threshold", type=float, help="onegen: minimum score to link, else NIL (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,
-                        help="onegen: weight of the prior from the KB's popularity field (0: off; default: the linker's)")
+                        help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
     parser.add_argument("--mention-bias", type=float,
                         help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
-                             "(recall for precision, and slower; 0: the model's own choice; default: the linker's, 1)")
+                             "(recall for precision, and slower; 0: the model's own choice; default: the model's linker_config.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import pytest
 from eval.nif import parse_nif, to_nif
 from eval.run_gerbil import main
 from eval.scorer import score
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 from onegen.linker import OneGenLinker, Retrieved, decide_mentions
 from test_linker import FakeOneGen, kb_search
 
@@ -26,9 +26,9 @@ TEXT2 = "Angela Merkel visited Paris and London last week."
 TEXT3 = "Nothing to see."
 D1, D2, D3 = (f"http://example.org/{n}#char=0,{len(t)}" for n, t in (("d1", TEXT1), ("d2", TEXT2), ("d3", TEXT3)))
 GOLD = [
-    Document(D1, TEXT1, [Annotation(0, 6, "German", "Germany"), Annotation(18, 29, "Helmut Kohl", "Helmut_Kohl"),
-                         Annotation(34, 46, "Bill Clinton", "Bill_Clinton"), Annotation(50, 58, "Brussels", None)]),
-    Document(D2, TEXT2, [Annotation(0, 13, "Angela Merkel", "Angela_Merkel"), Annotation(22, 27, "Paris", "Paris")]),
+    Document(D1, TEXT1, [Mention(0, 6, "German", "Germany"), Mention(18, 29, "Helmut Kohl", "Helmut_Kohl"),
+                         Mention(34, 46, "Bill Clinton", "Bill_Clinton"), Mention(50, 58, "Brussels", None)]),
+    Document(D2, TEXT2, [Mention(0, 13, "Angela Merkel", "Angela_Merkel"), Mention(22, 27, "Paris", "Paris")]),
     Document(D3, TEXT3, []),
 ]
 MENTION = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string()), ("entity_id", pa.string()),
@@ -117,10 +117,10 @@ def kb_files(folder: Path) -> list[str]:
 
 def test_run_baseline_on_a_dataset_file(tmp_path, capsys):
     gold = [
-        Document(D1, TEXT1, [Annotation(0, 6, "German", "Germany"), Annotation(18, 29, "Helmut Kohl", "Helmut_Kohl"),
-                             Annotation(34, 46, "Bill Clinton", "Bill_Clinton"), Annotation(50, 58, "Brussels", "Brussels")]),
-        Document(D2, TEXT2, [Annotation(0, 13, "Angela Merkel", "Angela_Merkel"), Annotation(22, 27, "Paris", "Paris"),
-                             Annotation(32, 38, "London", "London")]),
+        Document(D1, TEXT1, [Mention(0, 6, "German", "Germany"), Mention(18, 29, "Helmut Kohl", "Helmut_Kohl"),
+                             Mention(34, 46, "Bill Clinton", "Bill_Clinton"), Mention(50, 58, "Brussels", "Brussels")]),
+        Document(D2, TEXT2, [Mention(0, 13, "Angela Merkel", "Angela_Merkel"), Mention(22, 27, "Paris", "Paris"),
+                             Mention(32, 38, "London", "London")]),
     ]
     (tmp_path / "tiny.ttl").write_text(to_nif(gold), encoding="utf-8")
     code = main(["run", "--data-dir", str(tmp_path), "--dataset-file", str(tmp_path / "tiny.ttl"), "--linker", "baseline",
@@ -189,8 +189,8 @@ def test_serve_answers_a_post(tmp_path):
         with urllib.request.urlopen(urllib.request.Request(
                 url, data=request, headers={"Content-Type": "application/x-turtle"}), timeout=60) as answer:
             [doc] = parse_nif(answer.read())
-        assert doc.annotations == [Annotation(0, 13, "Angela Merkel", None), Annotation(22, 27, "Paris", "Paris"),
-                                   Annotation(32, 38, "London", "London")]
+        assert doc.mentions == [Mention(0, 13, "Angela Merkel", None), Mention(22, 27, "Paris", "Paris"),
+                                   Mention(32, 38, "London", "London")]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -17,11 +17,11 @@ import ray
 from onegen.decide import PopularityPrior
 from onegen.default_model import cache_root
 from onegen.pipeline.job import JobConfig, Linking, index_id, model_id, replica_gpus
+from onegen.linker import SAMPLE_KB
 from onegen.pipeline.stages import onegen_annotator
 
 LOG = logging.getLogger(__name__)
 
-SAMPLE_KB = Path(__file__).resolve().parents[2] / "samples" / "kb.jsonl"  # the bundled sample KB
 SHARD_CPUS = 0.25  # CPUs reserved per index-shard actor: search is memory-bound and short
 
 
