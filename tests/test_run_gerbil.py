@@ -15,7 +15,8 @@ from eval.nif import parse_nif, to_nif
 from eval.run_gerbil import main
 from eval.scorer import score
 from onegen.spans import Document, Mention
-from onegen.linker import OneGenLinker, Retrieved, decide_mentions
+from onegen.linker import Linker, decide_mentions
+from onegen.linker_config import LinkerConfig
 from test_linker import FakeOneGen, kb_search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,18 +197,14 @@ def test_serve_answers_a_post(tmp_path):
         proc.wait(timeout=30)
 
 
-class CandidateLinker(OneGenLinker):
-    """The OneGen linker's retrieval and decision over the test fakes: capitalised words as mentions, a hashed-vector KB."""
-
-    def __init__(self, nil_threshold: float):  # no model, no index to load
-        self.onegen, self.index = FakeOneGen(), kb_search(["Germany", "Paris", "London"])
-        self.nil_threshold, self.alias_prior, self.popularity, self.batch_size, self.top_k = nil_threshold, None, None, 8, 3
-        self.mention_bias = 0.0
+def candidate_linker(nil_threshold: float) -> Linker:
+    """onegen.Linker's retrieval and decision over the test fakes: capitalised words as mentions, a hashed-vector KB."""
+    return Linker(FakeOneGen(), kb_search(["Germany", "Paris", "London"]), LinkerConfig(nil_threshold=nil_threshold, top_k=3))
 
 
 def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeypatch):
     (tmp_path / "tiny.ttl").write_text(to_nif(GOLD), encoding="utf-8")
-    monkeypatch.setattr("eval.run_gerbil.get_linker", lambda name, **options: CandidateLinker(nil_threshold=0.5))
+    monkeypatch.setattr("eval.run_gerbil.get_linker", lambda name, **options: candidate_linker(nil_threshold=0.5))
     path = tmp_path / "cpu" / "candidates-main.jsonl.gz"
     assert main(["run", "--data-dir", str(tmp_path), "--dataset-file", str(tmp_path / "tiny.ttl"), "--linker", "onegen",
                  "--json", str(tmp_path / "run.json"), "--candidates", str(path)]) == 0
@@ -223,7 +220,7 @@ def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeyp
     assert paris["candidates"][0] == ["Paris", pytest.approx(1.0)]
 
     def offline(threshold):  # decided from the file, as bench/gpu_score.py decides
-        linked = {doc_id: decide_mentions([Retrieved.from_dict(m) for m in mentions], nil_threshold=threshold)
+        linked = {doc_id: decide_mentions([Mention.from_dict(m) for m in mentions], nil_threshold=threshold)
                   for doc_id, mentions in docs.items()}
         return score(GOLD, linked).inkb.micro
 
