@@ -1,4 +1,4 @@
-"""Pluggable linkers for `run_gerbil.py run|serve`: the Linker protocol, a registry and the spaCy baseline.
+"""Pluggable linkers for `run_gerbil.py run|serve`: the TextLinker protocol, a registry and the spaCy baseline.
 
 A linker maps texts to annotations with code-point offsets and canonical entity ids (None = NIL).
 `get_linker("baseline")` is spaCy NER + an alias prior from AIDA train + exact KB-title match;
@@ -28,7 +28,7 @@ NAME_LABELS = frozenset({"PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "EVENT", 
 SPACY_EXCLUDE = ("lemmatizer", "attribute_ruler", "tagger")
 
 
-class Linker(Protocol):
+class TextLinker(Protocol):
     """Finds and links the entity mentions of each text."""
 
     def link(self, texts: list[str]) -> list[list[Mention]]:
@@ -83,7 +83,7 @@ class BaselineLinker:
         return out
 
 
-def _onegen_linker(model: str | None = None, kb: str | None = None, **options) -> Linker:
+def _onegen_linker(model: str | None = None, kb: str | None = None, **options) -> TextLinker:
     """`onegen.Linker.from_pretrained(model, kb=kb, **options)`, imported only when asked for; a big KB's
     index is built into the cache (with Ray) on first use."""
     try:
@@ -96,7 +96,7 @@ def _onegen_linker(model: str | None = None, kb: str | None = None, **options) -
 
 
 # linker name -> factory taking the linker's keyword options
-LINKERS: dict[str, Callable[..., Linker]] = {"baseline": BaselineLinker, "onegen": _onegen_linker}
+LINKERS: dict[str, Callable[..., TextLinker]] = {"baseline": BaselineLinker, "onegen": _onegen_linker}
 LINKER_NAMES = tuple(LINKERS)
 
 
@@ -108,7 +108,7 @@ def linker_options(name: str) -> tuple[str, ...] | None:
     return tuple(p.name for p in params)
 
 
-def get_linker(name: str, **options) -> Linker:
+def get_linker(name: str, **options) -> TextLinker:
     """Build the named linker; options set to None are left at the linker's defaults."""
     if name not in LINKERS:
         raise ValueError(f"unknown linker {name!r}; choose one of: {', '.join(LINKER_NAMES)}")

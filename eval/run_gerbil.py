@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 from eval.datasets import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file  # noqa: E402
 from eval.ids import Redirects  # noqa: E402
-from eval.linkers import LINKER_NAMES, Linker, get_linker  # noqa: E402
+from eval.linkers import LINKER_NAMES, TextLinker, get_linker  # noqa: E402
 from eval.predictions import read_predictions  # noqa: E402
 from eval.scorer import score  # noqa: E402
 from eval.serve import ServiceLimits, serve  # noqa: E402
@@ -79,7 +79,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def linker_from_args(args: argparse.Namespace) -> Linker:
+def linker_from_args(args: argparse.Namespace) -> TextLinker:
     """Build --linker with the options given on the command line (the rest stay at the linker's defaults)."""
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size,
                       nil_threshold=args.nil_threshold, popularity_weight=args.popularity_weight,
@@ -107,7 +107,7 @@ def load_datasets(args: argparse.Namespace) -> list[tuple[str, list[Document]]]:
     return [(n, load_dataset(n, args.data_dir)) for n in names] + [(p.stem, load_dataset_file(p)) for p in files]
 
 
-def link_documents(linker: Linker, docs: list[Document], chunk: int, desc: str, candidates=None) -> dict[str, list]:
+def link_documents(linker: TextLinker, docs: list[Document], chunk: int, desc: str, candidates=None) -> dict[str, list]:
     """doc_id -> predicted annotations, linking `chunk` documents per call with a progress bar on stderr
     (also into a log, redrawn there at most every PROGRESS_LOG_SECONDS).
 
