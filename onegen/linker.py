@@ -5,14 +5,16 @@
     docs = linker(["Marie Curie was born in Warsaw."])   # -> [Document(doc_id="0", text, mentions)]
 
 One model pass finds and embeds the mentions, the entity index is searched, and each mention is linked or
-left NIL by `onegen.decide` (DESIGN section 3). A small KB (up to SMALL_KB_ENTITIES) is encoded here
-and searched in memory (`ExactSearch`); a built index folder is loaded as it is; a bigger KB uses the
-index the index job built for it (`python jobs/build_index.py`, or cached by the link job).
+left NIL by `onegen.decide` (DESIGN section 3). A built index folder is loaded as it is; a KB JSONL uses
+the index cached for it by the link job when there is one, else a small KB (up to SMALL_KB_ENTITIES) is
+encoded here and searched in memory (`ExactSearch`); a bigger one needs an index built first
+(`python jobs/build_index.py`).
 The functions below are the shared core: training scores a model through `link_texts`, and the link
 job's replicas run `Linker.embed`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from itertools import islice
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from onegen.decide import AliasPrior, PopularityPrior, decide
+from onegen.default_model import cache_root
 from onegen.linker_config import LinkerConfig, model_config
 from onegen.spans import Candidate, Document, Mention
 
@@ -28,6 +31,12 @@ LOG = logging.getLogger(__name__)
 
 SAMPLE_KB = Path(__file__).resolve().parents[1] / "samples" / "kb.jsonl"  # the bundled sample KB
 SMALL_KB_ENTITIES = 50_000  # a KB up to this size is encoded in process and searched in memory
+
+
+def cached_index_dir(fingerprint: dict, kb_sha256: str, kb_name: str) -> Path:
+    """Cache folder of the index of one KB encoded by one model."""
+    key = hashlib.sha256(f"{fingerprint['weights_sha256']}\0{fingerprint['tokenizer_sha256']}\0{kb_sha256}".encode()).hexdigest()
+    return cache_root() / "indexes" / f"{kb_name}-{key[:16]}"
 
 
 class ExactSearch:
@@ -120,8 +129,9 @@ class Linker:
 
         Args:
             index: a built index folder (python jobs/build_index.py), loaded as it is.
-            kb: a KB JSONL; up to SMALL_KB_ENTITIES entities it is encoded here and searched in memory,
-                a bigger one needs its cached index (`build_index=True` builds it with Ray, once).
+            kb: a KB JSONL: the index the link job cached for it if any, else up to SMALL_KB_ENTITIES
+                entities encoded here and searched in memory; a bigger one without a cached index is
+                refused (`build_index=True` builds it into the cache with Ray, once).
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
             overrides: LinkerConfig settings (nil_threshold, alias_weight, popularity_weight, mention_bias,
@@ -188,28 +198,29 @@ def _load_index(onegen, directory: Path, popularity_weight: float):
 
 
 def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: float, build_index: bool):
-    """A KB JSONL: encoded here when small, else its cached index (built with Ray when `build_index`)."""
+    """A KB JSONL: its cached index when the index job built one, else encoded here when small, else (with
+    `build_index`) built into the cache with Ray."""
+    from kb.io import sha256_file
     from kb.jsonl import iter_kb
+    from kb.manifest import MANIFEST_NAME
 
     if not kb_file.is_file():
         raise FileNotFoundError(f"KB {kb_file} not found: pass kb=FILE (JSONL, DESIGN section 4) or index=DIR of a built index")
+    fingerprint = onegen.fingerprint()
+    directory = cached_index_dir(fingerprint, sha256_file(kb_file), kb_file.stem)
+    if (directory / MANIFEST_NAME).is_file():
+        return _load_index(onegen, directory, popularity_weight)
     entities = list(islice(iter_kb(kb_file), SMALL_KB_ENTITIES + 1))
     if len(entities) <= SMALL_KB_ENTITIES:
         LOG.info("encoding the %d entities of %s in memory", len(entities), kb_file)
         search = ExactSearch([e.id for e in entities], onegen.embed_entities(entities))
         popularity = PopularityPrior.from_kb(kb_file, weight=popularity_weight) if popularity_weight else None
         return search, popularity
-    from kb.io import sha256_file
-    from kb.manifest import MANIFEST_NAME
-    from onegen.pipeline.linking import cached_index_dir, ensure_index
+    if not build_index:
+        raise FileNotFoundError(
+            f"KB {kb_file} has more than {SMALL_KB_ENTITIES} entities and no built index: build one with "
+            f"`python jobs/build_index.py --kb {kb_file} --out DIR{f' --model {model}' if model else ''}` "
+            f"and pass index=DIR (or build_index=True to build it into the cache with Ray)")
+    from onegen.pipeline.linking import ensure_index
 
-    fingerprint = onegen.fingerprint()
-    directory = cached_index_dir(fingerprint, sha256_file(kb_file), kb_file.stem)
-    if not (directory / MANIFEST_NAME).is_file():
-        if not build_index:
-            raise FileNotFoundError(
-                f"KB {kb_file} has more than {SMALL_KB_ENTITIES} entities and no built index: build one with "
-                f"`python jobs/build_index.py --kb {kb_file} --out DIR{f' --model {model}' if model else ''}` "
-                f"and pass index=DIR (or build_index=True to build it into the cache with Ray)")
-        directory = ensure_index(kb_file, model, fingerprint)
-    return _load_index(onegen, directory, popularity_weight)
+    return _load_index(onegen, ensure_index(kb_file, model, fingerprint), popularity_weight)
