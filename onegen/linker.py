@@ -141,7 +141,10 @@ class Linker:
 
         config = model_config(model).replace(**overrides)
         if index is not None or kb is not None:  # the one given replaces what the model's config recorded
-            config.index, config.kb = (str(Path(p).expanduser().resolve()) if p else None for p in (index, kb))
+            config.index, config.kb = index, kb
+        # absolute, so that save_pretrained records files that load from anywhere
+        config.index, config.kb, config.aliases = (str(Path(p).expanduser().resolve()) if p else None
+                                                   for p in (config.index, config.kb, config.aliases))
         onegen = OneGen.from_pretrained(model, device=device)
         if config.index is not None:
             search, popularity = _load_index(onegen, Path(config.index), config.popularity_weight)
