@@ -191,13 +191,16 @@ class Linker:
                                popularity=self.popularity)
 
 
-def _load_index(onegen, directory: Path, popularity_weight: float):
-    """A built index folder (refused when built by another model) and its popularity prior."""
+def _load_index(onegen, directory: Path, popularity_weight: float, kb_file: Path | None = None):
+    """A built index folder (refused when built by another model) and its popularity prior: from `kb_file`,
+    the KB it was built from, when given, else from the KB files its manifest names."""
     from kb.index import EntityIndex
     from onegen.pipeline.linking import popularity_prior
 
     search = EntityIndex.load(directory, expect=onegen.fingerprint(), expect_dim=onegen.hidden_size)
-    return search, popularity_prior(directory, popularity_weight)
+    if kb_file is None:
+        return search, popularity_prior(directory, popularity_weight)
+    return search, PopularityPrior.from_kb(kb_file, weight=popularity_weight) if popularity_weight else None
 
 
 def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: float, build_index: bool):
@@ -211,8 +214,8 @@ def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: floa
         raise FileNotFoundError(f"KB {kb_file} not found: pass kb=FILE (JSONL, DESIGN section 4) or index=DIR of a built index")
     fingerprint = onegen.fingerprint()
     directory = cached_index_dir(fingerprint, sha256_file(kb_file), kb_file.stem)
-    if (directory / MANIFEST_NAME).is_file():
-        return _load_index(onegen, directory, popularity_weight)
+    if (directory / MANIFEST_NAME).is_file():  # keyed by the KB's sha256: built from this very file
+        return _load_index(onegen, directory, popularity_weight, kb_file)
     entities = list(islice(iter_kb(kb_file), SMALL_KB_ENTITIES + 1))
     if len(entities) <= SMALL_KB_ENTITIES:
         LOG.info("encoding the %d entities of %s in memory", len(entities), kb_file)
@@ -226,4 +229,4 @@ def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: floa
             f"and pass index=DIR (or build_index=True to build it into the cache with Ray)")
     from onegen.pipeline.linking import ensure_index
 
-    return _load_index(onegen, ensure_index(kb_file, model, fingerprint), popularity_weight)
+    return _load_index(onegen, ensure_index(kb_file, model, fingerprint), popularity_weight, kb_file)
