@@ -49,7 +49,7 @@ from onegen.chunking import Window
 from onegen.collate import OneGenCollator
 from onegen.data import OneGenExample
 from onegen.inference import annotate
-from onegen.linker import Retrieved
+from onegen.linker import with_candidates
 from onegen.mining import mine_with_model
 from onegen.model import OneGen
 from onegen.training import (
@@ -165,8 +165,7 @@ def write_candidates(onegen: OneGen, docs: list[dict], search, path: Path, batch
                 rows = []
                 if result.mentions:
                     scores, ids = search(np.stack([m.vector for m in result.mentions]), TOP_K)  # (M, k) each
-                    rows = [Retrieved(m.start, m.end, m.surface, list(zip(i, s))).to_dict()
-                            for m, s, i in zip(result.mentions, scores.tolist(), ids.tolist())]
+                    rows = [m.to_dict() for m in with_candidates(result.mentions, scores, ids)]
                 mentions += len(rows)
                 generated += result.generated_tokens
                 f.write(json.dumps({"dataset": doc["dataset"], "doc_id": doc["doc_id"], "mentions": rows},

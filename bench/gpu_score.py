@@ -1,6 +1,6 @@
 """Score the candidates `bench/gpu_run.py` wrote on a GPU machine, here, with the eval/ scorer.
 
-    python bench/gpu_score.py --candidates DIR [--run main] [--json results.json]
+    python bench/gpu_score.py --candidates DIR [--run main] [--json results.json] [--write-config MODEL_DIR]
 
 On a CPU, `eval/run_gerbil.py run --linker onegen --candidates DIR/candidates-main.jsonl.gz` writes the
 same file (it must include aida-testa, the set the settings are picked on).
@@ -25,12 +25,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from kb.ids import Redirects
 from eval.run_gerbil import format_table, pct
 from eval.scorer import score
-from eval.types import Annotation
-from kb.ids import Redirects
 from onegen.decide import AliasPrior, PopularityPrior
-from onegen.linker import Retrieved, decide_mentions
+from onegen.linker import decide_mentions
+from onegen.linker_config import CONFIG_NAME, model_config
+from onegen.spans import Mention
 
 TUNE_SET = "aida-testa"
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
@@ -53,9 +54,9 @@ def read_candidates(path: Path) -> dict[str, dict[str, list[dict]]]:
 
 
 def link(docs: dict[str, list[dict]], threshold: float, prior: AliasPrior | None,
-         popularity: PopularityPrior | None = None) -> dict[str, list[Annotation]]:
-    """Annotations of every document: each mention's decided entity, or None (NIL)."""
-    return {doc_id: decide_mentions([Retrieved.from_dict(m) for m in mentions], nil_threshold=threshold,
+         popularity: PopularityPrior | None = None) -> dict[str, list[Mention]]:
+    """Mentions of every document: each mention's decided entity, or None (NIL)."""
+    return {doc_id: decide_mentions([Mention.from_dict(m) for m in mentions], nil_threshold=threshold,
                                     alias_prior=prior, popularity=popularity)
             for doc_id, mentions in docs.items()}
 
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--kb", type=Path, help="KB JSONL with the popularity field (default: DATA_DIR/kb/entities.jsonl)")
     parser.add_argument("--json", type=Path, help="write the chosen settings and every score here")
+    parser.add_argument("--write-config", type=Path, metavar="MODEL_DIR",
+                        help=f"write the chosen settings as MODEL_DIR/{CONFIG_NAME} (its other settings, such as the "
+                             "mention bias the candidates were made with, are kept), so the model links with them")
     args = parser.parse_args(argv)
     redirects = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv")
     table = AliasPrior.from_tsv(args.data_dir / "kb" / "aida_train_aliases.tsv")
@@ -122,6 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(["dataset", "docs", "gold InKB", "P", "R", "micro-F1", "macro-F1"], rows))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
+    if args.write_config:
+        write_config(args.write_config, chosen)
+
+
+def write_config(model_dir: Path, chosen: dict) -> Path:
+    """Save the chosen NIL threshold and prior weights into the model folder's linker_config.json."""
+    config = model_config(str(model_dir)).replace(nil_threshold=chosen["nil_threshold"], alias_weight=chosen["prior_weight"],
+                                                  popularity_weight=chosen["popularity_weight"])
+    path = config.save(model_dir)
+    print(f"settings written to {path}")
+    return path
 
 
 if __name__ == "__main__":

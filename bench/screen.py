@@ -33,14 +33,14 @@ from pathlib import Path
 
 from bench.gpu_score import link, read_candidates
 from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from kb.ids import Redirects, canonical_id
 from eval.run_gerbil import format_table, pct
 from eval.scorer import score
-from eval.types import Document
-from kb.ids import Redirects, canonical_id
+from onegen.spans import Document
 from kb.jsonl import read_kb
 from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, PopularityPrior
-from onegen.default_model import DEFAULT_MENTION_BIAS
 from onegen.linker import ExactSearch, retrieve_texts
+from onegen.linker_config import model_config
 from onegen.model import OneGen
 
 TOP_K = 10
@@ -57,7 +57,7 @@ def marking_and_ranking(gold: list[Document], runs: dict[str, dict[str, list[dic
     out = {name: {"marked": 0, "exact_span": 0.0, "common_spans": 0, "top1": 0.0, "top10": 0.0} for name in runs}
     gold_links = 0
     for doc in gold:
-        resolved = (((a.start, a.end), entity(a.entity_id)) for a in doc.annotations if a.entity_id)
+        resolved = (((a.start, a.end), entity(a.entity_id)) for a in doc.mentions if a.entity_id)
         links = {span: e for span, e in resolved if e}
         gold_links += len(links)
         spans = {name: {(m["start"], m["end"]): [entity(e) for e, _ in m["candidates"]]
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=100, help="its first N documents (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--mention-bias", type=float, default=DEFAULT_MENTION_BIAS,
+    parser.add_argument("--mention-bias", type=float, default=model_config(None).mention_bias,
                         help="decode the model with this mention bias, as `eval/run_gerbil.py run --mention-bias` "
-                             "(default: the product's, %(default)s; 0: the model's own choice)")
+                             "(default: the trained default's, %(default)s; 0: the model's own choice)")
     parser.add_argument("--output", type=Path, help="also write the model's candidates here (.jsonl.gz)")
     args = parser.parse_args(argv)
     if args.docs < 1:

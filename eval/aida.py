@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from eval.types import Annotation, Document
 from kb.ids import canonical_id
+from onegen.spans import Document, Mention
 
 SPLITS = ("train", "testa", "testb")
 NIL_MARK = "--NME--"
@@ -77,7 +77,7 @@ class _DocBuilder:
             if text[start:stop] != string:
                 raise ValueError(f"AIDA document {self.doc_id!r}: mention string {string!r} does not match its tokens "
                                  f"{text[start:stop]!r}; the TSV file is corrupt")
-            annotations.append(Annotation(start, stop, string, entity))
+            annotations.append(Mention(start, stop, string, entity))
         return Document(self.doc_id, text, annotations)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from eval.aida import read_aida
 from eval.nif import read_nif
-from eval.types import Document
+from onegen.spans import Document
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # the project's data bundle (shared/data/README.md); ONEGEN_SHARED_DATA overrides it, as in tests/conftest.py

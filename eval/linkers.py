@@ -1,8 +1,8 @@
-"""Pluggable linkers for `run_gerbil.py run|serve`: the Linker protocol, a registry and the spaCy baseline.
+"""Pluggable linkers for `run_gerbil.py run|serve`: the TextLinker protocol, a registry and the spaCy baseline.
 
 A linker maps texts to annotations with code-point offsets and canonical entity ids (None = NIL).
 `get_linker("baseline")` is spaCy NER + an alias prior from AIDA train + exact KB-title match;
-`get_linker("onegen")` is the OneGen linker (`onegen.linker.OneGenLinker`), imported on demand.
+`get_linker("onegen")` is `onegen.Linker`, imported on demand.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from eval.corpora import DEFAULT_DATA_DIR
-from eval.types import Annotation
+from onegen.spans import Mention
 from kb.aliases import AliasTable
 from kb.entity import Entity
 from kb.jsonl import iter_kb
@@ -28,11 +28,11 @@ NAME_LABELS = frozenset({"PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "EVENT", 
 SPACY_EXCLUDE = ("lemmatizer", "attribute_ruler", "tagger")
 
 
-class Linker(Protocol):
+class TextLinker(Protocol):
     """Finds and links the entity mentions of each text."""
 
-    def link(self, texts: list[str]) -> list[list[Annotation]]:
-        """One list of annotations per text, sorted by start; code-point offsets, entity_id None for NIL."""
+    def link(self, texts: list[str]) -> list[list[Mention]]:
+        """One list of mentions per text, sorted by start; code-point offsets, entity_id None for NIL."""
         ...
 
 
@@ -73,29 +73,30 @@ class BaselineLinker:
         """Alias prior (exact, then case-insensitive), then exact KB title or id, else None (NIL)."""
         return self.aliases.most_frequent(mention) or self.titles.get(mention)
 
-    def link(self, texts: list[str]) -> list[list[Annotation]]:
+    def link(self, texts: list[str]) -> list[list[Mention]]:
         """Annotate each text: spaCy entities with a name label, without a leading "the", linked by `entity_for`."""
         out = []
         for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
             spans = [ent[1:] if len(ent) > 1 and ent[0].lower_ == "the" else ent
                      for ent in doc.ents if ent.label_ in self.labels]
-            out.append([Annotation(s.start_char, s.end_char, s.text, self.entity_for(s.text)) for s in spans])
+            out.append([Mention(s.start_char, s.end_char, s.text, self.entity_for(s.text)) for s in spans])
         return out
 
 
-def _onegen_linker(**options) -> Linker:
-    """`onegen.linker.OneGenLinker(**options)`, imported only when asked for."""
+def _onegen_linker(model: str | None = None, kb: str | None = None, **options) -> TextLinker:
+    """`onegen.Linker.from_pretrained(model, kb=kb, **options)`, imported only when asked for; a big KB's
+    index is built into the cache (with Ray) on first use."""
     try:
         module = importlib.import_module("onegen.linker")
-        cls = module.OneGenLinker
+        cls = module.Linker
     except (ImportError, AttributeError) as e:
-        raise ImportError(f"the 'onegen' linker needs onegen.linker.OneGenLinker, which cannot be imported ({e}); "
+        raise ImportError(f"the 'onegen' linker needs onegen.Linker, which cannot be imported ({e}); "
                           f"use --linker baseline until the OneGen linker is installed") from e
-    return cls(**options)
+    return cls.from_pretrained(model, kb=kb, build_index=True, **options)
 
 
 # linker name -> factory taking the linker's keyword options
-LINKERS: dict[str, Callable[..., Linker]] = {"baseline": BaselineLinker, "onegen": _onegen_linker}
+LINKERS: dict[str, Callable[..., TextLinker]] = {"baseline": BaselineLinker, "onegen": _onegen_linker}
 LINKER_NAMES = tuple(LINKERS)
 
 
@@ -107,7 +108,7 @@ def linker_options(name: str) -> tuple[str, ...] | None:
     return tuple(p.name for p in params)
 
 
-def get_linker(name: str, **options) -> Linker:
+def get_linker(name: str, **options) -> TextLinker:
     """Build the named linker; options set to None are left at the linker's defaults."""
     if name not in LINKERS:
         raise ValueError(f"unknown linker {name!r}; choose one of: {', '.join(LINKER_NAMES)}")

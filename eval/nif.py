@@ -25,8 +25,8 @@ from urllib.parse import quote, unquote
 from rdflib import RDF, XSD, Graph, Literal, Namespace, URIRef
 from rdflib.namespace import OWL
 
-from eval.types import Annotation, Document
 from kb.ids import canonical_id
+from onegen.spans import Document, Mention
 
 LOG = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def documents_of(graph: Graph, skip_bad: bool = False, source: str = "<data>") -
                 raise
             LOG.warning("skipping phrase: %s", e)
             continue
-        annotations[context].append(Annotation(start, end, anchor, _entity(graph, phrase)))
+        annotations[context].append(Mention(start, end, anchor, _entity(graph, phrase)))
     return [
         Document(doc_id_of(c), contexts[c], sorted(annotations[c], key=lambda a: (a.start, a.end, a.entity_id or "")))
         for c in sorted(contexts, key=str)
@@ -199,7 +199,7 @@ def read_nif(path: str | Path, skip_bad: bool = False) -> list[Document]:
     return parse_nif(path.read_bytes(), skip_bad=skip_bad, source=str(path))
 
 
-def add_annotations(graph: Graph, context: URIRef, text: str, annotations: list[Annotation]) -> None:
+def add_annotations(graph: Graph, context: URIRef, text: str, annotations: list[Mention]) -> None:
     """Add one nif:Phrase per annotation (UTF-16 offsets, taIdentRef or notInWiki) to `graph`."""
     base = str(context).split("#", 1)[0]
     used = {str(context)}
@@ -240,5 +240,5 @@ def to_nif(docs: list[Document]) -> str:
         graph.add((context, NIF.isString, Literal(doc.text)))
         graph.add((context, NIF.beginIndex, Literal(0, datatype=XSD.nonNegativeInteger)))
         graph.add((context, NIF.endIndex, Literal(utf16_index(doc.text, len(doc.text)), datatype=XSD.nonNegativeInteger)))
-        add_annotations(graph, context, doc.text, doc.annotations)
+        add_annotations(graph, context, doc.text, doc.mentions)
     return graph.serialize(format="turtle")

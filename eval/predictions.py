@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.nif import read_nif
-from eval.types import Annotation
-from kb.ids import canonical_id
+from onegen.spans import Mention
 
 PARQUET_MAGIC = b"PAR1"
 REQUIRED_COLUMNS = ("doc_id", "mentions", "status")  # a link-job output row; `error` is read when present
@@ -18,17 +17,17 @@ REQUIRED_MENTION_FIELDS = ("start", "end", "surface", "entity_id")  # of each st
 class Predictions(Mapping):
     """doc_id -> predicted annotations (a read-only mapping), plus the documents the link job failed on."""
 
-    annotations: dict[str, list[Annotation]]  # doc_id -> annotations sorted by (start, end); [] for error rows
+    mentions: dict[str, list[Mention]]  # doc_id -> mentions sorted by (start, end); [] for error rows
     errors: dict[str, str] = field(default_factory=dict)  # doc_id -> error message of rows with status "error"
 
-    def __getitem__(self, doc_id: str) -> list[Annotation]:
-        return self.annotations[doc_id]
+    def __getitem__(self, doc_id: str) -> list[Mention]:
+        return self.mentions[doc_id]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.annotations)
+        return iter(self.mentions)
 
     def __len__(self) -> int:
-        return len(self.annotations)
+        return len(self.mentions)
 
 
 def is_parquet(path: Path) -> bool:
@@ -46,7 +45,7 @@ def read_predictions(path: str | Path) -> Predictions:
         raise FileNotFoundError(f"predictions not found: {path} (expected a NIF file or link-job Parquet output)")
     if is_parquet(path):
         return read_parquet_predictions(path)
-    return Predictions({doc.doc_id: doc.annotations for doc in read_nif(path)})
+    return Predictions({doc.doc_id: doc.mentions for doc in read_nif(path)})
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -63,7 +62,7 @@ def read_parquet_predictions(path: str | Path) -> Predictions:
     """Read a link-job output: one row per document with `doc_id`, `mentions`, `status` and `error`."""
     import pyarrow.parquet as pq
 
-    annotations: dict[str, list[Annotation]] = {}
+    annotations: dict[str, list[Mention]] = {}
     errors: dict[str, str] = {}
     for file in _parquet_files(Path(path)):
         schema = pq.read_schema(file)
@@ -86,7 +85,7 @@ def read_parquet_predictions(path: str | Path) -> Predictions:
                 annotations[doc_id] = []
                 continue
             annotations[doc_id] = sorted(
-                (Annotation(m["start"], m["end"], m["surface"], canonical_id(m["entity_id"]) if m["entity_id"] else None)
+                (Mention(m["start"], m["end"], m["surface"], canonical_id(m["entity_id"]) if m["entity_id"] else None)
                  for m in row["mentions"] or []),
                 key=lambda a: (a.start, a.end),
             )

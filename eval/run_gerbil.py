@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from eval.corpora import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file
-from eval.linkers import LINKER_NAMES, Linker, get_linker
+from eval.linkers import LINKER_NAMES, TextLinker, get_linker
 from eval.predictions import read_predictions
 from eval.scorer import score
 from eval.serve import ServiceLimits, serve
-from eval.types import Document
 from kb.ids import Redirects
+from onegen.spans import Document
 
 # errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
 USER_ERRORS = (OSError, ValueError, ImportError)
@@ -71,11 +71,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def linker_from_args(args: argparse.Namespace) -> Linker:
+def linker_from_args(args: argparse.Namespace) -> TextLinker:
     """Build --linker with the options given on the command line (the rest stay at the linker's defaults)."""
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size,
-                      nil_threshold=args.nil_threshold, popularity_weight=args.popularity_weight,
-                      mention_bias=args.mention_bias)
+                      nil_threshold=args.nil_threshold, alias_weight=args.alias_weight,
+                      popularity_weight=args.popularity_weight, mention_bias=args.mention_bias)
 
 
 def resolve_linker_paths(args: argparse.Namespace) -> None:
@@ -99,7 +99,7 @@ def load_datasets(args: argparse.Namespace) -> list[tuple[str, list[Document]]]:
     return [(n, load_dataset(n, args.data_dir)) for n in names] + [(p.stem, load_dataset_file(p)) for p in files]
 
 
-def link_documents(linker: Linker, docs: list[Document], chunk: int, desc: str, candidates=None) -> dict[str, list]:
+def link_documents(linker: TextLinker, docs: list[Document], chunk: int, desc: str, candidates=None) -> dict[str, list]:
     """doc_id -> predicted annotations, linking `chunk` documents per call with a progress bar on stderr
     (also into a log, redrawn there at most every PROGRESS_LOG_SECONDS).
 
@@ -177,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json(args.json, {
             "linker": args.linker,
             "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold",
-                                                           "popularity_weight", "mention_bias")},
+                                                           "alias_weight", "popularity_weight", "mention_bias")},
             "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
             "load_seconds": load_seconds, "total_seconds": total, "datasets": results,
         })
@@ -202,12 +202,14 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kb", help="entities JSONL (default: DATA_DIR/kb/entities.jsonl)")
     parser.add_argument("--aliases", help="alias prior mention<TAB>entity<TAB>count (default: DATA_DIR/kb/aida_train_aliases.tsv)")
     parser.add_argument("--batch-size", type=int, help="texts per model batch (default: the linker's)")
-    parser.add_argument("--nil-threshold", type=float, help="onegen: minimum score to link, else NIL")
+    parser.add_argument("--nil-threshold", type=float, help="onegen: minimum score to link, else NIL (default: the model's linker_config.json)")
+    parser.add_argument("--alias-weight", type=float,
+                        help="onegen: weight of the --aliases prior (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,
-                        help="onegen: weight of the prior from the KB's popularity field (0: off; default: the linker's)")
+                        help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
     parser.add_argument("--mention-bias", type=float,
                         help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
-                             "(recall for precision, and slower; 0: the model's own choice; default: the linker's, 1)")
+                             "(recall for precision, and slower; 0: the model's own choice; default: the model's linker_config.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:

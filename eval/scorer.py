@@ -23,8 +23,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from eval.types import Annotation, Document
 from kb.ids import Redirects, canonical_id
+from onegen.spans import Document, Mention
 
 LOG = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Report:
         return "\n".join(lines)
 
 
-def _normalise(annotations: list[Annotation], redirects: Redirects) -> list[tuple[int, int, str | None]]:
+def _normalise(annotations: list[Mention], redirects: Redirects) -> list[tuple[int, int, str | None]]:
     """(start, end, canonical redirected entity or None) per annotation, sorted by span."""
     out = []
     for a in annotations:
@@ -159,7 +159,7 @@ def count_document(gold: list[tuple], pred: list[tuple], match: str = "strong") 
     return counts
 
 
-def score(gold: list[Document], pred: Mapping[str, list[Annotation]], *, match: str = "strong",
+def score(gold: list[Document], pred: Mapping[str, list[Mention]], *, match: str = "strong",
           task: str = "a2kb", redirects: Redirects | None = None) -> Report:
     """Score predictions (doc id -> annotations) against gold documents, GERBIL style (module docstring)."""
     if match not in MATCHES:
@@ -173,7 +173,7 @@ def score(gold: list[Document], pred: Mapping[str, list[Annotation]], *, match: 
         LOG.warning("ignoring predictions for %d documents that are not in the gold, e.g. %r", len(ignored), ignored[0])
     per_doc: dict[str, list[Counts]] = {INKB: [], EE: []}
     for doc in gold:
-        g = _normalise(doc.annotations, redirects)
+        g = _normalise(doc.mentions, redirects)
         p = _normalise(pred.get(doc.doc_id, []), redirects)
         if task == "d2kb":
             p = _d2kb_predictions(g, p)

@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from rdflib import Literal, URIRef
 
 from eval.nif import NIF, NifError, add_annotations, normalise_terms, parse_graph
-from eval.types import Annotation
+from onegen.spans import Mention
 
 LOG = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class AnnotatorServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], linker, limits: ServiceLimits):
         super().__init__(address, NifAnnotatorHandler)
-        self.linker = linker  # any object with link(texts: list[str]) -> list[list[Annotation]]
+        self.linker = linker  # any object with link(texts: list[str]) -> list[list[Mention]]
         self.limits = limits  # body, context, concurrency and time limits
         self.linker_lock = threading.Lock()  # one linker call at a time
         self.in_flight = threading.BoundedSemaphore(limits.max_in_flight)  # one slot per request in work
@@ -116,7 +116,7 @@ class AnnotatorServer(ThreadingHTTPServer):
             LOG.exception("connection from %s failed", client_address[0])
 
 
-def _check_annotations(text: str, result) -> list[Annotation]:
+def _check_annotations(text: str, result) -> list[Mention]:
     """The linker's annotations for one text, checked against the text."""
     if not isinstance(result, list) or len(result) != 1:
         raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,

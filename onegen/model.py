@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ from onegen.kv_cache import PrefixCache, param_versions
 from onegen.prompts import ENTITY_PREFIX, entity_input_ids
 from onegen.sources import EXPECTED, resolve
 from onegen.tokens import CONTINUE, ENTITY, LINK, SPECIAL_TOKENS, TOKEN_DESCRIPTIONS
-from onegen.types import Annotated
+
+if TYPE_CHECKING:
+    from onegen.inference import Annotated
 
 LOG = logging.getLogger(__name__)
 

@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eval.types import Document
+from onegen.spans import Document
 from kb.entity import Entity
 from onegen.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from onegen.linker import ExactSearch, link_texts
+from onegen.linker_config import LinkerConfig
 from onegen.loss import RETRIEVAL_KINDS
 from onegen.model import OneGen, TokenIds, add_onegen_tokens, token_rows
 
@@ -376,7 +377,7 @@ def eval_subset(docs: list[Document], entities: dict[str, Entity], config: Train
         docs = [d for i, d in enumerate(docs) if i in keep]
     if config.eval_kb_size is None or config.eval_kb_size >= len(entities):
         return docs, entities
-    gold = {a.entity_id for d in docs for a in d.annotations if a.entity_id in entities}
+    gold = {a.entity_id for d in docs for a in d.mentions if a.entity_id in entities}
     rest = sorted(set(entities) - gold)
     fill = rng.sample(rest, max(0, config.eval_kb_size - len(gold)))
     return docs, {i: entities[i] for i in sorted(gold) + fill}
@@ -682,6 +683,7 @@ def train(config: TrainConfig) -> TrainResult:
         best_metrics = read_progress(folder).history[-1]
     tokenizer.save_pretrained(output)  # the tokenizer with the OneGen tokens, beside adapter or weights
     (output / ARGS_FILE).write_text(json.dumps(asdict(config), indent=1))
+    LinkerConfig().save(output)  # generic decision settings, not the bundled default's: tune with bench/gpu_score.py --write-config
     write_model_card(output / CARD_FILE, config, progress, data["sizes"], best_metrics,
                      driver_seconds=time.perf_counter() - started, init=config.init)
     return TrainResult(output=output, checkpoint=Path(best.path), progress=progress, data=data["sizes"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from onegen.pipeline.job import Linking
-from onegen.types import Annotated, Mention
+from onegen.inference import Annotated, EmbeddedMention
 
 DIM = 16
 ENTITIES = ["Paris", "France", "Berlin", "Germany", "Rome", "Italy", "Europe", "Seine"]
@@ -53,7 +53,7 @@ def fake_annotate(texts: list[str], *, fail_dir: str | None = None, kill_dir: st
     time.sleep(delay * len(texts))
     out = []
     for text in texts:
-        mentions = [Mention(m.start(), m.end(), m.group(), vector(m.group())) for m in WORD.finditer(text)]
+        mentions = [EmbeddedMention(m.start(), m.end(), m.group(), vector(m.group())) for m in WORD.finditer(text)]
         out.append(Annotated(text, mentions, marked=text, generated_tokens=len(text.split())))
     return out
 

@@ -46,7 +46,7 @@ def test_text_rebuilt_with_spaces_and_newlines(sample):
 
 def test_annotations_round_trip_and_ids(sample):
     docs = read_aida(sample)
-    got = [(d.doc_id, a.surface, a.entity_id) for d in docs for a in d.annotations]
+    got = [(d.doc_id, a.surface, a.entity_id) for d in docs for a in d.mentions]
     assert got == [
         ("1 EU", "EU", None),
         ("1 EU", "German", "Germany"),
@@ -57,7 +57,7 @@ def test_annotations_round_trip_and_ids(sample):
         ("1163testb SOCCER", "Beijing", "Beijing"),
     ]
     for d in docs:
-        for a in d.annotations:
+        for a in d.mentions:
             assert d.text[a.start:a.end] == a.surface
 
 
@@ -89,7 +89,7 @@ def test_dangling_inside_tag_is_an_error(tmp_path):
 @pytest.mark.parametrize("split", SPLITS)
 def test_real_file_counts_match_readme(shared_data, split):
     docs = read_aida(shared_data / "aida" / "AIDA-YAGO2-dataset.tsv", split)
-    mentions = [a for d in docs for a in d.annotations]
+    mentions = [a for d in docs for a in d.mentions]
     assert (len(docs), len(mentions), sum(a.entity_id is not None for a in mentions)) == AIDA_TABLE[split]
     for d in docs:
-        assert all(d.text[a.start:a.end] == a.surface for a in d.annotations)
+        assert all(d.text[a.start:a.end] == a.surface for a in d.mentions)

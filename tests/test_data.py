@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 from kb.entity import Entity
 from onegen.data import OneGenExample, build_examples, read_alias_table
 from onegen.loss import IGNORE_INDEX
@@ -34,7 +34,7 @@ def annotate(text: str, spans: list[tuple[str, str | None]], doc_id: str = "d") 
     annotations, pos = [], 0
     for surface, entity in spans:
         start = text.index(surface, pos)
-        annotations.append(Annotation(start, start + len(surface), surface, entity))
+        annotations.append(Mention(start, start + len(surface), surface, entity))
         pos = start + len(surface)
     return Document(doc_id, text, annotations)
 
@@ -187,7 +187,7 @@ def test_reads_the_shared_alias_table(shared_data):
 
 def test_overlapping_mentions_keep_the_first(tok):
     tokenizer, ids = tok
-    spans = [Annotation(0, 12, "Paris France", "France"), Annotation(6, 12, "France", "France")]
+    spans = [Mention(0, 12, "Paris France", "France"), Mention(6, 12, "France", "France")]
     doc = Document("o", "Paris France won .", spans)
     [ex] = build_examples([doc], KB, tokenizer, ids)
     assert tokenizer.decode(ex.input_ids[prompt_length(tokenizer, doc.text):]) == (

@@ -3,7 +3,7 @@ import pytest
 
 from eval.corpora import dataset_names, load_dataset, load_dataset_file
 from eval.nif import to_nif
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 
 # a tiny AIDA TSV: one train and one testa document
 AIDA = """-DOCSTART- (1 EU)
@@ -18,7 +18,7 @@ win
 
 """
 NIF_DOC = Document("http://example.org/d1#char=0,19", "Paris is in France.",
-                   [Annotation(0, 5, "Paris", "Paris"), Annotation(12, 18, "France", "France")])
+                   [Mention(0, 5, "Paris", "Paris"), Mention(12, 18, "France", "France")])
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_names_are_aida_splits_then_nif_stems(data_dir):
 
 def test_aida_split_by_name(data_dir):
     [doc] = load_dataset("aida-testa", data_dir)
-    assert doc.doc_id == "947testa CRICKET" and doc.annotations == [Annotation(0, 5, "Leeds", None)]
+    assert doc.doc_id == "947testa CRICKET" and doc.mentions == [Mention(0, 5, "Leeds", None)]
     assert [d.doc_id for d in load_dataset("aida-train", data_dir)] == ["1 EU"]
     assert load_dataset("aida-testb", data_dir) == []
 

@@ -76,9 +76,9 @@ def recording(make_annotator, marks: str):
     annotate = make_annotator()
     seen = {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    # the OneGen instance that onegen_annotator's closure holds
-    onegen = next((c.cell_contents for c in getattr(annotate, "__closure__", None) or () if isinstance(c.cell_contents, OneGen)), None)
-    if onegen is not None:
+    # the OneGen instance of the onegen.Linker whose `embed` onegen_annotator returns
+    onegen = getattr(getattr(annotate, "__self__", None), "onegen", None)
+    if isinstance(onegen, OneGen):
         weights = next(onegen.model.parameters())
         seen.update(device=str(onegen.device), weights=f"{weights.device} {weights.dtype}")
     (Path(marks) / f"{os.getpid()}.json").write_text(json.dumps(seen))

@@ -6,7 +6,7 @@ import pytest
 from link_fakes import FakeIndex, fake_annotate, vector
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.pipeline.inputs import Limits, RawRow, rows_to_table
-from onegen.pipeline.stages import AnnotateStage, Linker, column_vectors, vectors_column
+from onegen.pipeline.stages import AnnotateStage, LinkStep, column_vectors, vectors_column
 
 
 def batch(texts) -> pa.Table:
@@ -40,9 +40,9 @@ def test_an_annotator_returning_the_wrong_count_is_a_failure_not_a_shifted_resul
     assert "returned 0 results for 1 texts" in out.column("error").to_pylist()[1]
 
 
-def test_linker_links_above_threshold_nil_below_and_keeps_top_k():
+def test_link_step_links_above_threshold_nil_below_and_keeps_top_k():
     annotated = AnnotateStage(lambda: fake_annotate)(batch(["Paris and Normandy.", "no mentions here."]))
-    out = Linker(FakeIndex(), top_k=3, nil_threshold=0.9, model_id="m", index_id="i")(annotated)
+    out = LinkStep(FakeIndex(), top_k=3, nil_threshold=0.9, model_id="m", index_id="i")(annotated)
     assert out.column_names[:4] == ["doc_id", "mentions", "status", "error"] and "_vectors" not in out.column_names
     (paris, normandy), nothing = out.column("mentions").to_pylist()
     assert (paris["surface"], paris["entity_id"], nothing) == ("Paris", "Paris", [])
@@ -57,8 +57,8 @@ def test_alias_prior_changes_the_choice_among_retrieved_candidates(tmp_path):
     aliases = tmp_path / "aliases.tsv"
     aliases.write_text(f"normandy\t{second}\t5\n")
     annotated = AnnotateStage(lambda: fake_annotate)(batch(["Normandy."]))
-    plain = Linker(FakeIndex(), 3, -1.0, "m", "i")(annotated)
-    with_prior = Linker(FakeIndex(), 3, -1.0, "m", "i", AliasPrior.from_tsv(aliases, weight=10.0))(annotated)
+    plain = LinkStep(FakeIndex(), 3, -1.0, "m", "i")(annotated)
+    with_prior = LinkStep(FakeIndex(), 3, -1.0, "m", "i", AliasPrior.from_tsv(aliases, weight=10.0))(annotated)
     assert plain.column("mentions").to_pylist()[0][0]["entity_id"] == first
     assert with_prior.column("mentions").to_pylist()[0][0]["entity_id"] == second
 
@@ -67,5 +67,16 @@ def test_popularity_prior_changes_the_choice_among_retrieved_candidates():
     _, ids = FakeIndex().search(vector("Normandy")[None], 3)  # (1, 3): what retrieval returns for "Normandy"
     first, second = ids[0][0], ids[0][1]
     annotated = AnnotateStage(lambda: fake_annotate)(batch(["Normandy."]))
-    known = Linker(FakeIndex(), 3, -1.0, "m", "i", popularity=PopularityPrior({second: 1.0}, weight=10.0))(annotated)
+    known = LinkStep(FakeIndex(), 3, -1.0, "m", "i", popularity=PopularityPrior({second: 1.0}, weight=10.0))(annotated)
     assert known.column("mentions").to_pylist()[0][0]["entity_id"] == second != first
+
+
+def test_the_mentions_column_is_onegen_spans_mention_field_for_field():
+    from dataclasses import fields
+
+    from onegen.pipeline.outputs import MENTION_TYPE
+    from onegen.spans import Candidate, Mention
+
+    mention = Mention(0, 5, "Paris", "Paris", 0.5, [Candidate("Paris", 0.5), Candidate("Rome", 0.25)])
+    assert [f.name for f in MENTION_TYPE] == [f.name for f in fields(Mention)]
+    assert pa.array([mention.to_row()], MENTION_TYPE).to_pylist() == [mention.to_row()]

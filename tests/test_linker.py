@@ -1,16 +1,16 @@
-"""The OneGen linker: retrieval + NIL decision over annotated mentions, and the eval/ entry end to end."""
+"""onegen.Linker: retrieval + NIL decision over annotated mentions, from_pretrained / save_pretrained, the eval/ entry."""
 import json
 
 import numpy as np
 import pytest
+import ray
 
-from eval.types import Annotation
-from kb.entity import Entity
 from kb.index import EntityIndex
 from link_fakes import ENTITIES, fake_annotate, vector
 from onegen.decide import AliasPrior
-from onegen.default_model import DEFAULT_MENTION_BIAS
-from onegen.linker import ExactSearch, OneGenLinker, link_texts
+from onegen.linker import ExactSearch, Linker, link_texts
+from onegen.linker_config import CONFIG_NAME, LinkerConfig
+from onegen.spans import Document
 
 
 class FakeOneGen:
@@ -35,10 +35,14 @@ def test_exact_search_ranks_by_cosine_and_pads_past_the_kb():
 
 def test_link_texts_links_known_mentions_and_leaves_unknown_ones_nil():
     text = "Paris is in France, not in Narnia."
-    (annotations,) = link_texts(FakeOneGen(), [text], kb_search(), nil_threshold=0.9)
-    assert annotations == [Annotation(0, 5, "Paris", "Paris"), Annotation(12, 18, "France", "France"),
-                           Annotation(27, 33, "Narnia", None)]
-    assert all(text[a.start:a.end] == a.surface for a in annotations)
+    (mentions,) = link_texts(FakeOneGen(), [text], kb_search(), nil_threshold=0.9)
+    assert [(m.start, m.end, m.surface, m.entity_id) for m in mentions] == [
+        (0, 5, "Paris", "Paris"), (12, 18, "France", "France"), (27, 33, "Narnia", None)]
+    assert all(text[m.start:m.end] == m.surface for m in mentions)
+    paris, _, narnia = mentions  # the chosen (for NIL the best) cosine, and the top-k best first
+    assert paris.score == pytest.approx(1.0) and paris.candidates[0].entity_id == "Paris" and len(paris.candidates) == 8
+    assert narnia.score == narnia.candidates[0].score < 0.9
+    assert [c.score for c in narnia.candidates] == sorted((c.score for c in narnia.candidates), reverse=True)
     assert link_texts(FakeOneGen(), ["no capitals here", ""], kb_search(), nil_threshold=0.0) == [[], []]
 
 
@@ -46,8 +50,8 @@ def test_link_texts_alias_prior_reranks_candidates(tmp_path):
     aliases = tmp_path / "aliases.tsv"
     aliases.write_text("Paris\tFrance\t10\n", encoding="utf-8")
     prior = AliasPrior.from_tsv(aliases, weight=5.0)
-    (annotations,) = link_texts(FakeOneGen(), ["Paris"], kb_search(), nil_threshold=-1.0, alias_prior=prior)
-    assert annotations[0].entity_id == "France"
+    (mentions,) = link_texts(FakeOneGen(), ["Paris"], kb_search(), nil_threshold=-1.0, alias_prior=prior)
+    assert mentions[0].entity_id == "France"
 
 
 def test_popularity_prior_is_stored_in_the_index_and_needs_no_kb_file(tmp_path, caplog):
@@ -95,24 +99,65 @@ def test_an_index_built_before_popularity_was_stored_reads_its_kb_files_with_one
     assert "gone or changed" in caplog.records[1].message
 
 
-def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
+CITIES = (("Paris", 100), ("Rome", 10), ("Berlin", 0))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-weight tiny model folder (no linker_config.json) and a three-city KB."""
     from tiny import tiny_model, tiny_tokenizer
 
     from onegen.model import OneGen
 
+    root = tmp_path_factory.mktemp("tiny")
     tokenizer = tiny_tokenizer()
-    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(tmp_path / "model")
-    onegen = OneGen.from_pretrained(str(tmp_path / "model"))
-    entities = [Entity("Paris", "Paris", "Capital of France."), Entity("Rome", "Rome", "Capital of Italy.")]
-    EntityIndex.build(tmp_path / "index", [e.id for e in entities], onegen.embed_entities(entities),
-                      fingerprint=onegen.fingerprint())
-    linker = OneGenLinker(model=str(tmp_path / "model"), index=str(tmp_path / "index"), nil_threshold=-1.0)
-    texts = ["Paris and Rome.", ""]
-    out = linker.link(texts)
-    assert len(out) == 2 and out[1] == []
-    for annotation in out[0]:  # a random model marks whatever it marks; every span must be exact and linked
-        assert texts[0][annotation.start:annotation.end] == annotation.surface
-        assert annotation.entity_id in {"Paris", "Rome"}
+    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(root / "model")
+    (root / "kb.jsonl").write_text("".join(json.dumps({"id": n, "title": n, "description": f"{n} is a city.",
+                                                       "popularity": p}) + "\n" for n, p in CITIES), encoding="utf-8")
+    return root
+
+
+TEXTS = ["Paris and Rome.", "Berlin is big.", ""]
+
+
+def test_from_pretrained_links_a_small_kb_in_memory_without_ray(tiny):
+    assert not ray.is_initialized()
+    linker = Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0)
+    assert isinstance(linker.search, ExactSearch) and len(linker.search) == 3
+    docs = linker(TEXTS)
+    assert not ray.is_initialized()
+    assert [d.doc_id for d in docs] == ["0", "1", "2"] and docs[2].mentions == []
+    mentions = [m for d in docs for m in d.mentions]
+    assert mentions  # a random model marks whatever it marks; every span exact, linked (no NIL at -1), scored
+    for doc in docs:
+        for m in doc.mentions:
+            assert doc.text[m.start:m.end] == m.surface and m.entity_id in {"Paris", "Rome", "Berlin"}
+            assert len(m.candidates) == 3 and m.score in [c.score for c in m.candidates]
+    assert linker([("a", "Paris.")])[0].doc_id == "a" and linker("Paris.")[0].text == "Paris."
+    assert linker([Document("b", "Rome.")])[0].doc_id == "b"
+
+
+def test_save_pretrained_round_trip_links_the_same(tiny, tmp_path):
+    linker = Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=0.1, top_k=2)
+    linker.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / CONFIG_NAME).read_text())
+    assert (saved["nil_threshold"], saved["top_k"], saved["kb"]) == (0.1, 2, str(tiny / "kb.jsonl"))
+    again = Linker.from_pretrained(str(tmp_path / "saved"))
+    assert again(TEXTS) == linker(TEXTS)
+
+
+def test_linker_config_json_is_used_and_keyword_overrides_win(tiny, tmp_path, caplog):
+    import shutil
+
+    caplog.set_level("INFO")
+    generic = Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"))
+    assert generic.config == LinkerConfig(kb=str(tiny / "kb.jsonl"))  # no linker_config.json: generic, logged
+    assert f"has no {CONFIG_NAME}: using the generic linker settings" in caplog.text
+    shutil.copytree(tiny / "model", tmp_path / "model")
+    LinkerConfig(nil_threshold=0.99, popularity_weight=0.0, mention_bias=2.0, top_k=1).save(tmp_path / "model")
+    tuned = Linker.from_pretrained(str(tmp_path / "model"), kb=str(tiny / "kb.jsonl"), top_k=2)
+    assert (tuned.config.nil_threshold, tuned.config.mention_bias, tuned.config.top_k, tuned.popularity) == (0.99, 2.0, 2, None)
+    assert all(m.entity_id is None and len(m.candidates) == 2 for d in tuned(TEXTS) for m in d.mentions)  # all under 0.99
 
     def recorded(linker):  # the options the linker decodes with
         calls = []
@@ -120,43 +165,77 @@ def test_onegen_linker_end_to_end_on_a_tiny_model(tmp_path):
         linker.retrieve(["Paris."])
         return calls
 
-    assert recorded(linker) == [{"batch_size": 8, "mention_bias": DEFAULT_MENTION_BIAS}]  # the product's decoding
-    unbiased = OneGenLinker(model=str(tmp_path / "model"), index=str(tmp_path / "index"), mention_bias=0.0)
-    assert recorded(unbiased) == [{"batch_size": 8}]  # the model's own choice
+    assert recorded(tuned) == [{"batch_size": 8, "mention_bias": 2.0}]
+    assert recorded(generic) == [{"batch_size": 8}]  # mention bias 0: the model's own choice
+
+
+def test_an_unknown_setting_is_a_one_line_error(tmp_path):
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"nil_threshold": 0.5, "nil_treshold": 0.6}))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) nil_treshold; expected some of: .*nil_threshold") as err:
+        LinkerConfig.load(tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"unknown linker setting\(s\) threshold"):
+        LinkerConfig().replace(threshold=0.5)
+
+
+def test_the_default_adapter_ships_its_tuned_settings():
+    from onegen.linker_config import model_config
+
+    assert model_config(None) == LinkerConfig(nil_threshold=0.75, alias_weight=0.2, popularity_weight=0.1,
+                                              mention_bias=1.0, top_k=10)
+    assert LinkerConfig().mention_bias == 0.0  # a model nobody tuned decodes with its own choice
+
+
+def test_from_pretrained_loads_a_built_index(tiny):
+    from onegen.model import OneGen
+
+    onegen = OneGen.from_pretrained(str(tiny / "model"))
+    entities = [Entity("Paris", "Paris", "Capital of France."), Entity("Rome", "Rome", "Capital of Italy.")]
+    EntityIndex.build(tiny / "index", [e.id for e in entities], onegen.embed_entities(entities),
+                      fingerprint=onegen.fingerprint())
+    linker = Linker.from_pretrained(str(tiny / "model"), index=str(tiny / "index"), nil_threshold=-1.0)
+    assert isinstance(linker.search, EntityIndex) and not ray.is_initialized()
+    for doc in linker(TEXTS):
+        assert all(doc.text[m.start:m.end] == m.surface and m.entity_id in {"Paris", "Rome"} for m in doc.mentions)
+
+
+def test_a_big_kb_without_a_built_index_says_how_to_build_one(tiny, monkeypatch):
+    import onegen.linker
+
+    monkeypatch.setenv("ONEGEN_CACHE", str(tiny / "cache"))
+    monkeypatch.setattr(onegen.linker, "SMALL_KB_ENTITIES", 2)
+    with pytest.raises(FileNotFoundError, match="more than 2 entities and no built index: build one with "
+                                                "`python jobs/build_index.py --kb"):
+        Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"))
+    assert not ray.is_initialized()
 
 
 @pytest.mark.ray
-def test_onegen_linker_builds_the_index_of_a_kb_once_starting_ray_itself(tmp_path, monkeypatch):
-    """`eval/run_gerbil.py run --linker onegen --kb KB` in a new process, the model's identity cached by an
-    earlier run: no Ray is running when the index is built on first use; a second linker finds it cached."""
-    import ray
-    from tiny import tiny_model, tiny_tokenizer
-
+def test_the_eval_linker_builds_the_index_of_a_big_kb_once_starting_ray_itself(tiny, tmp_path, monkeypatch):
+    """`eval/run_gerbil.py run --linker onegen --kb KB` with a KB over SMALL_KB_ENTITIES, the model's identity cached by
+    an earlier run: no Ray is running when the index is built on first use; a second linker finds it cached."""
     import onegen.index_build
-    from onegen.model import OneGen
+    import onegen.linker
+    from eval.linkers import get_linker
 
     monkeypatch.setenv("ONEGEN_CACHE", str(tmp_path / "cache"))
-    tokenizer = tiny_tokenizer()
-    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(tmp_path / "model")
-    kb_file = tmp_path / "kb.jsonl"
-    kb_file.write_text("".join(json.dumps({"id": name, "title": name, "description": f"{name} is a city.",
-                                           "popularity": popularity}) + "\n"
-                               for name, popularity in (("Paris", 100), ("Rome", 10), ("Berlin", 0))), encoding="utf-8")
+    monkeypatch.setattr(onegen.linker, "SMALL_KB_ENTITIES", 2)
+    model, kb_file = str(tiny / "model"), str(tiny / "kb.jsonl")
     try:
-        onegen.index_build.model_identity(str(tmp_path / "model"))  # cached by the model's files, as after an earlier run
+        onegen.index_build.model_identity(model)  # cached by the model's files, as after an earlier run
         ray.shutdown()  # the identity came from a Ray task
-        linker = OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file), nil_threshold=-1.0, popularity_weight=0.3)
-        assert len(linker.index) == 3
+        linker = get_linker("onegen", model=model, kb=kb_file, nil_threshold=-1.0, popularity_weight=0.3)
+        assert isinstance(linker.search, EntityIndex) and len(linker.search) == 3
         assert linker.popularity.score("Paris") == pytest.approx(1.0) and linker.popularity.score("Berlin") == 0.0
         text = "Paris, Rome and Berlin."
-        for annotation in linker.link([text])[0]:
-            assert text[annotation.start:annotation.end] == annotation.surface
-            assert annotation.entity_id in {"Paris", "Rome", "Berlin"}
+        for mention in linker.link([text])[0]:
+            assert text[mention.start:mention.end] == mention.surface
+            assert mention.entity_id in {"Paris", "Rome", "Berlin"}
 
         def rebuild(config):
             raise AssertionError(f"the cached index was built again into {config.out}")
 
         monkeypatch.setattr(onegen.index_build, "build_index", rebuild)
-        assert len(OneGenLinker(model=str(tmp_path / "model"), kb=str(kb_file)).index) == 3
+        assert len(get_linker("onegen", model=model, kb=kb_file).search) == 3
     finally:
         ray.shutdown()

@@ -6,7 +6,7 @@ import pytest
 
 from eval.linkers import LINKER_NAMES, BaselineLinker, get_linker, read_title_index
 from kb.aliases import AliasTable
-from eval.types import Annotation
+from onegen.spans import Mention
 
 ALIASES = "\n".join([
     "German\tGermany\t40",
@@ -49,7 +49,7 @@ def test_unknown_option_is_named(paths):
 
 def test_onegen_import_failure_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "onegen.linker", None)  # makes `import onegen.linker` fail
-    with pytest.raises(ImportError, match="'onegen' linker needs onegen.linker.OneGenLinker.*--linker baseline"):
+    with pytest.raises(ImportError, match="'onegen' linker needs onegen.Linker.*--linker baseline"):
         get_linker("onegen", kb="kb.jsonl")
 
 
@@ -93,10 +93,10 @@ def test_baseline_links_names_only(baseline):
     first, second, empty = baseline.link(texts)
     assert isinstance(baseline, BaselineLinker)
     # alias prior, alias prior, no match (emitted as NIL), KB title; the DATE "Monday" is not a name
-    assert first == [Annotation(0, 6, "German", "Germany"), Annotation(18, 29, "Helmut Kohl", "Helmut_Kohl"),
-                     Annotation(34, 46, "Bill Clinton", None), Annotation(50, 58, "Brussels", "Brussels")]
+    assert first == [Mention(0, 6, "German", "Germany"), Mention(18, 29, "Helmut Kohl", "Helmut_Kohl"),
+                     Mention(34, 46, "Bill Clinton", None), Mention(50, 58, "Brussels", "Brussels")]
     # the leading "the" is cut off; DATE and MONEY entities are dropped
-    assert second == [Annotation(17, 31, "European Union", "European_Union")]
+    assert second == [Mention(17, 31, "European Union", "European_Union")]
     assert empty == []
     for text, annotations in zip(texts, (first, second)):
         assert all(text[a.start:a.end] == a.surface for a in annotations)

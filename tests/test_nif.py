@@ -4,7 +4,7 @@ import logging
 import pytest
 
 from eval.nif import NifError, codepoint_index, parse_nif, read_nif, to_nif, utf16_index
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 
 PREFIXES = """@prefix nif: <http://persistence.uni-leipzig.org/nlp2rdf/ontologies/nif-core#> .
 @prefix itsrdf: <http://www.w3.org/2005/11/its/rdf#> .
@@ -34,8 +34,8 @@ def test_contexts_phrases_and_entities():
     [doc] = parse_nif(ttl)
     assert doc.doc_id == f"{DOC}#char=0,{len(TEXT)}"
     assert doc.text == TEXT
-    assert doc.annotations == [Annotation(0, 5, "Paris", "Paris"), Annotation(12, 18, "France", "France"),
-                               Annotation(24, 28, "Lyon", None)]  # sorted by offsets, notInWiki is NIL
+    assert doc.mentions == [Mention(0, 5, "Paris", "Paris"), Mention(12, 18, "France", "France"),
+                               Mention(24, 28, "Lyon", None)]  # sorted by offsets, notInWiki is NIL
 
 
 def test_oke_individual_followed_through_same_as():
@@ -44,7 +44,7 @@ def test_oke_individual_followed_through_same_as():
         + _phrase(DOC, len(TEXT), 24, 28, "Lyon", oke + "Lyon") \
         + f"<{oke}Paris> owl:sameAs <http://dbpedia.org/resource/Paris> .\n"
     [doc] = parse_nif(ttl)
-    assert [(a.surface, a.entity_id) for a in doc.annotations] == [("Paris", "Paris"), ("Lyon", None)]
+    assert [(a.surface, a.entity_id) for a in doc.mentions] == [("Paris", "Paris"), ("Lyon", None)]
 
 
 def test_documents_sorted_by_uri():
@@ -76,7 +76,7 @@ def test_anchor_mismatch_skipped_with_warning(caplog):
         + _phrase(DOC, len(TEXT), 12, 17, "France", "http://dbpedia.org/resource/France")
     with caplog.at_level(logging.WARNING, logger="eval.nif"):
         [doc] = parse_nif(ttl, skip_bad=True)
-    assert doc.annotations == [Annotation(0, 5, "Paris", None)]  # no taIdentRef -> NIL
+    assert doc.mentions == [Mention(0, 5, "Paris", None)]  # no taIdentRef -> NIL
     assert "France" in caplog.text
 
 
@@ -101,12 +101,12 @@ def test_to_nif_round_trip_with_non_bmp_text():
     paris, france, lyon = text.index("Paris"), text.index("France"), text.index("Lyon")
     docs = [
         Document("http://example.org/emoji", text, [
-            Annotation(paris, paris + 5, "Paris", "Paris"),
-            Annotation(france, france + 6, "France", "France"),
-            Annotation(lyon, lyon + 4, "Lyon", None),
+            Mention(paris, paris + 5, "Paris", "Paris"),
+            Mention(france, france + 6, "France", "France"),
+            Mention(lyon, lyon + 4, "Lyon", None),
         ]),
         # an AIDA-style id (not a URI) and an entity id with characters that must be percent-encoded
-        Document("1163testb SOCCER", 'Café "AT&T" 100%', [Annotation(5, 11, '"AT&T"', '"AT&T"_100%_Café#Section')]),
+        Document("1163testb SOCCER", 'Café "AT&T" 100%', [Mention(5, 11, '"AT&T"', '"AT&T"_100%_Café#Section')]),
     ]
     turtle = to_nif(docs)
     # offsets in the Turtle are UTF-16: "Paris" starts after "I ", the 2-unit emoji and " "
@@ -129,6 +129,6 @@ def test_to_nif_round_trip_with_non_bmp_text():
 ])
 def test_gerbil_files_match_readme_counts(shared_data, name, docs, phrases, linked, nil):
     read = read_nif(shared_data / "gerbil" / f"{name}.ttl")
-    annotations = [a for d in read for a in d.annotations]
+    annotations = [a for d in read for a in d.mentions]
     n_linked = sum(a.entity_id is not None for a in annotations)
     assert (len(read), len(annotations), n_linked, len(annotations) - n_linked) == (docs, phrases, linked, nil)

@@ -5,7 +5,7 @@ import pytest
 
 from eval.nif import to_nif
 from eval.predictions import read_predictions
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 
 CANDIDATES = pa.list_(pa.struct([("id", pa.string()), ("score", pa.float32())]))
 MENTION = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string()),
@@ -37,8 +37,8 @@ def test_parquet_file_rows_error_rows_and_nil(tmp_path):
     write_parquet(tmp_path / "out.parquet", ROWS)
     pred = read_predictions(tmp_path / "out.parquet")
     # sorted by offsets, URL ids canonicalised, null entity_id is NIL
-    assert pred["d1"] == [Annotation(0, 6, "German", "Germany"), Annotation(10, 15, "Paris", "Paris"),
-                          Annotation(20, 24, "Lyon", None)]
+    assert pred["d1"] == [Mention(0, 6, "German", "Germany"), Mention(10, 15, "Paris", "Paris"),
+                          Mention(20, 24, "Lyon", None)]
     assert pred["d2"] == []  # an error row contributes no annotations, even when it carries some
     assert pred.errors == {"d2": "text is empty"}
     assert pred["d3"] == []
@@ -91,7 +91,7 @@ def test_empty_folder_and_missing_path(tmp_path):
 def test_nif_predictions_keyed_by_context_uri(tmp_path):
     text = "Paris is in France."
     doc = Document("http://example.org/d1#char=0,19", text,
-                   [Annotation(0, 5, "Paris", "Paris"), Annotation(12, 18, "France", None)])
+                   [Mention(0, 5, "Paris", "Paris"), Mention(12, 18, "France", None)])
     (tmp_path / "pred.ttl").write_text(to_nif([doc]), encoding="utf-8")
     pred = read_predictions(tmp_path / "pred.ttl")
-    assert dict(pred) == {doc.doc_id: doc.annotations} and pred.errors == {}
+    assert dict(pred) == {doc.doc_id: doc.mentions} and pred.errors == {}

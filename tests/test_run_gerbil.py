@@ -14,8 +14,9 @@ import pytest
 from eval.nif import parse_nif, to_nif
 from eval.run_gerbil import main
 from eval.scorer import score
-from eval.types import Annotation, Document
-from onegen.linker import OneGenLinker, Retrieved, decide_mentions
+from onegen.spans import Document, Mention
+from onegen.linker import Linker, decide_mentions
+from onegen.linker_config import LinkerConfig
 from test_linker import FakeOneGen, kb_search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,9 +27,9 @@ TEXT2 = "Angela Merkel visited Paris and London last week."
 TEXT3 = "Nothing to see."
 D1, D2, D3 = (f"http://example.org/{n}#char=0,{len(t)}" for n, t in (("d1", TEXT1), ("d2", TEXT2), ("d3", TEXT3)))
 GOLD = [
-    Document(D1, TEXT1, [Annotation(0, 6, "German", "Germany"), Annotation(18, 29, "Helmut Kohl", "Helmut_Kohl"),
-                         Annotation(34, 46, "Bill Clinton", "Bill_Clinton"), Annotation(50, 58, "Brussels", None)]),
-    Document(D2, TEXT2, [Annotation(0, 13, "Angela Merkel", "Angela_Merkel"), Annotation(22, 27, "Paris", "Paris")]),
+    Document(D1, TEXT1, [Mention(0, 6, "German", "Germany"), Mention(18, 29, "Helmut Kohl", "Helmut_Kohl"),
+                         Mention(34, 46, "Bill Clinton", "Bill_Clinton"), Mention(50, 58, "Brussels", None)]),
+    Document(D2, TEXT2, [Mention(0, 13, "Angela Merkel", "Angela_Merkel"), Mention(22, 27, "Paris", "Paris")]),
     Document(D3, TEXT3, []),
 ]
 MENTION = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string()), ("entity_id", pa.string()),
@@ -117,10 +118,10 @@ def kb_files(folder: Path) -> list[str]:
 
 def test_run_baseline_on_a_dataset_file(tmp_path, capsys):
     gold = [
-        Document(D1, TEXT1, [Annotation(0, 6, "German", "Germany"), Annotation(18, 29, "Helmut Kohl", "Helmut_Kohl"),
-                             Annotation(34, 46, "Bill Clinton", "Bill_Clinton"), Annotation(50, 58, "Brussels", "Brussels")]),
-        Document(D2, TEXT2, [Annotation(0, 13, "Angela Merkel", "Angela_Merkel"), Annotation(22, 27, "Paris", "Paris"),
-                             Annotation(32, 38, "London", "London")]),
+        Document(D1, TEXT1, [Mention(0, 6, "German", "Germany"), Mention(18, 29, "Helmut Kohl", "Helmut_Kohl"),
+                             Mention(34, 46, "Bill Clinton", "Bill_Clinton"), Mention(50, 58, "Brussels", "Brussels")]),
+        Document(D2, TEXT2, [Mention(0, 13, "Angela Merkel", "Angela_Merkel"), Mention(22, 27, "Paris", "Paris"),
+                             Mention(32, 38, "London", "London")]),
     ]
     (tmp_path / "tiny.ttl").write_text(to_nif(gold), encoding="utf-8")
     code = main(["run", "--data-dir", str(tmp_path), "--dataset-file", str(tmp_path / "tiny.ttl"), "--linker", "baseline",
@@ -189,25 +190,21 @@ def test_serve_answers_a_post(tmp_path):
         with urllib.request.urlopen(urllib.request.Request(
                 url, data=request, headers={"Content-Type": "application/x-turtle"}), timeout=60) as answer:
             [doc] = parse_nif(answer.read())
-        assert doc.annotations == [Annotation(0, 13, "Angela Merkel", None), Annotation(22, 27, "Paris", "Paris"),
-                                   Annotation(32, 38, "London", "London")]
+        assert doc.mentions == [Mention(0, 13, "Angela Merkel", None), Mention(22, 27, "Paris", "Paris"),
+                                   Mention(32, 38, "London", "London")]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-class CandidateLinker(OneGenLinker):
-    """The OneGen linker's retrieval and decision over the test fakes: capitalised words as mentions, a hashed-vector KB."""
-
-    def __init__(self, nil_threshold: float):  # no model, no index to load
-        self.onegen, self.index = FakeOneGen(), kb_search(["Germany", "Paris", "London"])
-        self.nil_threshold, self.alias_prior, self.popularity, self.batch_size, self.top_k = nil_threshold, None, None, 8, 3
-        self.mention_bias = 0.0
+def candidate_linker(nil_threshold: float) -> Linker:
+    """onegen.Linker's retrieval and decision over the test fakes: capitalised words as mentions, a hashed-vector KB."""
+    return Linker(FakeOneGen(), kb_search(["Germany", "Paris", "London"]), LinkerConfig(nil_threshold=nil_threshold, top_k=3))
 
 
 def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeypatch):
     (tmp_path / "tiny.ttl").write_text(to_nif(GOLD), encoding="utf-8")
-    monkeypatch.setattr("eval.run_gerbil.get_linker", lambda name, **options: CandidateLinker(nil_threshold=0.5))
+    monkeypatch.setattr("eval.run_gerbil.get_linker", lambda name, **options: candidate_linker(nil_threshold=0.5))
     path = tmp_path / "cpu" / "candidates-main.jsonl.gz"
     assert main(["run", "--data-dir", str(tmp_path), "--dataset-file", str(tmp_path / "tiny.ttl"), "--linker", "onegen",
                  "--json", str(tmp_path / "run.json"), "--candidates", str(path)]) == 0
@@ -223,7 +220,7 @@ def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeyp
     assert paris["candidates"][0] == ["Paris", pytest.approx(1.0)]
 
     def offline(threshold):  # decided from the file, as bench/gpu_score.py decides
-        linked = {doc_id: decide_mentions([Retrieved.from_dict(m) for m in mentions], nil_threshold=threshold)
+        linked = {doc_id: decide_mentions([Mention.from_dict(m) for m in mentions], nil_threshold=threshold)
                   for doc_id, mentions in docs.items()}
         return score(GOLD, linked).inkb.micro
 

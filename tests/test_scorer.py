@@ -4,14 +4,14 @@ import logging
 import pytest
 
 from eval.scorer import score
-from eval.types import Annotation, Document
 from kb.ids import Redirects
+from onegen.spans import Document, Mention
 
 TEXT = "Paris and France met Berlin in Rome."  # Paris 0-5, France 10-16, Berlin 21-27, Rome 31-35
 
 
 def A(start, end, entity):
-    return Annotation(start, end, TEXT[start:end], entity)
+    return Mention(start, end, TEXT[start:end], entity)
 
 
 def doc(doc_id, *annotations):

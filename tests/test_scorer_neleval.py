@@ -24,19 +24,19 @@ from neleval.evaluate import Evaluate  # noqa: E402
 from eval.aida import read_aida  # noqa: E402
 from eval.nif import read_nif  # noqa: E402
 from eval.scorer import score  # noqa: E402
-from eval.types import Annotation, Document  # noqa: E402
+from onegen.spans import Document, Mention  # noqa: E402
 
 ROUNDS = 4  # perturbation rounds (seeds) per dataset
 
 
-def perturb(docs: list[Document], seed: int) -> dict[str, list[Annotation]]:
+def perturb(docs: list[Document], seed: int) -> dict[str, list[Mention]]:
     """Gold annotations randomly dropped, shifted, relinked (to another gold entity or NIL) and added."""
     rng = random.Random(seed)
-    entities = sorted({a.entity_id for d in docs for a in d.annotations if a.entity_id is not None})
+    entities = sorted({a.entity_id for d in docs for a in d.mentions if a.entity_id is not None})
     pred = {}
     for doc in docs:
         out = []
-        for a in doc.annotations:
+        for a in doc.mentions:
             r = rng.random()
             if r < 0.15:
                 continue  # dropped
@@ -48,26 +48,26 @@ def perturb(docs: list[Document], seed: int) -> dict[str, list[Annotation]]:
                 entity = rng.choice(entities + [None])
             elif r < 0.55 and entity is None:  # a gold NIL span linked to an entity
                 entity = rng.choice(entities)
-            out.append(Annotation(start, end, doc.text[start:end], entity))
+            out.append(Mention(start, end, doc.text[start:end], entity))
         for _ in range(rng.randint(0, 3)):  # added spans
             start = rng.randrange(max(len(doc.text) - 5, 1))
             end = min(start + rng.randint(1, 12), len(doc.text))
-            out.append(Annotation(start, end, doc.text[start:end], rng.choice(entities + [None])))
+            out.append(Mention(start, end, doc.text[start:end], rng.choice(entities + [None])))
         # neleval scores sets, so an exact duplicate (span and entity) would count once there and
         # as an FP here (GERBIL); keep one of each
         pred[doc.doc_id] = list({(a.start, a.end, a.entity_id): a for a in out}.values())
     return pred
 
 
-def to_neleval(doc_id: str, annotations: list[Annotation]) -> NelDocument:
+def to_neleval(doc_id: str, annotations: list[Mention]) -> NelDocument:
     return NelDocument(doc_id, [
         NelAnnotation(doc_id, a.start, a.end, [Candidate("NIL" if a.entity_id is None else "E:" + a.entity_id)])
         for a in annotations
     ])
 
 
-def neleval_strong_link_match(gold: list[Document], pred: dict[str, list[Annotation]]):
-    pairs = [(to_neleval(d.doc_id, pred.get(d.doc_id, [])), to_neleval(d.doc_id, d.annotations)) for d in gold]
+def neleval_strong_link_match(gold: list[Document], pred: dict[str, list[Mention]]):
+    pairs = [(to_neleval(d.doc_id, pred.get(d.doc_id, [])), to_neleval(d.doc_id, d.mentions)) for d in gold]
     _, overall = Evaluate.count("strong_link_match", pairs)
     return overall
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bench.screen import main, marking_and_ranking, screen_candidates
-from eval.types import Annotation, Document
-from onegen.pipeline.linking import SAMPLE_KB
+from onegen.spans import Document, Mention
+from onegen.linker import SAMPLE_KB
 
 TEXT = "Paris met Berlin and Rome in Oslo."
 
@@ -18,8 +18,8 @@ def mention(start, end, *entities):
 
 
 def test_marking_and_ranking_counts_exact_spans_and_ranks_only_spans_every_run_marks():
-    gold = [Document("d", TEXT, [Annotation(0, 5, "Paris", "Paris"), Annotation(10, 16, "Berlin", "Berlin"),
-                                 Annotation(21, 25, "Rome", "Rome"), Annotation(29, 33, "Oslo", None)])]
+    gold = [Document("d", TEXT, [Mention(0, 5, "Paris", "Paris"), Mention(10, 16, "Berlin", "Berlin"),
+                                 Mention(21, 25, "Rome", "Rome"), Mention(29, 33, "Oslo", None)])]
     runs = {
         "a": {"d": [mention(0, 5, "Paris_(old)", "Lyon"), mention(10, 16, "Bonn", "Berlin")]},
         "b": {"d": [mention(0, 5, "Lyon", "Paris"), mention(21, 25, "Rome"), mention(29, 33, "Oslo"),

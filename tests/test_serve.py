@@ -15,7 +15,7 @@ from rdflib import Literal, URIRef
 from eval.nif import ITSRDF, NIF, parse_graph, parse_nif, to_nif
 from eval.run_gerbil import main
 from eval.serve import ServiceLimits, make_server
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 
 MAX_BODY = 4096
 MAX_CHARS = 1000
@@ -33,7 +33,7 @@ class CapitalisedWordLinker:
         self.active = 0  # linker calls running right now
         self.max_active = 0  # most calls seen running at once
 
-    def link(self, texts: list[str]) -> list[list[Annotation]]:
+    def link(self, texts: list[str]) -> list[list[Mention]]:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -42,7 +42,7 @@ class CapitalisedWordLinker:
             for text in texts:
                 if "Boom" in text:
                     raise RuntimeError("the linker exploded")
-                out.append([Annotation(m.start(), m.end(), m.group(), None if m.group() == "Nobody" else m.group())
+                out.append([Mention(m.start(), m.end(), m.group(), None if m.group() == "Nobody" else m.group())
                             for m in re.finditer(r"\b[A-Z]\w*", text)])
             return out
         finally:
@@ -96,7 +96,7 @@ def test_post_returns_phrases_for_links(server):
     assert status == 200 and ctype.startswith("application/x-turtle")
     [doc] = parse_nif(body)
     assert doc.doc_id == "http://example.org/doc1" and doc.text == text
-    assert [(a.surface, a.entity_id) for a in doc.annotations] == [("Yesterday", "Yesterday"), ("Paris", "Paris"),
+    assert [(a.surface, a.entity_id) for a in doc.mentions] == [("Yesterday", "Yesterday"), ("Paris", "Paris"),
                                                                   ("Nobody", None)]
     graph = parse_graph(body)
     phrase = URIRef("http://example.org/doc1#char=10,15")
@@ -115,7 +115,7 @@ def test_offsets_are_utf16_after_non_bmp_character(server):
     [phrase] = list(graph.subjects(NIF.anchorOf, Literal("Paris")))
     assert (int(graph.value(phrase, NIF.beginIndex)), int(graph.value(phrase, NIF.endIndex))) == (3, 8)
     [doc] = parse_nif(body)  # and back to code points
-    assert doc.annotations == [Annotation(2, 7, "Paris", "Paris")]
+    assert doc.mentions == [Mention(2, 7, "Paris", "Paris")]
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
@@ -155,7 +155,7 @@ def test_linker_exception_500_and_server_keeps_running(server):
     status, ctype, body = request(server, body=nif_request("Boom goes the linker"))
     assert status == 500 and ctype.startswith("text/plain") and "the linker exploded" in body
     status, _, body = request(server, body=nif_request("Still Alive"))
-    assert status == 200 and [a.surface for a in parse_nif(body)[0].annotations] == ["Still", "Alive"]
+    assert status == 200 and [a.surface for a in parse_nif(body)[0].mentions] == ["Still", "Alive"]
 
 
 def test_concurrent_requests(server):
@@ -170,7 +170,7 @@ def test_concurrent_requests(server):
         assert status == 200
         [doc] = parse_nif(body)
         assert doc.doc_id == f"http://example.org/doc{i}"
-        assert [a.entity_id for a in doc.annotations] == ["Request", f"City{i}", f"Town{i}"]
+        assert [a.entity_id for a in doc.mentions] == ["Request", f"City{i}", f"Town{i}"]
     assert server.linker.max_active == 1  # linker calls are serialised
 
 
@@ -217,7 +217,7 @@ def test_200_parallel_requests_answered_200_or_503_none_reset():
             assert headers["Retry-After"] == "1" and "busy" in text
         else:
             [doc] = parse_nif(text)
-            assert doc.doc_id == f"http://example.org/doc{i}" and [a.entity_id for a in doc.annotations] == ["Request", f"City{i}"]
+            assert doc.doc_id == f"http://example.org/doc{i}" and [a.entity_id for a in doc.mentions] == ["Request", f"City{i}"]
 
 
 def test_held_back_body_answered_408_within_timeout(server):
@@ -297,14 +297,14 @@ def test_bad_input_4xx_with_a_message(server, name):
 
 def test_context_of_max_chars_is_linked(server):
     status, _, body = request(server, body=nif_request("A" + "a" * (MAX_CHARS - 1)))
-    assert status == 200 and [a.surface for a in parse_nif(body)[0].annotations] == ["A" + "a" * (MAX_CHARS - 1)]
+    assert status == 200 and [a.surface for a in parse_nif(body)[0].mentions] == ["A" + "a" * (MAX_CHARS - 1)]
 
 
 def test_surrogate_pair_escapes_read_as_one_character(server):
     status, _, body = request(server, body=context_turtle("<http://example.org/d>", r'"\uD83D\uDE00 Paris"'))
     assert status == 200
     [doc] = parse_nif(body)
-    assert doc.text == "😀 Paris" and doc.annotations == [Annotation(2, 7, "Paris", "Paris")]
+    assert doc.text == "😀 Paris" and doc.mentions == [Mention(2, 7, "Paris", "Paris")]
     graph = parse_graph(body)
     [phrase] = list(graph.subjects(NIF.anchorOf, Literal("Paris")))
     assert (int(graph.value(phrase, NIF.beginIndex)), int(graph.value(phrase, NIF.endIndex))) == (3, 8)  # UTF-16

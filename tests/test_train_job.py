@@ -20,6 +20,7 @@ from kb.entity import Entity
 from kb.jsonl import write_kb
 from onegen.collate import OneGenCollator
 from onegen.data import build_examples
+from onegen.linker_config import LinkerConfig
 from onegen.model import OneGen
 from onegen.train_step import compute_loss
 from onegen.training import (
@@ -260,6 +261,7 @@ def test_killed_run_resumes_and_writes_a_loadable_model(tmp_path, files):
     args = json.loads((output / "training_args.json").read_text())
     assert args["base"] == files["base"] and args["lora"] == 4
     assert (output / "adapter_model.safetensors").is_file() and (output / "tokenizer.json").is_file()
+    assert LinkerConfig.load(output) == LinkerConfig()  # generic decision settings, not the bundled default's tuned ones
     loaded = OneGen.from_pretrained(str(output), device="cpu")
     assert loaded.adapter == str(output) and loaded.name_or_path == files["base"]
     best = max(history, key=lambda h: h[SCORE])[SCORE]

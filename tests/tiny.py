@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from eval.types import Annotation, Document
+from onegen.spans import Document, Mention
 from onegen.default_model import default_model_dir
 
 _ARCHS = {
@@ -46,6 +46,6 @@ def annotated_document(doc_id: str, text: str, spans) -> Document:
     annotations, pos = [], 0
     for surface, entity in spans:
         start = text.index(surface, pos)
-        annotations.append(Annotation(start, start + len(surface), surface, entity))
+        annotations.append(Mention(start, start + len(surface), surface, entity))
         pos = start + len(surface)
     return Document(doc_id, text, annotations)

@@ -2,7 +2,7 @@
 
     read (one task per file, validated rows)
       -> AnnotateStage   actor pool of model replicas (GPU each when there are GPUs)
-      -> Linker          tasks: index-shard actors' top-k, then decide entity or NIL
+      -> LinkStep        tasks: index-shard actors' top-k, then decide entity or NIL
       -> AtomicParquetSink  part files written atomically
 
 `run_job(config)` plans what to do (fresh, `--resume`, `--incremental`), runs the pipeline
@@ -16,19 +16,19 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import ray
 
-from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, AliasPrior, PopularityPrior
-from onegen.default_model import DEFAULT_MENTION_BIAS
+from onegen.decide import AliasPrior, PopularityPrior
+from onegen.linker_config import model_config
 from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, content_hash, resolve_input, scan_inputs
 from onegen.pipeline.outputs import (MANIFEST_FILE, METRICS_FILE, AtomicParquetSink, Output, RunManifest, done_rows,
                                      drop_sources, locked, part_origins)
-from onegen.pipeline.stages import Annotate, AnnotateStage, Linker, Retriever
+from onegen.pipeline.stages import Annotate, AnnotateStage, LinkStep, Retriever
 from onegen.pipeline.uris import redact_uri
 
 LOG = logging.getLogger(__name__)
@@ -52,11 +52,13 @@ class JobConfig:
     shard_gpus: float = 0.0  # GPU share per index-shard actor (0: shards on CPUs); only from GPUs the replicas leave
     gpu_wait: float = 1200.0  # seconds to wait for a node with a replica's GPUs (an autoscaler adding one) before refusing
     batch_size: int = 8  # documents per model call
-    top_k: int = 10  # candidates kept per mention
-    nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine below which a mention is NIL
+    # Decision settings; None: the model's linker_config.json (onegen.linker_config.model_config)
+    top_k: int | None = None  # candidates kept per mention
+    nil_threshold: float | None = None  # cosine below which a mention is NIL
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
-    popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
-    mention_bias: float = DEFAULT_MENTION_BIAS  # logits added to opening a mention while decoding (0: the model's own)
+    alias_weight: float | None = None  # weight of the alias prior
+    popularity_weight: float | None = None  # weight of the KB-popularity prior (0: off)
+    mention_bias: float | None = None  # logits added to opening a mention while decoding (0: the model's own)
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run
@@ -163,11 +165,22 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
     return {f.uri: {"size": f.size, "sha256": content_hash(inputs.filesystem, f.path)} for f in inputs.files}
 
 
+DECISION_SETTINGS = ("top_k", "nil_threshold", "alias_weight", "popularity_weight", "mention_bias")
+
+
+def with_model_settings(config: JobConfig) -> JobConfig:
+    """The config with each decision setting left None taken from the model's linker_config.json (read
+    from the model's folder, without loading the model); a flag given wins."""
+    saved = model_config(config.model)
+    return replace(config, **{name: getattr(saved, name) for name in DECISION_SETTINGS if getattr(config, name) is None})
+
+
 def result_options(config: JobConfig) -> dict:
     """The options that change output rows, as the manifest records them (the alias table by its content)."""
     aliases = content_hash(pafs.LocalFileSystem(), os.path.abspath(config.aliases)) if config.aliases else None
     return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "popularity_weight": config.popularity_weight,
-            "mention_bias": config.mention_bias, "max_chars": config.max_chars, "aliases_sha256": aliases}
+            "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
+            "aliases_sha256": aliases}
 
 
 def option_changes(recorded: dict, options: dict) -> str:
@@ -298,7 +311,7 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
     replicas = replica_resources(config)
     if replicas.gpus:
         wait_for_replica_node(config, replicas.gpus)
-    alias_prior = AliasPrior.from_tsv(config.aliases) if config.aliases else None
+    alias_prior = AliasPrior.from_tsv(config.aliases, weight=config.alias_weight) if config.aliases else None
     source = DocumentSource(plan.inputs, Limits(config.max_chars), scan, plan.skip)
     # Reads are light (parse + validate): half a CPU each, so they never starve the replicas.
     dataset = ray.data.read_datasource(source, num_cpus=0.5)
@@ -315,7 +328,7 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
         num_gpus=replicas.gpus,  # GPUs per replica (--gpus-per-replica; 1 when the cluster has GPUs, else 0)
         num_cpus=config.cpus_per_replica,  # small on GPU nodes so reads are not starved
     )
-    linker = Linker(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id,
+    linker = LinkStep(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id,
                     alias_prior, linking.popularity)
     # Retrieval is remote calls to the index-shard actors plus numpy: a quarter CPU per task.
     return dataset.map_batches(linker, batch_format="pyarrow", num_cpus=0.25)
@@ -333,6 +346,7 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
     check_folder(output)
     inputs = without_output(resolve_input(config.input), output)
     check_sources(config)
+    config = with_model_settings(config)
     with locked(output, run_id, config.break_lock):
         check_output(config, output)
         manifest = RunManifest.load(output)

@@ -7,7 +7,6 @@ model fingerprint and the KB's sha256.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from functools import partial
 from pathlib import Path
@@ -15,20 +14,13 @@ from pathlib import Path
 import ray
 
 from onegen.decide import PopularityPrior
-from onegen.default_model import cache_root
+from onegen.linker import SAMPLE_KB, cached_index_dir
 from onegen.pipeline.job import JobConfig, Linking, index_id, model_id, replica_gpus
 from onegen.pipeline.stages import onegen_annotator
 
 LOG = logging.getLogger(__name__)
 
-SAMPLE_KB = Path(__file__).resolve().parents[2] / "samples" / "kb.jsonl"  # the bundled sample KB
 SHARD_CPUS = 0.25  # CPUs reserved per index-shard actor: search is memory-bound and short
-
-
-def cached_index_dir(fingerprint: dict, kb_sha256: str, kb_name: str) -> Path:
-    """Cache folder of the index of one KB encoded by one model."""
-    key = hashlib.sha256(f"{fingerprint['weights_sha256']}\0{fingerprint['tokenizer_sha256']}\0{kb_sha256}".encode()).hexdigest()
-    return cache_root() / "indexes" / f"{kb_name}-{key[:16]}"
 
 
 def require_kb(kb: Path) -> None:

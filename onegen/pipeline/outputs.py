@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from ray.data.datasource import Datasink
 
 from onegen.pipeline.uris import open_location, redact_uri
+from onegen.spans import Mention
 
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
@@ -37,15 +38,17 @@ LOCK_FILE = "_lock.json"
 METRICS_FILE = "_metrics.json"
 TOKENS_COLUMN = "_generated_tokens"  # per-row count of generated tokens; summed for the metrics, not written
 
+# The Arrow form of onegen.spans.Mention, field for field (Mention.to_row writes its rows):
 CANDIDATE_TYPE = pa.struct([("entity_id", pa.string()), ("score", pa.float32())])
-MENTION_TYPE = pa.struct([
-    ("start", pa.int64()),  # char offset (code points) into text
-    ("end", pa.int64()),  # one past the last char; text[start:end] == surface
-    ("surface", pa.string()),
-    ("entity_id", pa.string()),  # canonical entity id, null for NIL
-    ("score", pa.float32()),  # cosine of the chosen candidate (of the best one for NIL)
-    ("candidates", pa.list_(CANDIDATE_TYPE)),  # global top-k, best first
-])
+_MENTION_FIELD_TYPES = {
+    "start": pa.int64(),  # char offset (code points) into text
+    "end": pa.int64(),  # one past the last char; text[start:end] == surface
+    "surface": pa.string(),
+    "entity_id": pa.string(),  # canonical entity id, null for NIL
+    "score": pa.float32(),  # cosine of the chosen candidate (of the best one for NIL)
+    "candidates": pa.list_(CANDIDATE_TYPE),  # global top-k, best first
+}
+MENTION_TYPE = pa.struct([(f.name, _MENTION_FIELD_TYPES[f.name]) for f in fields(Mention)])
 MENTIONS_TYPE = pa.list_(MENTION_TYPE)
 LOG = logging.getLogger(__name__)
 

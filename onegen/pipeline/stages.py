@@ -1,5 +1,8 @@
 """The `map_batches` callables of the link job: annotate (model replicas) and link (retrieve + decide).
 
+Both are `onegen.Linker`'s steps split over Ray: a replica runs `Linker.embed` (find + embed mentions),
+`LinkStep` searches the index-shard actors and decides with the same `decide_mentions`.
+
 Batches are Arrow tables with the columns `inputs.rows_to_table` makes. Rows whose
 status is already "error" pass through untouched; a document the model fails on becomes
 an error row instead of failing the batch, so one bad input never stops the job.
@@ -9,19 +12,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from onegen.decide import AliasPrior, PopularityPrior, decide
+from onegen.decide import AliasPrior, PopularityPrior
+from onegen.linker import decide_mentions, with_candidates
 from onegen.pipeline.inputs import ERROR, OK
 from onegen.pipeline.outputs import MENTIONS_TYPE, TOKENS_COLUMN
-from onegen.types import Annotated
+from onegen.spans import Mention
+
+if TYPE_CHECKING:
+    from onegen.inference import Annotated  # imports torch: not on the driver
 
 LOG = logging.getLogger(__name__)
 
-Annotate = Callable[[list[str]], list[Annotated]]  # texts -> one Annotated per text, in order
+Annotate = Callable[[list[str]], "list[Annotated]"]  # texts -> one Annotated per text, in order
 SPAN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string())])
 ATTEMPTS = 2  # tries of a batch, then of each of its documents, before a document is an error row
 SPANS, VECTORS = "_spans", "_vectors"  # columns passed from annotate to link, not written
@@ -42,15 +49,13 @@ class Retriever(Protocol):
 def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool = False,
                      mention_bias: float = 0.0) -> Annotate:
     """Load OneGen once (in the replica; on its GPU when it has one, its layers spread over its GPUs with
-    `split_over_gpus`) and return its batched annotate call (`mention_bias`: onegen.inference.annotate)."""
+    `split_over_gpus`) and return `onegen.Linker.embed` of a Linker with no index (the job searches the shards)."""
+    from onegen.linker import Linker
+    from onegen.linker_config import LinkerConfig
     from onegen.model import OneGen
 
     onegen = OneGen.from_pretrained(model, split_over_gpus=split_over_gpus)
-
-    def annotate(texts: list[str]) -> list[Annotated]:
-        return onegen(texts, batch_size=batch_size, mention_bias=mention_bias)
-
-    return annotate
+    return Linker(onegen, None, LinkerConfig(mention_bias=mention_bias), batch_size=batch_size, model=model).embed
 
 
 def vectors_column(rows: list[list[np.ndarray]]) -> pa.ListArray:
@@ -131,7 +136,7 @@ class AnnotateStage:
 
 
 @dataclass
-class Linker:
+class LinkStep:
     """Task callable: retrieve top-k for every mention of a batch, decide entity or NIL."""
 
     retriever: Retriever  # index or shard-actor client
@@ -143,26 +148,20 @@ class Linker:
     popularity: PopularityPrior | None = None  # KB-popularity re-ranking
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        spans = batch.column(SPANS).to_pylist()
+        spans = [[Mention(**span) for span in row] for row in batch.column(SPANS).to_pylist()]
         vectors = column_vectors(batch.column(VECTORS))  # (Q, D), one per mention
         if len(vectors):
             scores, ids = self.retriever.search(vectors, self.top_k)  # (Q, k), (Q, k)
         mentions, q = [], 0
         for row in spans:
-            out = []
-            for span in row:
-                cand_ids, cand_scores = list(ids[q]), [float(s) for s in scores[q]]
-                entity_id, score = decide(cand_ids, cand_scores, span["surface"],
-                                          nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
-                                          popularity=self.popularity)
-                out.append({**span, "entity_id": entity_id, "score": score if np.isfinite(score) else None,
-                            "candidates": [{"entity_id": e, "score": s} for e, s in zip(cand_ids, cand_scores) if e]})
-                q += 1
-            mentions.append(out)
+            retrieved = with_candidates(row, scores[q:q + len(row)], ids[q:q + len(row)]) if row else []
+            decided = decide_mentions(retrieved, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
+                                      popularity=self.popularity)
+            mentions.append([m.to_row() for m in decided])
+            q += len(row)
         batch = batch.drop_columns([SPANS, VECTORS])
         n = batch.num_rows
         batch = (batch.append_column("mentions", pa.array(mentions, MENTIONS_TYPE))
                  .append_column("model", pa.array([self.model_id] * n, pa.string()))
                  .append_column("index", pa.array([self.index_id] * n, pa.string())))
         return batch.select(OUTPUT_COLUMNS + [c for c in batch.column_names if c not in OUTPUT_COLUMNS])
-

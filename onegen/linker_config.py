@@ -1,0 +1,80 @@
+"""The decision settings of a linker, saved beside the model's weights as `linker_config.json`.
+
+`LinkerConfig()` holds the generic defaults, for a model nobody tuned; the bundled default adapter ships
+its own file with the settings picked for it on AIDA testa (`bench/gpu_score.py --write-config DIR`
+writes one for any model).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, DEFAULT_PRIOR_WEIGHT
+
+LOG = logging.getLogger(__name__)
+
+CONFIG_NAME = "linker_config.json"
+
+
+@dataclass
+class LinkerConfig:
+    """How a linker decodes, ranks and decides (onegen.decide); `None` references mean "not recorded"."""
+
+    nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine of the chosen candidate below which a mention is NIL
+    alias_weight: float = DEFAULT_PRIOR_WEIGHT  # weight of p(entity | surface) when an alias table is given
+    popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
+    mention_bias: float = 0.0  # logits added to opening a mention while decoding (0: the model's own choice)
+    top_k: int = 10  # candidates retrieved per mention, re-ranked by the priors
+    kb_fields: list[str] = field(default_factory=lambda: ["popularity"])  # KB JSONL fields the priors read
+    # What `Linker.save_pretrained` records so that `Linker.from_pretrained(dir)` links against the same entities:
+    index: str | None = None  # built index folder
+    kb: str | None = None  # KB JSONL searched in memory (None with no index: the bundled sample KB)
+    aliases: str | None = None  # mention<TAB>entity<TAB>count table of the alias prior
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `directory/linker_config.json`; returns its path."""
+        path = Path(directory) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LinkerConfig:
+        """Read `directory/linker_config.json`; an unknown key is an error."""
+        path = Path(directory) / CONFIG_NAME
+        values = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def replace(self, **overrides) -> LinkerConfig:
+        """A copy with `overrides` (None values skipped) applied; an unknown name is an error."""
+        known = {f.name for f in fields(self)}
+        if unknown := sorted(set(overrides) - known):
+            raise ValueError(f"unknown linker setting(s) {', '.join(unknown)}; expected some of: {', '.join(sorted(known))}")
+        return LinkerConfig(**(asdict(self) | {k: v for k, v in overrides.items() if v is not None}))
+
+
+def config_dir(model: str | None) -> Path | None:
+    """The folder whose linker_config.json belongs to `model` (a name as `OneGen.from_pretrained` takes it):
+    the adapter folder for a PEFT adapter (the bundled one for None), else the model folder; None for a hub id."""
+    from onegen.sources import resolve
+
+    source = resolve(model)
+    if source.adapter is not None:
+        return source.adapter
+    folder = Path(source.base).expanduser()
+    return folder if folder.is_dir() else None
+
+
+def model_config(model: str | None) -> LinkerConfig:
+    """The settings saved with `model`, or the generic defaults (logged) when it has none."""
+    directory = config_dir(model)
+    if directory is not None and (directory / CONFIG_NAME).is_file():
+        return LinkerConfig.load(directory)
+    LOG.info("%s has no %s: using the generic linker settings %s (tune them with bench/gpu_score.py --write-config)",
+             model, CONFIG_NAME, LinkerConfig())
+    return LinkerConfig()

@@ -1,0 +1,55 @@
+"""The span and document types every part speaks: gold data, the linker, the link job's rows, the
+scorer and the NIF service. Offsets are Python str indices (Unicode code points)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One entity retrieved for a mention."""
+
+    entity_id: str  # canonical KB id
+    score: float  # cosine between the mention's [LK] vector and the entity's [SE] vector
+
+
+@dataclass
+class Mention:
+    """One entity mention: a span of a document, the entity it refers to and the candidates it was chosen from.
+
+    Gold mentions have no score and no candidates; a retrieved mention not yet decided has
+    `entity_id` None and its candidates set.
+    """
+
+    start: int  # first character, Python str index (code points) into Document.text
+    end: int  # one past the last character; text[start:end] == surface
+    surface: str
+    entity_id: str | None = None  # canonical KB id (Wikipedia title in URL form), None for NIL
+    score: float | None = None  # cosine of the chosen candidate (of the best one for NIL); None: not linked by a model
+    candidates: list[Candidate] = field(default_factory=list)  # top-k retrieved, best first
+
+    def to_dict(self) -> dict:
+        """The mention as a row of a candidates file (`eval/run_gerbil.py run --candidates`, read by
+        `bench/gpu_score.py`): span and candidates as [entity id, cosine] pairs."""
+        return {"start": self.start, "end": self.end, "surface": self.surface,
+                "candidates": [[c.entity_id, round(c.score, 6)] for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> Mention:
+        """A retrieved mention (entity_id None) read back from a row of a candidates file."""
+        return cls(row["start"], row["end"], row["surface"],
+                   candidates=[Candidate(e, float(c)) for e, c in row["candidates"]])
+
+    def to_row(self) -> dict:
+        """The mention as a row of the link job's `mentions` column (onegen.pipeline.outputs.MENTION_TYPE)."""
+        return {"start": self.start, "end": self.end, "surface": self.surface, "entity_id": self.entity_id,
+                "score": self.score, "candidates": [{"entity_id": c.entity_id, "score": c.score} for c in self.candidates]}
+
+
+@dataclass
+class Document:
+    """A text with its gold or predicted mentions, sorted by (start, end)."""
+
+    doc_id: str  # AIDA doc id ("1163testb SOCCER"), NIF context URI, or "0", "1", ... for a linker's plain texts
+    text: str
+    mentions: list[Mention] = field(default_factory=list)
