@@ -1,0 +1,90 @@
+"""A training recipe: stages run in order, each continuing the previous stage's model (configs/default.toml).
+
+The TOML file has three tables, every key checked:
+
+    [train]      TrainConfig values every stage shares (data paths relative to the working directory)
+    [[stage]]    one table per stage: its own TrainConfig values over [train]
+    [linker]     the decision settings the finished model is scored with (not used in training)
+
+A key left out takes TrainConfig's default (TOML has no null). Stage N writes OUTPUT/stage-N; stage
+N > 1 starts from stage N-1's folder (`init`), stage 1 from the base (or [train]'s `init`).
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from onegen.training.config import TrainConfig
+
+TABLES = ("train", "stage", "linker")
+LINKER_KEYS = ("nil_threshold", "alias_prior", "popularity_prior", "mention_bias")  # onegen/decide.py, default_model.py
+NOT_IN_RECIPE = ("output", "resume", "storage")  # where and whether to resume: the command line's
+STAGE_DIR = "stage-{}"  # a stage's output folder inside the recipe's output
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe file."""
+
+    path: str  # the TOML file as given
+    common: dict  # [train]: values every stage shares
+    stages: list[dict]  # [[stage]]: each stage's own values
+    linker: dict  # [linker]: NIL threshold, prior weights, mention bias the result is scored with
+
+    def stage_values(self, overrides: dict, output: str | Path) -> list[dict]:
+        """Every stage's TrainConfig values: [train], then the stage, then `overrides` (the command line's).
+
+        Stage N writes OUTPUT/stage-N and, for N > 1, starts from stage N-1's output (an `init` in
+        `overrides` starts stage 1); a `storage` in `overrides` gets a stage-N folder per stage too.
+        """
+        stages = []
+        for i, stage in enumerate(self.stages, start=1):
+            values = {**self.common, **stage, **overrides, "output": str(Path(output) / STAGE_DIR.format(i))}
+            if i > 1:
+                values["init"] = stages[-1]["output"]
+            if overrides.get("storage"):
+                values["storage"] = str(Path(overrides["storage"]) / STAGE_DIR.format(i))
+            stages.append(values)
+        return stages
+
+
+def _check_keys(path: str, where: str, values: dict, known: set[str]) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key {unknown[0]!r} in {where}; known keys: {', '.join(sorted(known))}")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe file; an unknown table or key is a one-line ValueError naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"recipe file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    path = str(path)
+    _check_keys(path, "the top level", data, set(TABLES))
+    train_keys = {f.name for f in fields(TrainConfig)} - set(NOT_IN_RECIPE)
+    common, stages, linker = data.get("train", {}), data.get("stage", []), data.get("linker", {})
+    if not isinstance(stages, list) or not stages:
+        raise ValueError(f"{path}: no [[stage]] tables; a recipe needs at least one stage")
+    _check_keys(path, "[train]", common, train_keys)
+    for i, stage in enumerate(stages, start=1):
+        _check_keys(path, f"[[stage]] {i}", stage, train_keys - {"init"})  # stages after the first chain
+    _check_keys(path, "[linker]", linker, set(LINKER_KEYS))
+    return Recipe(path, common, stages, linker)
+
+
+def parse_stages(spec: str, count: int) -> list[int]:
+    """Stage numbers (1-based) of "N", "N-M", "N-" or "-M" among `count` stages."""
+    first, sep, last = spec.partition("-")
+    try:
+        low = int(first) if first else 1
+        high = (int(last) if last else count) if sep else low
+    except ValueError:
+        raise ValueError(f"--stages {spec!r}: expected N, N-M, N- or -M with stage numbers 1 to {count}") from None
+    if not 1 <= low <= high <= count:
+        raise ValueError(f"--stages {spec!r}: the recipe has stages 1 to {count}")
+    return list(range(low, high + 1))

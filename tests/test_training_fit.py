@@ -1,0 +1,144 @@
+"""`onegen.training.fit` in a plain process (no Ray), and the recipe (configs/default.toml) run stage by stage.
+
+Same tiny random model, documents and KB as tests/test_train_job.py; a few optimizer steps per run.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from onegen.model import OneGen
+from onegen.training import ARGS_FILE, CARD_FILE, RUN_NAME, Progress, TrainConfig, fit, write_model_card
+from onegen.training.card import portable
+from onegen.training.recipe import parse_stages
+from onegen.training.trainable import make_trainable
+from test_train_job import data_and_evaluation, files, load_train_cli, tiny_config  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+MACHINE_FOLDERS = ("/tmp", "/work", "/root")
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """`import ray` fails, as on a lent GPU machine."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+
+
+def test_fit_trains_in_a_plain_process_resumes_and_writes_a_loadable_model(tmp_path, files, no_ray):
+    output = tmp_path / "out"
+    config = tiny_config(files, output, epochs=1, eval=files["train"], eval_split=None)
+    data, evaluation = data_and_evaluation(config)
+    first = fit(config, data, evaluate=evaluation)
+    assert [h["epoch"] for h in first.history] == [1] and first.step == 2  # 3 examples in batches of 2
+
+    resumed = fit(tiny_config(files, output, epochs=3, eval=files["train"], eval_split=None, resume=True), data,
+                  evaluate=evaluation)
+    assert [(h["epoch"], h["step"]) for h in resumed.history] == [(1, 2), (2, 4), (3, 6)]  # counted on
+    assert resumed.history[-1]["train_loss"] < resumed.history[0]["train_loss"]
+    assert all("eval_inkb_f1" in h for h in resumed.history)
+    kept = sorted(p.name for p in (output / "ray" / RUN_NAME).glob("checkpoint_*"))
+    assert len(kept) == 2 and "checkpoint_000003" in kept  # num_to_keep: the best and the latest
+    assert (output / "adapter_model.safetensors").is_file() and (output / "tokenizer.json").is_file()
+    assert json.loads((output / ARGS_FILE).read_text())["epochs"] == 3
+    card = (output / CARD_FILE).read_text()
+    assert "\n| 3 | 6 | " in card and not any(folder in card for folder in MACHINE_FOLDERS)
+    loaded = OneGen.from_pretrained(str(output), device="cpu")
+    assert loaded.adapter == str(output) and loaded.embed_entities(data.entities.values()).shape[0] == len(data.entities)
+
+
+def test_fit_starts_from_init(tmp_path, files, no_ray):
+    """`init`: the run starts from that adapter (at a vanishing learning rate it ends there too)."""
+    onegen = OneGen.from_pretrained(files["base"], device="cpu")
+    model = make_trainable(onegen.model, onegen.token_ids, tiny_config(files, tmp_path / "unused"))
+    with torch.no_grad():  # far from a fresh adapter, whose LoRA B matrices are zero
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn_like(param))
+    onegen.model = model
+    onegen.save_pretrained(tmp_path / "init")
+    config = tiny_config(files, tmp_path / "out", init=str(tmp_path / "init"), epochs=1, lr=1e-12)
+    fit(config, data_and_evaluation(config)[0])
+    started, ended = load_file(tmp_path / "init" / "adapter_model.safetensors"), load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert started.keys() == ended.keys()
+    for name in started:
+        torch.testing.assert_close(ended[name], started[name], atol=1e-6, rtol=0, msg=name)
+
+
+def _recipe_cli(files, tmp_path, output, *extra) -> list[str]:
+    """configs/default.toml on the tiny model and data, one optimizer step per stage, without Ray."""
+    (tmp_path / "aliases.tsv").write_text("Germany\tGermany\t5\nParis\tParis\t3\n")
+    (tmp_path / "redirects.tsv").write_text("Deutschland\tGermany\n")
+    return ["--config", str(REPO / "configs" / "default.toml"), "--train", files["train"], "--split", "all",
+            "--kb", files["kb"], "--aliases", str(tmp_path / "aliases.tsv"), "--redirects", str(tmp_path / "redirects.tsv"),
+            "--base", files["base"], "--output", str(output), "--max-steps", "1", "--max-length", "256", "--no-ray",
+            *extra]
+
+
+def test_default_recipe_runs_every_stage_from_the_last_and_skips_finished_ones(tmp_path, files, capsys, no_ray):
+    cli = load_train_cli()
+    output = tmp_path / "default"
+    cli.main(_recipe_cli(files, tmp_path, output))
+    stages = [output / f"stage-{i}" for i in range(1, 7)]
+    args = [json.loads((s / ARGS_FILE).read_text()) for s in stages]
+    assert args[0]["init"] is None and [a["init"] for a in args[1:]] == [str(s) for s in stages[:-1]]
+    assert [a["loss"] for a in args] == ["bpr", "bpr", "infonce", "infonce", "infonce", "infonce"]
+    assert args[0]["schedule_epochs"] == 4 and args[5]["mine_negatives"] and args[5]["retrieval_weight"] == 0.3
+    assert all(a["max_steps"] == 1 and a["base"] == str(Path(files["base"]).resolve()) for a in args)  # flags win
+    last = (stages[-1] / CARD_FILE).read_text()
+    assert f"Stage 6 of 6 of the recipe `{portable(REPO / 'configs' / 'default.toml')}`" in last
+    assert "python jobs/train.py --config" in last and "mention_bias 1.0" in last and "mined_gold_first" in last
+    assert "Training continued from `" in last
+    for stage in stages:
+        card = (stage / CARD_FILE).read_text()
+        assert not any(folder in card for folder in MACHINE_FOLDERS), card
+        OneGen.from_pretrained(str(stage), device="cpu")
+    written = [(s / "adapter_model.safetensors").stat().st_mtime_ns for s in stages]
+
+    capsys.readouterr()
+    cli.main(_recipe_cli(files, tmp_path, output, "--stages", "5-6"))
+    assert capsys.readouterr().out.count("already trained") == 2
+    assert [(s / "adapter_model.safetensors").stat().st_mtime_ns for s in stages] == written
+
+
+def test_recipe_refuses_an_unknown_key_in_one_line(tmp_path, capsys):
+    cli = load_train_cli()
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('[train]\nlora = 4\n\n[[stage]]\nloss = "bpr"\nepoch = 2\n')
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--config", str(recipe), "--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {recipe}: unknown key 'epoch' in [[stage]] 1; known keys: ") and "\n" not in err
+    recipe.write_text('[train]\nlora = 4\n\n[stages]\nloss = "bpr"\n')
+    with pytest.raises(SystemExit):
+        cli.main(["--config", str(recipe), "--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o"])
+    assert "unknown key 'stages' in the top level" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, stages", [("2", [2]), ("2-4", [2, 3, 4]), ("5-", [5, 6]), ("-2", [1, 2]), ("-", list(range(1, 7)))])
+def test_stages_pick_a_range(spec, stages):
+    assert parse_stages(spec, 6) == stages
+
+
+@pytest.mark.parametrize("spec", ["0", "3-2", "7", "a-b"])
+def test_stages_out_of_range_are_refused(spec):
+    with pytest.raises(ValueError, match="--stages"):
+        parse_stages(spec, 6)
+
+
+def test_model_card_names_the_command_and_drops_machine_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(train="/work/shared/data/aida/AIDA-YAGO2-dataset.tsv", kb="/root/data/kb.jsonl",
+                         output=str(tmp_path / "out"), base="/tmp/models/base", init="/tmp/runs/stage-1",
+                         aliases=str(tmp_path / "data" / "aliases.tsv"))
+    progress = Progress(epoch=1, step=3, history=[{"epoch": 1, "step": 3, "train_loss": 0.5}])
+    sizes = {"train_docs": 2, "train_examples": 3, "train_tokens": 90, "train_mentions": 5, "kb_entities": 10}
+    write_model_card(tmp_path / "card.md", config, progress, sizes, progress.history[-1], driver_seconds=1.0,
+                     init=config.init, made_by="Made by `python jobs/train.py --config configs/default.toml`.")
+    card = (tmp_path / "card.md").read_text()
+    assert "Made by `python jobs/train.py --config configs/default.toml`." in card
+    assert not any(folder in card for folder in MACHINE_FOLDERS), card
+    assert "`AIDA-YAGO2-dataset.tsv`" in card and "`data/aliases.tsv`" in card and "continued from `stage-1`" in card
