@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from onegen.loss import RETRIEVAL_KINDS  # noqa: E402
 from onegen.training import (  # noqa: E402
     RUN_NAME, STRATEGIES, TrainConfig, fit, is_finished, load_recipe, prepare_data, train,
 )
-from onegen.training.card import portable  # noqa: E402
+from onegen.training.card import command_line, portable  # noqa: E402
 from onegen.training.recipe import parse_stages  # noqa: E402
 
 LOG = logging.getLogger("train")
@@ -62,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--loss", choices=RETRIEVAL_KINDS, help=f"retrieval loss (default {DEFAULTS.loss})")
     add("--init", metavar="DIR",
         help="continue training a saved model of the same kind (e.g. onegen/default_adapter with --lora 16): its "
-             "weights, this run's learning-rate schedule (default: start from --base; with --config: stage 1's)")
+             "weights, this run's learning-rate schedule (default: start from --base; with --config: the first "
+             "stage run starts from DIR, e.g. --stages 4-6 --init STAGE3_DIR)")
     add("--retrieval-weight", type=float, metavar="W",
         help="weight of the retrieval loss next to the generation CE's 1 (lambda_ret, default 1); below 1 keeps "
              "more of the mention marking when the negatives are hard (--mine-negatives)")
@@ -129,19 +128,14 @@ def stage_configs(args: argparse.Namespace, command: str) -> list[tuple[int, Tra
     recipe = load_recipe(args.config)
     given = overrides(args)
     output = given.pop("output")
-    configs = [_finish(values) for values in recipe.stage_values(given, output)]
+    stages = parse_stages(getattr(args, "stages", "-"), len(recipe.stages))
     runs = []
-    for i in parse_stages(getattr(args, "stages", "-"), len(configs)):
-        made_by = f"Stage {i} of {len(configs)} of the recipe `{portable(args.config)}`, made by `{command}`."
-        if i == len(configs) and recipe.linker:
+    for i, values in recipe.stage_values(given, output, stages):
+        made_by = f"Stage {i} of {len(recipe.stages)} of the recipe `{portable(args.config)}`, made by `{command}`."
+        if i == len(recipe.stages) and recipe.linker:
             made_by += " Decided when scored with " + ", ".join(f"{k} {v}" for k, v in recipe.linker.items()) + "."
-        runs.append((i, configs[i - 1], made_by))
+        runs.append((i, _finish(values), made_by))
     return runs
-
-
-def command_line(argv: list[str]) -> str:
-    """The command as a model card shows it: absolute paths shortened (`portable`)."""
-    return " ".join(["python", "jobs/train.py", *(shlex.quote(portable(a) if os.path.isabs(a) else a) for a in argv)])
 
 
 def run(config: TrainConfig, no_ray: bool, made_by: str):
@@ -164,7 +158,7 @@ def run(config: TrainConfig, no_ray: bool, made_by: str):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    command = command_line(argv)
+    command = command_line("jobs/train.py", argv)
     try:
         args = parse_args(argv)
         if "config" in args:

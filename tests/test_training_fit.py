@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from onegen.model import OneGen
-from onegen.training import ARGS_FILE, CARD_FILE, RUN_NAME, Progress, TrainConfig, fit, write_model_card
+from onegen.training import ARGS_FILE, CARD_FILE, RUN_NAME, SCORE, Progress, TrainConfig, fit, write_model_card
 from onegen.training.card import portable
-from onegen.training.recipe import parse_stages
+from onegen.training.recipe import load_recipe, parse_stages
 from onegen.training.trainable import make_trainable
 from test_train_job import data_and_evaluation, files, load_train_cli, tiny_config  # noqa: F401 (fixture)
 
@@ -28,25 +28,34 @@ def no_ray(monkeypatch):
 
 
 def test_fit_trains_in_a_plain_process_resumes_and_writes_a_loadable_model(tmp_path, files, no_ray):
-    output = tmp_path / "out"
-    config = tiny_config(files, output, epochs=1, eval=files["train"], eval_split=None)
-    data, evaluation = data_and_evaluation(config)
-    first = fit(config, data, evaluate=evaluation)
-    assert [h["epoch"] for h in first.history] == [1] and first.step == 2  # 3 examples in batches of 2
+    """Without Ray: epochs, a resume that counts on, the best checkpoint by the injected evaluation as output."""
+    scores = iter([0.2, 0.9, 0.1, 0.5])  # epochs 1, 2 (the best), then 3 in a resumed run
+    calls = []
 
-    resumed = fit(tiny_config(files, output, epochs=3, eval=files["train"], eval_split=None, resume=True), data,
-                  evaluate=evaluation)
+    def evaluate(onegen):  # what eval.epoch_eval.EpochEvaluation returns, from a stub
+        calls.append(onegen.adapter)
+        return {SCORE: next(scores)}
+
+    output = tmp_path / "out"
+    config = tiny_config(files, output, epochs=2)
+    data, _ = data_and_evaluation(config)
+    first = fit(config, data, evaluate=evaluate)
+    assert [(h["epoch"], h["step"]) for h in first.history] == [(1, 2), (2, 4)]  # 3 examples in batches of 2
+    assert "Weights from epoch 2" in (output / CARD_FILE).read_text()
+
+    resumed = fit(tiny_config(files, output, epochs=3, resume=True, num_to_keep=1), data, evaluate=evaluate)
     assert [(h["epoch"], h["step"]) for h in resumed.history] == [(1, 2), (2, 4), (3, 6)]  # counted on
     assert resumed.history[-1]["train_loss"] < resumed.history[0]["train_loss"]
-    assert all("eval_inkb_f1" in h for h in resumed.history)
+    assert len(calls) == 3 and all(c.endswith("model") for c in calls)  # each checkpoint's model, loaded back
     kept = sorted(p.name for p in (output / "ray" / RUN_NAME).glob("checkpoint_*"))
-    assert len(kept) == 2 and "checkpoint_000003" in kept  # num_to_keep: the best and the latest
-    assert (output / "adapter_model.safetensors").is_file() and (output / "tokenizer.json").is_file()
-    assert json.loads((output / ARGS_FILE).read_text())["epochs"] == 3
+    assert kept == ["checkpoint_000002", "checkpoint_000003"]  # num_to_keep 1: the best, and the latest
     card = (output / CARD_FILE).read_text()
-    assert "\n| 3 | 6 | " in card and not any(folder in card for folder in MACHINE_FOLDERS)
+    assert "Weights from epoch 2 (best eval_inkb_f1 = 0.9000)" in card and "\n| 3 | 6 | " in card
+    assert not any(folder in card for folder in MACHINE_FOLDERS), card
+    assert json.loads((output / ARGS_FILE).read_text())["epochs"] == 3
+    assert (output / "adapter_model.safetensors").is_file() and (output / "tokenizer.json").is_file()
     loaded = OneGen.from_pretrained(str(output), device="cpu")
-    assert loaded.adapter == str(output) and loaded.embed_entities(data.entities.values()).shape[0] == len(data.entities)
+    assert loaded.adapter == str(output) and len(loaded.embed_entities(list(data.entities.values()))) == len(data.entities)
 
 
 def test_fit_starts_from_init(tmp_path, files, no_ray):
@@ -142,3 +151,12 @@ def test_model_card_names_the_command_and_drops_machine_paths(tmp_path, monkeypa
     assert "Made by `python jobs/train.py --config configs/default.toml`." in card
     assert not any(folder in card for folder in MACHINE_FOLDERS), card
     assert "`AIDA-YAGO2-dataset.tsv`" in card and "`data/aliases.tsv`" in card and "continued from `stage-1`" in card
+
+
+def test_init_starts_the_first_stage_run_and_the_later_ones_chain():
+    recipe = load_recipe(REPO / "configs" / "default.toml")
+    chosen = recipe.stage_values({"init": "stage3-copy", "max_steps": 1}, "out", [4, 5, 6])
+    assert [(i, v["init"], v["output"], v["max_steps"]) for i, v in chosen] == [
+        (4, "stage3-copy", str(Path("out/stage-4")), 1), (5, str(Path("out/stage-4")), str(Path("out/stage-5")), 1),
+        (6, str(Path("out/stage-5")), str(Path("out/stage-6")), 1)]
+    assert [v["loss"] for _, v in recipe.stage_values({}, "out")] == ["bpr"] * 2 + ["infonce"] * 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,11 @@ def portable(path: str | os.PathLike | None) -> str | None:
         return None if path is None else str(path)
     relative = os.path.relpath(path)
     return relative if not relative.startswith(os.path.join("..", "..")) else Path(path).name
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """`python SCRIPT ARGS` as a model card shows it: absolute paths among the arguments made `portable`."""
+    return " ".join(["python", script, *(shlex.quote(portable(a) if os.path.isabs(a) else a) for a in argv)])
 
 
 def is_finished(output: str | os.PathLike) -> bool:
@@ -89,8 +95,8 @@ def write_model_card(path: Path, config: TrainConfig, progress: Progress, sizes:
                      "(closed in-KB universe), A2KB strong match, InKB micro scores (eval/scorer.py).")
     lines += ["", "## Hyper-parameters", "", "```json", json.dumps(hyper, indent=1), "```", "",
               "## Metrics per epoch", "", header, rule, *rows, ""]
-    if config.eval:
-        lines.append(f"Weights from epoch {best.get('epoch')} (best {SCORE} = {best.get(SCORE, float('nan')):.4f}).")
+    if SCORE in best:
+        lines.append(f"Weights from epoch {best.get('epoch')} (best {SCORE} = {best[SCORE]:.4f}).")
     else:
         lines.append(f"Weights from the last epoch ({best.get('epoch')}).")
     lines += ["", "## Run", "",

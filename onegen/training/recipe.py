@@ -7,7 +7,8 @@ The TOML file has three tables, every key checked:
     [linker]     the decision settings the finished model is scored with (not used in training)
 
 A key left out takes TrainConfig's default (TOML has no null). Stage N writes OUTPUT/stage-N; stage
-N > 1 starts from stage N-1's folder (`init`), stage 1 from the base (or [train]'s `init`).
+N > 1 starts from stage N-1's folder (`init`), stage 1 from the base; an `init` given with the
+stages to run starts the first of them instead.
 """
 from __future__ import annotations
 
@@ -32,21 +33,24 @@ class Recipe:
     stages: list[dict]  # [[stage]]: each stage's own values
     linker: dict  # [linker]: NIL threshold, prior weights, mention bias the result is scored with
 
-    def stage_values(self, overrides: dict, output: str | Path) -> list[dict]:
-        """Every stage's TrainConfig values: [train], then the stage, then `overrides` (the command line's).
+    def stage_values(self, overrides: dict, output: str | Path, stages: list[int] | None = None) -> list[tuple[int, dict]]:
+        """(stage number, TrainConfig values) of `stages` (default all), in order: [train], then the stage,
+        then `overrides` (the command line's values).
 
-        Stage N writes OUTPUT/stage-N and, for N > 1, starts from stage N-1's output (an `init` in
-        `overrides` starts stage 1); a `storage` in `overrides` gets a stage-N folder per stage too.
+        Stage N writes OUTPUT/stage-N and starts from stage N-1's output; the first stage run starts from
+        `overrides["init"]` when given (else stage 1 from the base, a later one from the stage before it).
+        A `storage` in `overrides` gets a stage-N folder per stage too.
         """
-        stages = []
-        for i, stage in enumerate(self.stages, start=1):
-            values = {**self.common, **stage, **overrides, "output": str(Path(output) / STAGE_DIR.format(i))}
-            if i > 1:
-                values["init"] = stages[-1]["output"]
+        stages = list(range(1, len(self.stages) + 1)) if stages is None else stages
+        chosen = []
+        for i in stages:
+            values = {**self.common, **self.stages[i - 1], **overrides, "output": str(Path(output) / STAGE_DIR.format(i))}
+            if i > 1 and not (i == stages[0] and "init" in overrides):
+                values["init"] = str(Path(output) / STAGE_DIR.format(i - 1))
             if overrides.get("storage"):
                 values["storage"] = str(Path(overrides["storage"]) / STAGE_DIR.format(i))
-            stages.append(values)
-        return stages
+            chosen.append((i, values))
+        return chosen
 
 
 def _check_keys(path: str, where: str, values: dict, known: set[str]) -> None:
