@@ -156,6 +156,12 @@ def run(config: TrainConfig, no_ray: bool, made_by: str):
     return train(config, data, evaluate=evaluate, made_by=made_by).progress
 
 
+def fail(message: str) -> None:
+    """Print `error: MESSAGE` on stderr and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     command = command_line("jobs/train.py", argv)
@@ -168,8 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError("--stages picks stages of a recipe: give --config too")
             runs = [(None, config_from_args(args), f"Made by `{command}`.")]
     except (ValueError, FileNotFoundError) as e:  # a bad setting (--epochs 0, an unknown key): one line
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     no_ray = getattr(args, "no_ray", False)
     if not no_ray:
@@ -185,9 +190,11 @@ def main(argv: list[str] | None = None) -> None:
                 if (config.storage_path / RUN_NAME).exists():  # an interrupted stage goes on where it stopped
                     config = TrainConfig.from_dict({**vars(config), "resume": True})
             if config.init and not Path(config.init).is_dir():
-                raise SystemExit(f"error: stage {stage} starts from {config.init}, which is missing: run the "
-                                 "stages before it first")
-            progress = run(config, no_ray, made_by)
+                fail(f"stage {stage} starts from {config.init}, which is missing: run the stages before it first")
+            try:
+                progress = run(config, no_ray, made_by)
+            except (FileNotFoundError, FileExistsError) as e:  # a missing input, a run already there: one line
+                fail(str(e))
             last = progress.history[-1]
             print(f"model {config.output}: {progress.epoch} epochs, {progress.step} steps, "
                   f"last train loss {last['train_loss']:.4f}, {last['tokens_per_second']:.0f} tokens/s")

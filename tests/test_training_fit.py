@@ -160,3 +160,12 @@ def test_init_starts_the_first_stage_run_and_the_later_ones_chain():
         (4, "stage3-copy", str(Path("out/stage-4")), 1), (5, str(Path("out/stage-4")), str(Path("out/stage-5")), 1),
         (6, str(Path("out/stage-5")), str(Path("out/stage-6")), 1)]
     assert [v["loss"] for _, v in recipe.stage_values({}, "out")] == ["bpr"] * 2 + ["infonce"] * 4
+
+
+def test_recipe_stage_whose_start_is_missing_is_refused(tmp_path, files, capsys, no_ray):
+    cli = load_train_cli()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(_recipe_cli(files, tmp_path, tmp_path / "default", "--stages", "3-4"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: stage 3 starts from {tmp_path / 'default' / 'stage-2'}, "
+                                               "which is missing: run the stages before it first")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from onegen.collate import OneGenCollator
 from onegen.model import OneGen
 from onegen.training.card import write_output
 from onegen.training.checkpoints import (
@@ -177,7 +178,6 @@ def fit(config: TrainConfig, data: TrainData, *, evaluate: Evaluate | None = Non
     config = replace(config, base=base_reference(config.base))
     runtime = runtime or Runtime(config)
     torch.manual_seed(config.seed)
-    from onegen.collate import OneGenCollator
 
     # [1] Model: the base in float32 (bf16 autocast on GPU), made trainable, restored from a checkpoint.
     onegen = OneGen.from_pretrained(config.base, device="cpu", dtype=torch.float32)

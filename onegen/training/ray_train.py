@@ -10,7 +10,6 @@ copies the best checkpoint's model to `output` with the tokenizer, training_args
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,8 +23,6 @@ from onegen.training.config import SCORE, TrainConfig
 from onegen.training.data import TrainData
 from onegen.training.loop import Evaluate, Runtime, fit
 from onegen.training.trainable import base_reference, fsdp_kwargs, tokenizer_with_tokens
-
-LOG = logging.getLogger(__name__)
 
 
 class RayRuntime(Runtime):
