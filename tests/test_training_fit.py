@@ -169,3 +169,46 @@ def test_recipe_stage_whose_start_is_missing_is_refused(tmp_path, files, capsys,
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (f"error: stage 3 starts from {tmp_path / 'default' / 'stage-2'}, "
                                                "which is missing: run the stages before it first")
+
+
+def test_gpu_harness_trains_the_stages_through_fit_and_writes_candidates(tmp_path, files, no_ray):
+    """bench/gpu_run.py on what bench/gpu_prepare.py writes: the recipe's stages via `fit`, then the candidates."""
+    import gzip
+    import importlib.util
+    from dataclasses import asdict
+
+    from kb.jsonl import read_kb
+    from onegen.data import build_examples
+    from test_train_job import DOCS, KB
+    from tiny import annotated_document
+
+    data = tmp_path / "data"
+    data.mkdir()
+    onegen = OneGen.from_pretrained(files["base"], device="cpu")
+    docs = [annotated_document(f"doc{i}", t, s) for i, (t, s) in enumerate(DOCS)]
+    examples = build_examples(docs, {e.id: e for e in KB}, onegen.tokenizer, onegen.token_ids, max_length=256)
+    with gzip.open(data / "train.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(asdict(e)) + "\n" for e in examples)
+    with gzip.open(data / "kb.jsonl.gz", "wb") as f:
+        f.write(Path(files["kb"]).read_bytes())
+    with gzip.open(data / "eval.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"dataset": "aida-testa", "doc_id": d.doc_id, "text": d.text,
+                                 "windows": [[0, len(d.text)]]}) + "\n" for d in docs)
+    (data / "redirects.tsv").write_text("Deutschland\tGermany\n")
+    (data / "config.json").write_text(json.dumps({"train_config": {"train": "aida.tsv", "kb": "kb.jsonl", "aliases": None}}))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'[train]\nbase = "{files["base"]}"\nlora = 4\nmax_steps = 1\nbatch_size = 2\n\n'
+                      '[[stage]]\nloss = "bpr"\n\n[[stage]]\nloss = "infonce"\nmine_negatives = true\ntrain_examples = 2\n')
+    spec = importlib.util.spec_from_file_location("gpu_run", REPO / "bench" / "gpu_run.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    harness.main(["--data", str(data), "--out", str(tmp_path / "out"), "--config", str(recipe), "--eval-batch-size", "4"])
+
+    stage2 = json.loads((tmp_path / "out" / "stage-2" / ARGS_FILE).read_text())
+    assert stage2["init"] == str(tmp_path / "out" / "stage-1") and stage2["train_examples"] == 2
+    assert "mined_gold_first" in (tmp_path / "out" / "stage-2" / CARD_FILE).read_text()
+    written = harness.read_jsonl_gz(tmp_path / "out" / "candidates-main.jsonl.gz")
+    assert [d["doc_id"] for d in written] == [d.doc_id for d in docs]
+    kb_ids = {e.id for e in read_kb(files["kb"]).entities}
+    assert all(c[0] in kb_ids for d in written for m in d["mentions"] for c in m["candidates"])
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["eval"]["model"] == "stage-2"
