@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                 fail(f"stage {stage} starts from {config.init}, which is missing: run the stages before it first")
             try:
                 progress = run(config, no_ray, made_by)
-            except (FileNotFoundError, FileExistsError) as e:  # a missing input, a run already there: one line
+            except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input, a run already there: one line
                 fail(str(e))
             last = progress.history[-1]
             print(f"model {config.output}: {progress.epoch} epochs, {progress.step} steps, "

@@ -122,12 +122,11 @@ def train_epoch(model: nn.Module, loader, optimizer, scheduler, progress: Progre
             "tokens": tokens, "tokens_per_second": tokens / seconds, "epoch_seconds": seconds}
 
 
-
 class Runtime:
     """Where `fit` runs: this process, one device (CUDA when `config.use_gpu`), checkpoints kept on disk
     (`LocalCheckpoints`); after the last epoch `fit` writes the best checkpoint's model to `config.output`.
 
-    Ray Train's worker passes a subclass (ray_train.RayRuntime) that overrides the marked steps.
+    Ray Train's worker passes a subclass (ray_train.RayRuntime) that overrides these methods.
     """
 
     rank = 0  # this process's rank among the workers; rank 0 writes checkpoints and evaluates
@@ -136,6 +135,9 @@ class Runtime:
     def __init__(self, config: TrainConfig):
         if config.use_gpu and not torch.cuda.is_available():
             raise ValueError("use_gpu (--use-gpu) is set but torch sees no CUDA device")
+        if config.num_workers > 1:
+            raise ValueError(f"num_workers {config.num_workers} needs Ray Train (jobs/train.py without --no-ray); "
+                             "a plain process trains with one")
         self.device = torch.device("cuda" if config.use_gpu else "cpu")
         run = check_run_folder(config)
         run.mkdir(parents=True, exist_ok=True)
