@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 from kb.jsonl import read_kb
 from kb.types import Entity
