@@ -11,16 +11,16 @@
 #   call 3: carries .gpu/model.part.ac .gpu/whl .gpu/data; runs: CALL_SECONDS=<its timeout_s> bash bench/gpu_check.sh
 #
 # $OUT brings back at most 8 files of at most 16 MiB each, so the results are packed into:
-#   adapter.tgz.part.*  the trained default (bench/gpu_run.py's adapter/), split under 16 MiB
+#   adapter.tgz.part.*  the trained stages (bench/gpu_run.py's stage-N/ folders, checkpoints left out), split under 16 MiB
 #   results.tgz         candidates-*.jsonl.gz, results.json, gpu_run.log
 #   gpu.txt, decode.log the machine, and the decode benchmarks
 # Then, here: cat adapter.tgz.part.* | tar xz; tar xzf results.tgz; python bench/gpu_score.py --candidates .
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder for results}
-RUN_SECONDS=${RUN_SECONDS:-380}  # bench/gpu_run.py deadline (its final evaluation may run ~50 s past it)
 DATA=${DATA:-.gpu/data}  # bench/gpu_prepare.py output
-GPU_RUN_ARGS=${GPU_RUN_ARGS:-}  # more bench/gpu_run.py options, e.g. "--init onegen/default_adapter --epochs 2 --ablations="
-                                # to train the bundled default further (a CPU smoke run: --limit-examples 2 --limit-kb 200)
+GPU_RUN_ARGS=${GPU_RUN_ARGS:-}  # bench/gpu_run.py options: the recipe's stages to run, e.g. "--stages 1-2" (default all
+                                # of configs/default.toml), "--stages 3-4 --init onegen/default_adapter" to go on from
+                                # a stage carried there (a CPU smoke run: --limit-examples 2 --limit-kb 200)
 CALL_SECONDS=${CALL_SECONDS:-600}  # the call's timeout: the decode benchmarks get what is left of it
 DECODE_7B=${DECODE_7B:-0}  # 1: also the random Llama-7B decode table (~80 s; it did not fit after a 420 s run)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -37,13 +37,14 @@ WORK=/tmp/gpu-out
 mkdir -p "$WORK"
 left() { echo $((CALL_SECONDS - SECONDS - 15)); }  # seconds left in this call, with a margin for the transfer
 # cut off 20 s before the call ends, so that what it wrote (adapter, finished datasets' candidates) is packed
-timeout "$(( $(left) - 20 ))" python3 bench/gpu_run.py --data "$DATA" --out "$WORK" --deadline "$RUN_SECONDS" \
+timeout "$(( $(left) - 20 ))" python3 bench/gpu_run.py --data "$DATA" --out "$WORK" \
     $GPU_RUN_ARGS 2>&1 | tee "$WORK/gpu_run.log" | grep -v "Loading weights"
-(cd "$WORK" && [ -d adapter ] && tar czf - adapter | split -b 15M - "$OUT/adapter.tgz.part.")
-(cd "$WORK" && tar czf "$OUT/results.tgz" --exclude adapter .)
+(cd "$WORK" && ls -d stage-* >/dev/null 2>&1 && tar czf - --exclude='stage-*/ray' stage-* | split -b 15M - "$OUT/adapter.tgz.part.")
+(cd "$WORK" && tar czf "$OUT/results.tgz" --exclude='stage-*' .)
+LAST=$(ls -d "$WORK"/stage-*/ 2>/dev/null | sort -V | tail -1)
 ls -la "$OUT"
 echo "== decode, trained default, corpus sample ($(left) s left)" | tee "$OUT/decode.log"
-[ -f "$WORK/adapter/adapter_config.json" ] && [ "$(left)" -gt 20 ] && timeout "$(left)" python3 bench/decode.py --model "$WORK/adapter" \
+[ -f "${LAST}adapter_config.json" ] && [ "$(left)" -gt 20 ] && timeout "$(left)" python3 bench/decode.py --model "$LAST" \
     --input samples/corpus.jsonl --texts 16 --batch-size 8 --repeats 1 2>&1 | grep -v "Loading weights" | tee -a "$OUT/decode.log"
 if [ "$DECODE_7B" = 1 ] && [ "$(left)" -gt 30 ]; then
     echo "== decode, random Llama-7B shape, bf16 ($(left) s left)" | tee -a "$OUT/decode.log"

@@ -6,10 +6,11 @@ with their sentence windows already cut.
 
 Writes into OUT (a folder git ignores: it holds Reuters-derived AIDA text, which must not be committed):
 - train.jsonl.gz: one `OneGenExample` per line (`dataclasses.asdict`), built by onegen.training.prepare_data
-  with the alias table as hard-negative source, exactly as `jobs/train.py` builds them;
+  with the alias table as hard-negative source, exactly as `jobs/train.py` builds them (a recipe stage's
+  `train_examples` sample is drawn from them on the GPU machine);
 - kb.jsonl.gz: the evaluation KB (DESIGN section 4 lines);
-- redirects.tsv: the title redirects, so that mined negatives (`bench/gpu_run.py --mine-negatives`) never
-  hold a redirect of the gold entity;
+- redirects.tsv: the title redirects, so that mined negatives (`mine_negatives`, stage 6 of the recipe)
+  never hold a redirect of the gold entity;
 - eval.jsonl.gz: {"dataset", "doc_id", "text", "windows": [[start, end], ...]} per evaluation document,
   windows as `onegen.inference.annotate` would cut them for the default model;
 - config.json: the TrainConfig of the main run (paths as on this machine, for the model card) and sizes.
@@ -24,7 +25,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from eval.corpora import AIDA_FILE, DEFAULT_DATA_DIR, dataset_names, load_dataset
+from eval.corpora import AIDA_FILE, DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file
 from onegen.chunking import sentence_windows
 from onegen.default_model import DEFAULT_MODEL_NAME
 from onegen.inference import default_window_tokens
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
                          aliases=str(args.data_dir / "kb" / "aida_train_aliases.tsv"),
                          redirects=str(args.data_dir / "kb" / "redirects.tsv"), max_length=args.max_length)
     onegen = OneGen.from_pretrained(DEFAULT_MODEL_NAME, device="cpu")
-    data = prepare_data(config, onegen.tokenizer, onegen.token_ids)
-    write_jsonl_gz(args.out / "train.jsonl.gz", data["examples"])
+    data = prepare_data(config, load_dataset_file(config.train, config.split), onegen.tokenizer, onegen.token_ids)
+    write_jsonl_gz(args.out / "train.jsonl.gz", map(asdict, data.examples))
     with kb_file.open("rb") as src, gzip.open(args.out / "kb.jsonl.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     shutil.copyfile(config.redirects, args.out / "redirects.tsv")
@@ -74,16 +75,16 @@ def main(argv: list[str] | None = None) -> None:
             if name in EVAL_DATASETS_SKIPPED:
                 continue
             docs = load_dataset(name, args.data_dir)[: args.limit_docs]
-            data["sizes"][f"eval_docs_{name}"] = len(docs)
+            data.sizes[f"eval_docs_{name}"] = len(docs)
             for doc in docs:
                 windows = sentence_windows(doc.text, window_tokens, count_tokens) if doc.text.strip() else []
                 yield {"dataset": name, "doc_id": doc.doc_id, "text": doc.text,
                        "windows": [[w.start, w.end] for w in windows]}
 
     write_jsonl_gz(args.out / "eval.jsonl.gz", eval_rows())
-    (args.out / "config.json").write_text(json.dumps({"train_config": asdict(config), "sizes": data["sizes"],
+    (args.out / "config.json").write_text(json.dumps({"train_config": asdict(config), "sizes": data.sizes,
                                                       "window_tokens": window_tokens}, indent=1))
-    print(json.dumps(data["sizes"], indent=1))
+    print(json.dumps(data.sizes, indent=1))
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
 
 

@@ -1,9 +1,13 @@
-"""Fine-tune a OneGen entity linker with Ray Train: `python jobs/train.py --train FILE --kb KB.jsonl --output DIR`.
+"""Fine-tune a OneGen entity linker: `python jobs/train.py --train FILE --kb KB.jsonl --output DIR`.
 
 LoRA (default, r=16) or full fine-tuning of any causal LM on annotated documents (AIDA TSV split or
 NIF), with per-epoch checkpoints, evaluation on an AIDA split (testa) and resume after a crash.
-The output folder loads with `OneGen.from_pretrained(DIR)`. Connects to the cluster in RAY_ADDRESS,
-else starts a local one. The library code is onegen/training.py.
+The output folder loads with `OneGen.from_pretrained(DIR)`. Runs on Ray Train: connects to the cluster
+in RAY_ADDRESS, else starts a local one; `--no-ray` trains in this process on one device instead.
+
+`--config configs/default.toml` runs a recipe: every stage in order into DIR/stage-N, each from the
+previous stage's output; a finished stage is skipped, an interrupted one resumed. Flags given on the
+command line override the recipe's values. The library code is onegen/training/.
 """
 from __future__ import annotations
 
@@ -13,99 +17,198 @@ import sys
 from pathlib import Path
 
 from onegen.default_model import DEFAULT_MODEL_NAME
+from onegen.linker_config import LinkerConfig
 from onegen.loss import RETRIEVAL_KINDS
-from onegen.training import STRATEGIES, TrainConfig, train
+from onegen.training import (
+    RUN_NAME, STRATEGIES, TrainConfig, fit, is_finished, load_recipe, prepare_data, train,
+)
+from onegen.training.card import command_line, portable
+from onegen.training.recipe import parse_stages
 
+LOG = logging.getLogger("train")
 DEFAULTS = TrainConfig(train="", kb="", output="")
+NOT_CONFIG = ("config", "stages", "no_ray", "full")  # flags that are not TrainConfig fields
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line; only the flags given are set (a flag overrides the recipe only when given)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
     add = parser.add_argument
-    add("--train", required=True, help="training documents: AIDA TSV or NIF file")
-    add("--split", default=DEFAULTS.split, help="AIDA split of --train (default train; 'all' for every document)")
-    add("--kb", required=True, help="KB JSONL: positives and negatives are drawn from it")
-    add("--aliases", default=None, help="mention<TAB>entity<TAB>count table for same-alias hard negatives")
+    add("--config", metavar="TOML", help="a recipe of stages, e.g. configs/default.toml (the shipped default's)")
+    add("--stages", metavar="N-M", help="with --config: run only these stages (e.g. 1-3, 6, 4-); default all")
+    add("--no-ray", action="store_true",
+        help="train in this process on one device (onegen.training.fit), without a Ray cluster")
+    add("--train", help="training documents: AIDA TSV or NIF file")
+    add("--split", help="AIDA split of --train (default train; 'all' for every document)")
+    add("--train-examples", type=int, metavar="N", help="train on a seeded sample of N examples (default: all)")
+    add("--kb", help="KB JSONL: positives and negatives are drawn from it")
+    add("--aliases", help="mention<TAB>entity<TAB>count table for same-alias hard negatives")
     add("--mine-negatives", action="store_true",
         help="before each epoch, the entities the model ranks above the gold one become the negatives (ANCE; "
              "each worker embeds the whole KB every epoch)")
-    add("--base", default=DEFAULT_MODEL_NAME, help=f"base model folder or cached hub id (default {DEFAULT_MODEL_NAME})")
-    add("--output", required=True, help="folder of the final model, tokenizer and model card")
+    add("--every-mention", action="store_true",
+        help="with --mine-negatives: every linked mention is an anchor (default: one per sentence)")
+    add("--base", help=f"base model folder or cached hub id (default {DEFAULT_MODEL_NAME})")
+    add("--output", required=True, help="folder of the final model, tokenizer and model card (with --config: "
+                                         "of the stage-N folders)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--lora", type=int, default=DEFAULTS.lora, metavar="R", help="LoRA rank (default 16)")
+    mode.add_argument("--lora", type=int, metavar="R", help=f"LoRA rank (default {DEFAULTS.lora})")
     mode.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    add("--lora-alpha", type=int, default=None, help="LoRA alpha (default 2 * rank)")
-    add("--loss", choices=RETRIEVAL_KINDS, default=DEFAULTS.loss, help="retrieval loss (default bpr)")
-    add("--init", default=None, metavar="DIR",
+    add("--lora-alpha", type=int, help="LoRA alpha (default 2 * rank)")
+    add("--loss", choices=RETRIEVAL_KINDS, help=f"retrieval loss (default {DEFAULTS.loss})")
+    add("--init", metavar="DIR",
         help="continue training a saved model of the same kind (e.g. onegen/default_adapter with --lora 16): its "
-             "weights, this run's learning-rate schedule (default: start from --base)")
-    add("--retrieval-weight", type=float, default=DEFAULTS.retrieval_weight, metavar="W",
+             "weights, this run's learning-rate schedule (default: start from --base; with --config: the first "
+             "stage run starts from DIR, e.g. --stages 4-6 --init STAGE3_DIR)")
+    add("--retrieval-weight", type=float, metavar="W",
         help="weight of the retrieval loss next to the generation CE's 1 (lambda_ret, default 1); below 1 keeps "
              "more of the mention marking when the negatives are hard (--mine-negatives)")
-    add("--epochs", type=int, default=DEFAULTS.epochs)
-    add("--lr", type=float, default=None, help="peak learning rate (default 2e-4 LoRA, 5e-5 full)")
-    add("--max-length", type=int, default=DEFAULTS.max_length, help="tokens per training example")
-    add("--batch-size", type=int, default=DEFAULTS.batch_size, help="examples per worker per micro-batch")
-    add("--grad-accum", type=int, default=DEFAULTS.grad_accum, help="micro-batches per optimizer step")
-    add("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+    add("--epochs", type=int, help=f"epochs to train (default {DEFAULTS.epochs})")
+    add("--schedule-epochs", type=int, metavar="N",
+        help="epochs the learning-rate schedule spans (default --epochs); more stops part-way down the decay")
+    add("--lr", type=float, help="peak learning rate (default 2e-4 LoRA, 5e-5 full)")
+    add("--max-length", type=int, help=f"tokens per training example (default {DEFAULTS.max_length})")
+    add("--batch-size", type=int, help=f"examples per worker per micro-batch (default {DEFAULTS.batch_size})")
+    add("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    add("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
         help="recompute activations in backward: far less memory for about 1.3x the compute (default: on without "
              "--use-gpu, where a batch of 4 AIDA windows with their entity rows would pass 23 GB; off with it)")
-    add("--num-workers", type=int, default=DEFAULTS.num_workers, help="Ray Train workers")
-    add("--cpus-per-worker", type=int, default=DEFAULTS.cpus_per_worker, help="CPU cores (torch threads) per worker")
+    add("--num-workers", type=int, help="Ray Train workers (default 1)")
+    add("--cpus-per-worker", type=int, help="CPU cores (torch threads) per worker (default 1)")
     add("--use-gpu", action="store_true", help="one GPU per worker, bf16 autocast")
-    add("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy, help="ddp replicas or fsdp shards (GPUs)")
-    add("--eval", default=None, help="evaluation documents each epoch (AIDA TSV or NIF)")
-    add("--eval-split", default=DEFAULTS.eval_split, help="AIDA split of --eval (default testa; 'all' for every document)")
-    add("--eval-docs", type=int, default=None, help="score a seeded sample of N eval documents")
-    add("--eval-kb-size", type=int, default=None,
+    add("--strategy", choices=STRATEGIES, help="ddp replicas or fsdp shards (GPUs; default ddp)")
+    add("--eval", help="evaluation documents each epoch (AIDA TSV or NIF)")
+    add("--eval-split", help="AIDA split of --eval (default testa; 'all' for every document)")
+    add("--eval-docs", type=int, help="score a seeded sample of N eval documents")
+    add("--eval-kb-size", type=int,
         help="link against the eval gold entities plus random KB entities up to N (default: the whole KB)")
-    add("--redirects", default=None, help="from<TAB>to redirects applied when scoring")
-    add("--max-steps", type=int, default=None, help="stop after N optimizer steps")
-    add("--seed", type=int, default=DEFAULTS.seed)
+    add("--redirects", help="from<TAB>to redirects applied when scoring and mining")
+    add("--max-steps", type=int, help="stop after N optimizer steps")
+    add("--seed", type=int, help="seed of sampling, shuffling and initialisation (default 0)")
     add("--resume", action="store_true", help="continue the run in --storage from its latest checkpoint")
-    add("--storage", default=None, help="Ray Train checkpoint folder (default OUTPUT/ray)")
+    add("--storage", help="checkpoint folder (default OUTPUT/ray)")
     return parser.parse_args(argv)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed command-line arguments."""
-    def split(value):
-        return None if value == "all" else value
+def overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig values the command line gives."""
+    values = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    if getattr(args, "full", False):
+        values["lora"] = None
+    for key in ("split", "eval_split"):
+        if values.get(key) == "all":
+            values[key] = None
+    if "init" in values and not Path(values["init"]).is_dir():
+        raise ValueError(f"--init {values['init']}: no such folder (a saved model: an adapter or full weights)")
+    return values
 
-    if args.init and not Path(args.init).is_dir():
-        raise ValueError(f"--init {args.init}: no such folder (a saved model: an adapter or full weights)")
-    return TrainConfig(
-        train=args.train, split=split(args.split), kb=args.kb, aliases=args.aliases, base=args.base, init=args.init,
-        output=args.output, lora=None if args.full else args.lora, lora_alpha=args.lora_alpha, loss=args.loss,
-        retrieval_weight=args.retrieval_weight,
-        epochs=args.epochs, lr=args.lr, max_length=args.max_length, batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        gradient_checkpointing=not args.use_gpu if args.gradient_checkpointing is None else args.gradient_checkpointing,
-        mine_negatives=args.mine_negatives, num_workers=args.num_workers,
-        cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu, strategy=args.strategy,
-        eval=args.eval, eval_split=split(args.eval_split) if args.eval else None, eval_docs=args.eval_docs,
-        eval_kb_size=args.eval_kb_size, redirects=args.redirects, max_steps=args.max_steps, seed=args.seed,
-        resume=args.resume, storage=args.storage,
-    )
+
+def _finish(values: dict) -> TrainConfig:
+    """The config of merged values, with the defaults that depend on other settings."""
+    values.setdefault("gradient_checkpointing", not values.get("use_gpu", False))
+    if not values.get("eval"):
+        values["eval_split"] = None
+    for key in ("train", "kb"):
+        if not values.get(key):
+            raise ValueError(f"--{key} is required (or a --config whose [train] sets {key})")
+    return TrainConfig.from_dict(values)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed command-line arguments (a single run, no recipe)."""
+    return _finish(overrides(args))
+
+
+def stage_configs(args: argparse.Namespace, command: str) -> list[tuple[int, TrainConfig, str]]:
+    """(stage number, config, model card line) of the recipe stages to run, in order: `--stages` of `--config`.
+
+    The last stage's card line also gives the recipe's [linker] settings, which are saved beside its weights."""
+    recipe = load_recipe(args.config)
+    given = overrides(args)
+    output = given.pop("output")
+    stages = parse_stages(getattr(args, "stages", "-"), len(recipe.stages))
+    runs = []
+    for i, values in recipe.stage_values(given, output, stages):
+        made_by = f"Stage {i} of {len(recipe.stages)} of the recipe `{portable(args.config)}`, made by `{command}`."
+        if i == len(recipe.stages) and recipe.linker:
+            made_by += " Decided with " + ", ".join(f"{k} {v}" for k, v in recipe.linker.items()) + " (linker_config.json)."
+        linker = recipe.linker if i == len(recipe.stages) else {}
+        runs.append((i, _finish(values), made_by, linker))
+    return runs
+
+
+def run(config: TrainConfig, no_ray: bool, made_by: str):
+    """One training run: read the documents, build the data and the evaluation, train; returns the Progress."""
+    from eval.corpora import load_dataset_file
+    from eval.epoch_eval import EpochEvaluation
+    from onegen.training.trainable import tokenizer_with_tokens
+
+    tokenizer, token_ids = tokenizer_with_tokens(config.base)
+    data = prepare_data(config, load_dataset_file(config.train, config.split), tokenizer, token_ids)
+    evaluate = None
+    if config.eval:
+        evaluate = EpochEvaluation.from_config(config, data.entities)
+        data.sizes.update(eval_docs=len(evaluate.docs), eval_kb_entities=len(evaluate.entities))
+    LOG.info("training data: %s", data.sizes)
+    if no_ray:
+        return fit(config, data, evaluate=evaluate, made_by=made_by)
+    return train(config, data, evaluate=evaluate, made_by=made_by).progress
+
+
+def save_linker_settings(output: str, values: dict) -> None:
+    """Save a recipe's [linker] settings as the model's linker_config.json (over the generic one training wrote)."""
+    if values:
+        LinkerConfig().replace(**values).save(output)
+
+
+def fail(message: str) -> None:
+    """Print `error: MESSAGE` on stderr and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    command = command_line("jobs/train.py", argv)
     try:
-        config = config_from_args(parse_args(argv))
-    except ValueError as e:  # a bad setting (--epochs 0, --retrieval-weight 0, ...): one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        args = parse_args(argv)
+        if "config" in args:
+            runs = stage_configs(args, command)
+        else:
+            if "stages" in args:
+                raise ValueError("--stages picks stages of a recipe: give --config too")
+            runs = [(None, config_from_args(args), f"Made by `{command}`.", {})]
+    except (ValueError, FileNotFoundError) as e:  # a bad setting (--epochs 0, an unknown key): one line
+        fail(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import ray
+    no_ray = getattr(args, "no_ray", False)
+    if not no_ray:
+        import ray
 
-    ray.init()  # the cluster in RAY_ADDRESS, else a local one
+        ray.init()  # the cluster in RAY_ADDRESS, else a local one
     try:
-        result = train(config)
+        for stage, config, made_by, linker in runs:
+            if stage is not None:
+                if is_finished(config.output):
+                    print(f"stage {stage}: already trained in {config.output}; skipped")
+                    save_linker_settings(config.output, linker)
+                    continue
+                if (config.storage_path / RUN_NAME).exists():  # an interrupted stage goes on where it stopped
+                    config = TrainConfig.from_dict({**vars(config), "resume": True})
+            if config.init and not Path(config.init).is_dir():
+                fail(f"stage {stage} starts from {config.init}, which is missing: run the stages before it first")
+            try:
+                progress = run(config, no_ray, made_by)
+            except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input, a run already there: one line
+                fail(str(e))
+            save_linker_settings(config.output, linker)
+            last = progress.history[-1]
+            print(f"model {config.output}: {progress.epoch} epochs, {progress.step} steps, "
+                  f"last train loss {last['train_loss']:.4f}, {last['tokens_per_second']:.0f} tokens/s")
     finally:
-        ray.shutdown()
-    last = result.progress.history[-1]
-    print(f"model {result.output} (from {result.checkpoint}): {result.progress.epoch} epochs, {result.progress.step} steps, "
-          f"last train loss {last['train_loss']:.4f}, {last['tokens_per_second']:.0f} tokens/s")
+        if not no_ray:
+            ray.shutdown()
 
 
 if __name__ == "__main__":

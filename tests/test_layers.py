@@ -14,7 +14,6 @@ import ast
 import importlib.metadata
 import sys
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = ("kb", "onegen", "eval", "jobs")  # lowest first: a module may import its own layer and lower ones
 NOT_IMPORTABLE = ("bench", "tests")  # may import every layer; no layer may import them
 SCRIPT_FOLDERS = ("jobs", "eval", "bench")  # `python FOLDER/x.py` puts FOLDER first on sys.path
-
-# Violations that the other issue-27 branches remove; delete this constant once they are merged.
-# (file, rule, imported module): fnmatch patterns.
-PENDING_ON_OTHER_BRANCHES = (
-    ("*", "layer", "eval.types"),  # linker branch: eval.types -> onegen.spans
-    ("onegen/training.py", "layer", "eval.*"),  # trainer branch: the trainer stops importing eval
-    ("eval/types.py", "stdlib-name", ""),  # linker branch: removed
-    ("onegen/types.py", "stdlib-name", ""),  # linker branch: onegen/types.py -> onegen/spans.py
-)
-
 
 @dataclass(frozen=True)
 class Violation:
@@ -112,28 +101,14 @@ def find_violations(root: Path, installed: set[str] = frozenset()) -> list[Viola
     return found
 
 
-def pending_on_other_branches(violation: Violation) -> bool:
-    """True for a violation PENDING_ON_OTHER_BRANCHES lists."""
-    return any(fnmatch(violation.path, path) and violation.rule == rule and fnmatch(violation.module, module)
-               for path, rule, module in PENDING_ON_OTHER_BRANCHES)
-
-
 def installed_packages() -> set[str]:
     """Top-level import names of the installed distributions, but this project's own packages."""
     return {name for name, dists in importlib.metadata.packages_distributions().items() if "onegen-el" not in dists}
 
 
 def test_imports_run_one_way_and_no_module_shadows_another():
-    violations = [v for v in find_violations(REPO, installed_packages()) if not pending_on_other_branches(v)]
+    violations = find_violations(REPO, installed_packages())
     assert not violations, "layer rules broken:\n" + "\n".join(map(str, violations))
-
-
-def test_the_known_exceptions_are_still_needed():
-    """An exception whose violation is gone is stale: delete it from PENDING_ON_OTHER_BRANCHES."""
-    pending = [v for v in find_violations(REPO) if pending_on_other_branches(v)]
-    for path, rule, module in PENDING_ON_OTHER_BRANCHES:
-        assert any(fnmatch(v.path, path) and v.rule == rule and fnmatch(v.module, module) for v in pending), \
-            f"no violation left for {(path, rule, module)}: delete it from PENDING_ON_OTHER_BRANCHES"
 
 
 def write(root: Path, name: str, text: str) -> None:
@@ -164,13 +139,3 @@ def test_each_rule_names_the_file_and_line(tmp_path):
         "bench/numpy.py:0: [dependency-name] named like the installed package `numpy`, which a script of bench/ "
         "would import instead",
     ]
-
-
-@pytest.mark.parametrize("violation, pending", [
-    (Violation("onegen/data.py", 34, "layer", "eval.types"), True),
-    (Violation("onegen/training.py", 357, "layer", "eval.scorer"), True),
-    (Violation("onegen/linker.py", 20, "layer", "eval.scorer"), False),
-    (Violation("kb/types.py", 0, "stdlib-name"), False),
-])
-def test_only_the_listed_exceptions_are_waived(violation, pending):
-    assert pending_on_other_branches(violation) is pending

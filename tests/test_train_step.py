@@ -89,7 +89,7 @@ def test_models_that_transform_logits_are_refused(setup):
 
 def test_training_module_weights_the_retrieval_loss(setup):
     """OneGenLoss, what the training job steps on, scales only the retrieval part by its retrieval weight."""
-    from onegen.training import OneGenLoss
+    from onegen.training.trainable import OneGenLoss
 
     model, ids, batch = setup
     with torch.no_grad():
