@@ -30,7 +30,7 @@ from onegen.collate import OneGenCollator
 from onegen.data import build_examples, read_alias_table
 from onegen.mining import mention_vectors, mine_negatives
 from onegen.model import OneGen
-from onegen.pipeline.linking import ensure_index
+from onegen.indexes import ensure_index
 from onegen.train_step import compute_loss
 
 NUM_NEGATIVES = 4  # as training draws them (onegen.training.TrainConfig)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.nif import read_nif
+from kb.ids import canonical_id
 from onegen.spans import Mention
 
 PARQUET_MAGIC = b"PAR1"

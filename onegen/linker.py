@@ -14,7 +14,6 @@ job's replicas run `Linker.embed`.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from itertools import islice
@@ -23,20 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from onegen.decide import AliasPrior, PopularityPrior, decide
-from onegen.default_model import cache_root
+from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
 from onegen.spans import Candidate, Document, Mention
 
 LOG = logging.getLogger(__name__)
 
-SAMPLE_KB = Path(__file__).resolve().parents[1] / "samples" / "kb.jsonl"  # the bundled sample KB
 SMALL_KB_ENTITIES = 50_000  # a KB up to this size is encoded in process and searched in memory
-
-
-def cached_index_dir(fingerprint: dict, kb_sha256: str, kb_name: str) -> Path:
-    """Cache folder of the index of one KB encoded by one model."""
-    key = hashlib.sha256(f"{fingerprint['weights_sha256']}\0{fingerprint['tokenizer_sha256']}\0{kb_sha256}".encode()).hexdigest()
-    return cache_root() / "indexes" / f"{kb_name}-{key[:16]}"
 
 
 class ExactSearch:
@@ -191,13 +183,13 @@ class Linker:
                                popularity=self.popularity)
 
 
-def _load_index(onegen, directory: Path, popularity_weight: float):
-    """A built index folder (refused when built by another model) and the popularity prior stored with it."""
+def _load_index(onegen, directory: Path, popularity_weight: float, built_from: Path | None = None):
+    """A built index folder (refused when built by another model) and the popularity prior stored with it
+    (for an older index, read from `built_from`, the KB file it was built from, when known)."""
     from kb.index import EntityIndex
-    from onegen.pipeline.linking import popularity_prior
 
     search = EntityIndex.load(directory, expect=onegen.fingerprint(), expect_dim=onegen.hidden_size)
-    return search, popularity_prior(directory, popularity_weight)
+    return search, popularity_prior(directory, popularity_weight, built_from)
 
 
 def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: float, build_index: bool):
@@ -207,12 +199,11 @@ def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: floa
     from kb.jsonl import iter_kb
     from kb.manifest import MANIFEST_NAME
 
-    if not kb_file.is_file():
-        raise FileNotFoundError(f"KB {kb_file} not found: pass kb=FILE (JSONL, DESIGN section 4) or index=DIR of a built index")
+    require_kb(kb_file)
     fingerprint = onegen.fingerprint()
     directory = cached_index_dir(fingerprint, sha256_file(kb_file), kb_file.stem)
     if (directory / MANIFEST_NAME).is_file():  # keyed by the KB's sha256: built from this very file
-        return _load_index(onegen, directory, popularity_weight)
+        return _load_index(onegen, directory, popularity_weight, kb_file)
     entities = list(islice(iter_kb(kb_file), SMALL_KB_ENTITIES + 1))
     if len(entities) <= SMALL_KB_ENTITIES:
         LOG.info("encoding the %d entities of %s in memory", len(entities), kb_file)
@@ -224,6 +215,4 @@ def _kb_search(onegen, kb_file: Path, model: str | None, popularity_weight: floa
             f"KB {kb_file} has more than {SMALL_KB_ENTITIES} entities and no built index: build one with "
             f"`python jobs/build_index.py --kb {kb_file} --out DIR{f' --model {model}' if model else ''}` "
             f"and pass index=DIR (or build_index=True to build it into the cache with Ray)")
-    from onegen.pipeline.linking import ensure_index
-
-    return _load_index(onegen, ensure_index(kb_file, model, fingerprint), popularity_weight)
+    return _load_index(onegen, ensure_index(kb_file, model, fingerprint), popularity_weight, kb_file)

@@ -131,7 +131,7 @@ def test_interrupted_build_resumes_to_the_clean_result_and_updates(tmp_path, ray
     np.testing.assert_allclose(reloaded.shards[0].index.reconstruct_n(0, 3), expected[:3], atol=1e-5)
 
     # the popularity prior is stored with the index: the KB files are not needed to read it
-    from onegen.pipeline.linking import popularity_prior
+    from onegen.indexes import popularity_prior
 
     kb.unlink()
     delta.unlink()

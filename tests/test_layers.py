@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = ("kb", "onegen", "eval", "jobs")  # lowest first: a module may import its own layer and lower ones

@@ -12,7 +12,6 @@ import threading
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray

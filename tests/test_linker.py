@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import ray
 
+from kb.entity import Entity
 from kb.index import EntityIndex
 from link_fakes import ENTITIES, fake_annotate, vector
 from onegen.decide import AliasPrior
@@ -56,7 +57,7 @@ def test_link_texts_alias_prior_reranks_candidates(tmp_path):
 
 def test_popularity_prior_is_stored_in_the_index_and_needs_no_kb_file(tmp_path, caplog):
     """A cluster node may lack the KB file an index was built from: the prior comes from the index."""
-    from onegen.pipeline.linking import popularity_prior
+    from onegen.indexes import popularity_prior
 
     vectors = np.stack([vector("Paris"), vector("Rome")])
     kb_file = tmp_path / "kb.jsonl"
@@ -77,7 +78,7 @@ def test_popularity_prior_is_stored_in_the_index_and_needs_no_kb_file(tmp_path, 
 
 def test_an_index_built_before_popularity_was_stored_reads_its_kb_files_with_one_warning(tmp_path, caplog):
     from kb.files import sha256_file
-    from onegen.pipeline.linking import popularity_prior
+    from onegen.indexes import popularity_prior
 
     kb_file = tmp_path / "kb.jsonl"
     kb_file.write_text(json.dumps({"id": "Paris", "popularity": 50}) + "\n" + json.dumps({"id": "Rome"}) + "\n")
@@ -91,6 +92,9 @@ def test_an_index_built_before_popularity_was_stored_reads_its_kb_files_with_one
     assert [r.message for r in caplog.records] == [
         f"the index {tmp_path / 'index'} stores no popularity (built before it was stored): read it from its KB files; "
         "rebuild the index to store it"]
+    caplog.clear()
+    # a cached index, keyed by its KB file's sha256, reads that very file
+    assert popularity_prior(tmp_path / "no-kb", 0.3, built_from=kb_file).score("Paris") == pytest.approx(1.0)
     caplog.clear()
     assert popularity_prior(tmp_path / "no-kb", 0.3) is None
     kb_file.write_text(json.dumps({"id": "Rome", "popularity": 50}) + "\n")  # changed since the build

@@ -8,7 +8,7 @@ import pytest
 
 from bench.screen import main, marking_and_ranking, screen_candidates
 from onegen.spans import Document, Mention
-from onegen.linker import SAMPLE_KB
+from onegen.indexes import SAMPLE_KB
 
 TEXT = "Paris met Berlin and Rome in Oslo."
 

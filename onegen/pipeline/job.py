@@ -138,7 +138,7 @@ def check_sources(config: JobConfig) -> None:
 
         Manifest.read(config.index)  # a missing or unfinished index is refused with the build command
     elif config.kb:
-        from onegen.pipeline.linking import require_kb
+        from onegen.indexes import require_kb
 
         require_kb(Path(config.kb))
     if config.aliases and not Path(config.aliases).is_file():

@@ -13,66 +13,13 @@ from pathlib import Path
 
 import ray
 
-from onegen.decide import PopularityPrior
-from onegen.linker import SAMPLE_KB, cached_index_dir
+from onegen.indexes import SAMPLE_KB, ensure_index, popularity_prior
 from onegen.pipeline.job import JobConfig, Linking, index_id, model_id, replica_gpus
 from onegen.pipeline.stages import onegen_annotator
 
 LOG = logging.getLogger(__name__)
 
 SHARD_CPUS = 0.25  # CPUs reserved per index-shard actor: search is memory-bound and short
-
-
-def require_kb(kb: Path) -> None:
-    """Refuse a KB file that does not exist, saying what to pass instead."""
-    if not kb.is_file():
-        raise FileNotFoundError(f"KB {kb} not found: pass --kb FILE (JSONL, DESIGN section 4) or --index DIR of a built index")
-
-
-def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
-    """The cached index of `kb` for the model, built (resumably) when missing."""
-    from kb.files import sha256_file
-    from kb.manifest import MANIFEST_NAME
-    from onegen.index_build import BuildConfig, build_index
-
-    require_kb(kb)
-    directory = cached_index_dir(fingerprint, sha256_file(kb), kb.stem)
-    if not (directory / MANIFEST_NAME).is_file():
-        LOG.info("building the index of %s for %s into %s (once)", kb, fingerprint["model"], directory)
-        build_index(BuildConfig(kb=kb, out=directory, model=model, resume=(directory / ".build").is_dir()))
-    return directory
-
-
-def popularity_prior(directory: Path, weight: float) -> PopularityPrior | None:
-    """The popularity prior of the entities of an index, from the popularity stored with it.
-
-    None when the weight is 0. An index built before popularity was stored falls back, with one warning,
-    to the KB files its manifest names: None when it names none or a file is gone or changed since the
-    build (linking then goes on without the prior).
-    """
-    from kb.files import sha256_file
-    from kb.index import stored_popularity
-    from kb.manifest import Manifest
-
-    if not weight:
-        return None
-    counts = stored_popularity(directory)
-    if counts is not None:
-        return PopularityPrior.from_counts(counts, weight=weight)
-    # an index built before popularity was stored: read it from the KB files, as such an index always did
-    kb = Manifest.read(directory).kb
-    if not kb.get("path"):
-        LOG.warning("no popularity prior: the index %s stores no popularity and its manifest names no KB file", directory)
-        return None
-    files = [(Path(kb["path"]), kb["sha256"])] + [(Path(u["path"]), u["sha256"]) for u in kb.get("updates", [])]
-    for path, sha256 in files:
-        if not path.is_file() or sha256_file(path) != sha256:
-            LOG.warning("no popularity prior: the index %s stores no popularity and %s, a KB file of it, is gone or "
-                        "changed since the build; rebuild the index to store it", directory, path)
-            return None
-    LOG.warning("the index %s stores no popularity (built before it was stored): read it from its KB files; "
-                "rebuild the index to store it", directory)
-    return PopularityPrior.from_kb(*(path for path, _ in files), weight=weight)
 
 
 def shard_gpus(config: JobConfig, shards: int) -> float:
