@@ -14,7 +14,7 @@ import bisect
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from onegen.constrain import CopyRule
 from onegen.decoding import Decoded, DecodeStats, copy_decode, greedy_decode
 from onegen.drafting import CopyDrafter
 from onegen.prompts import mention_prompt
+from onegen.spans import Annotated, EmbeddedMention
 from onegen.tokens import LINK
 
 LOG = logging.getLogger(__name__)
@@ -34,28 +35,6 @@ DEFAULT_WINDOW_TOKENS = 512  # source tokens per window
 OUTPUT_TOKENS_PER_SOURCE_TOKEN = 4  # generation budget: this many tokens per source token (a score table has ...
 # ... a mention every 3 or 4 tokens, each with 8 tokens of markup) ...
 OUTPUT_EXTRA_TOKENS = 64  # ... plus this many
-
-
-# The model's per-mention output. It stays apart from onegen.spans.Mention because it carries the
-# [LK] vector: the linker searches with the vector, then keeps an onegen.spans.Mention.
-@dataclass
-class EmbeddedMention:
-    """A mention found by the model, aligned to the source text, with its retrieval vector."""
-
-    start: int  # char offset (code points) into the source text
-    end: int  # one past the last character; text[start:end] == surface always
-    surface: str
-    vector: np.ndarray  # (D,) float32, L2-normalised hidden state at the mention's [LK] token
-
-
-@dataclass
-class Annotated:
-    """One input text after a OneGen pass."""
-
-    text: str
-    mentions: list[EmbeddedMention] = field(default_factory=list)
-    marked: str = ""  # the model's raw output (marked-up copy of the text), for debugging
-    generated_tokens: int = 0  # tokens the model produced for this text
 
 
 @dataclass

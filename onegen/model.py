@@ -30,7 +30,7 @@ from onegen.sources import EXPECTED, resolve
 from onegen.tokens import CONTINUE, ENTITY, LINK, SPECIAL_TOKENS, TOKEN_DESCRIPTIONS
 
 if TYPE_CHECKING:
-    from onegen.inference import Annotated
+    from onegen.spans import Annotated
 
 LOG = logging.getLogger(__name__)
 

@@ -3,6 +3,10 @@ scorer and the NIF service. Offsets are Python str indices (Unicode code points)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,25 @@ class Document:
     doc_id: str  # AIDA doc id ("1163testb SOCCER"), NIF context URI, or "0", "1", ... for a linker's plain texts
     text: str
     mentions: list[Mention] = field(default_factory=list)
+
+
+# The model's per-mention output. It stays apart from onegen.spans.Mention because it carries the
+# [LK] vector: the linker searches with the vector, then keeps an onegen.spans.Mention.
+@dataclass
+class EmbeddedMention:
+    """A mention found by the model, aligned to the source text, with its retrieval vector."""
+
+    start: int  # char offset (code points) into the source text
+    end: int  # one past the last character; text[start:end] == surface always
+    surface: str
+    vector: np.ndarray  # (D,) float32, L2-normalised hidden state at the mention's [LK] token
+
+
+@dataclass
+class Annotated:
+    """One input text after a OneGen pass."""
+
+    text: str
+    mentions: list[EmbeddedMention] = field(default_factory=list)
+    marked: str = ""  # the model's raw output (marked-up copy of the text), for debugging
+    generated_tokens: int = 0  # tokens the model produced for this text

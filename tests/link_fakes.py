@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from onegen.pipeline.job import Linking
-from onegen.inference import Annotated, EmbeddedMention
+from onegen.spans import Annotated, EmbeddedMention
 
 DIM = 16
 ENTITIES = ["Paris", "France", "Berlin", "Germany", "Rome", "Italy", "Europe", "Seine"]

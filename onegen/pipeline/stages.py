@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -21,14 +21,11 @@ from onegen.decide import AliasPrior, PopularityPrior
 from onegen.linker import decide_mentions, with_candidates
 from onegen.pipeline.inputs import ERROR, OK
 from onegen.pipeline.outputs import MENTIONS_TYPE, TOKENS_COLUMN
-from onegen.spans import Mention
-
-if TYPE_CHECKING:
-    from onegen.inference import Annotated  # imports torch: not on the driver
+from onegen.spans import Annotated, Mention
 
 LOG = logging.getLogger(__name__)
 
-Annotate = Callable[[list[str]], "list[Annotated]"]  # texts -> one Annotated per text, in order
+Annotate = Callable[[list[str]], list[Annotated]]  # texts -> one Annotated per text, in order
 SPAN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string())])
 ATTEMPTS = 2  # tries of a batch, then of each of its documents, before a document is an error row
 SPANS, VECTORS = "_spans", "_vectors"  # columns passed from annotate to link, not written
