@@ -89,7 +89,7 @@ def replicas_seen(marks: Path) -> list[dict]:
 
 
 def test_default_options_on_one_gpu_run_the_real_model_on_cpu_with_shards_off_the_gpu(cluster, tiny, tmp_path):
-    from onegen.pipeline.linking import prepare_linking
+    from onegen.pipeline.model_and_index import prepare_linking
 
     model_dir, _, index_dir = tiny
     docs = [{"doc_id": "a", "text": "Paris is in France."}, {"doc_id": "b", "text": None}, {"doc_id": "c", "text": "Rome."}]
@@ -139,7 +139,7 @@ def test_a_replica_no_node_can_take_is_refused_in_one_line_not_awaited_forever(c
 
 
 def test_shard_gpus_are_an_opt_in_from_gpus_the_replicas_leave(cluster, tmp_path):
-    from onegen.pipeline.linking import shard_gpus
+    from onegen.pipeline.model_and_index import shard_gpus
 
     with pytest.raises(ValueError, match=r"--shard-gpus 0.5 for 2 index shards leaves 0 of the cluster's 1 GPUs"):
         shard_gpus(JobConfig(input="in", output="out", shard_gpus=0.5), shards=2)  # the replica needs the GPU
@@ -167,7 +167,7 @@ def test_a_corrupt_shard_is_one_cli_line_naming_the_file_and_the_rebuild(cluster
 
 def test_two_nodes_with_a_gpu_each_run_two_replicas_and_leave_the_gpus_to_them(cluster, tmp_path):
     from kb.serving import RayIndexClient
-    from onegen.pipeline.linking import SHARD_CPUS
+    from onegen.pipeline.model_and_index import SHARD_CPUS
 
     EntityIndex.build(tmp_path / "index", ENTITIES, FakeIndex().vectors, fingerprint=FINGERPRINT, num_shards=2)
     worker = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=80 * 2**20)

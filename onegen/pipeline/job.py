@@ -68,7 +68,7 @@ class JobConfig:
 
 @dataclass
 class Linking:
-    """The model and index side of the pipeline, built by `linking.prepare_linking` (or a test)."""
+    """The model and index side of the pipeline, built by `model_and_index.prepare_linking` (or a test)."""
 
     make_annotator: Callable[[], Annotate]  # picklable; called once in each replica
     retriever: Retriever  # index-shard client (or an in-process index)
@@ -335,7 +335,7 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
 
 
 def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
-    """Run the link job; `linking` defaults to the real model + index (`linking.prepare_linking`).
+    """Run the link job; `linking` defaults to the real model + index (`model_and_index.prepare_linking`).
 
     What needs no model is checked before Ray starts: the input, the output folder, its lock and
     manifest, the index or KB. The manifest is written (incomplete) before the first part and
@@ -356,7 +356,7 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
             ray.init(address=config.ray_address)  # None: RAY_ADDRESS (set by ray job submit) or a local Ray
         own_linking = linking is None
         if own_linking:
-            from onegen.pipeline.linking import prepare_linking
+            from onegen.pipeline.model_and_index import prepare_linking
 
             linking = prepare_linking(config)
         sink = AtomicParquetSink(output)
