@@ -320,19 +320,24 @@ def test_mining_run_records_the_models_ranking_each_epoch(tmp_path, files):
     assert "mined_gold_first" in (output / CARD_FILE).read_text()
 
 
+def saved_adapter(files, directory):
+    """Save a LoRA adapter of the tiny base far from a fresh one (whose B matrices are zero) to `directory`."""
+    onegen = OneGen.from_pretrained(files["base"], device="cpu")
+    model = make_trainable(onegen.model, onegen.token_ids, tiny_config(files, directory.parent / "unused"))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn_like(param))
+    onegen.model = model
+    onegen.save_pretrained(directory)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_init_continues_training_from_a_saved_adapter(tmp_path, files):
     """--init DIR: the run starts from that adapter (at a vanishing learning rate it ends there too), and the
     card and training_args name it."""
-    onegen = OneGen.from_pretrained(files["base"], device="cpu")
-    model = make_trainable(onegen.model, onegen.token_ids, tiny_config(files, tmp_path / "unused"))
-    with torch.no_grad():  # far from a fresh adapter, whose LoRA B matrices are zero
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn_like(param))
-    onegen.model = model
-    onegen.save_pretrained(tmp_path / "init")
+    saved_adapter(files, tmp_path / "init")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_object_store_memory": str(200 * 2**20)}
     output = tmp_path / "out"
     done = subprocess.run([*_cli(files, output, "--init", str(tmp_path / "init")), "--epochs", "1", "--lr", "1e-12"],

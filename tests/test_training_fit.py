@@ -15,8 +15,7 @@ from onegen.model import OneGen
 from onegen.training import ARGS_FILE, CARD_FILE, RUN_NAME, SCORE, Progress, TrainConfig, fit, write_model_card
 from onegen.training.card import portable
 from onegen.training.recipe import load_recipe, parse_stages
-from onegen.training.trainable import make_trainable
-from test_train_job import data_and_evaluation, files, load_train_cli, tiny_config  # noqa: F401 (fixture)
+from test_train_job import data_and_evaluation, files, load_train_cli, saved_adapter, tiny_config  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 MACHINE_FOLDERS = ("/tmp", "/work", "/root")
@@ -61,14 +60,7 @@ def test_fit_trains_in_a_plain_process_resumes_and_writes_a_loadable_model(tmp_p
 
 def test_fit_starts_from_init(tmp_path, files, no_ray):
     """`init`: the run starts from that adapter (at a vanishing learning rate it ends there too)."""
-    onegen = OneGen.from_pretrained(files["base"], device="cpu")
-    model = make_trainable(onegen.model, onegen.token_ids, tiny_config(files, tmp_path / "unused"))
-    with torch.no_grad():  # far from a fresh adapter, whose LoRA B matrices are zero
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn_like(param))
-    onegen.model = model
-    onegen.save_pretrained(tmp_path / "init")
+    saved_adapter(files, tmp_path / "init")
     config = tiny_config(files, tmp_path / "out", init=str(tmp_path / "init"), epochs=1, lr=1e-12)
     fit(config, data_and_evaluation(config)[0])
     started, ended = load_file(tmp_path / "init" / "adapter_model.safetensors"), load_file(tmp_path / "out" / "adapter_model.safetensors")
