@@ -44,8 +44,8 @@ def prepare_linking(config: JobConfig) -> Linking:
     from onegen.index_build import model_identity
 
     fingerprint, dim = model_identity(config.model)  # in a Ray task: the driver never holds the model
-    directory = Path(config.index) if config.index else ensure_index(Path(config.kb) if config.kb else SAMPLE_KB,
-                                                                      config.model, fingerprint)
+    kb_file = None if config.index else Path(config.kb) if config.kb else SAMPLE_KB  # the cached index's KB file
+    directory = Path(config.index) if config.index else ensure_index(kb_file, config.model, fingerprint)
     gpus = shard_gpus(config, len(Manifest.read(directory).shards))
     # refuses a mismatched or damaged index; shards on CPUs unless --shard-gpus: the replicas get the GPUs
     client = RayIndexClient(directory, fingerprint, expect_dim=dim, num_cpus=SHARD_CPUS, num_gpus=gpus)
@@ -56,5 +56,5 @@ def prepare_linking(config: JobConfig) -> Linking:
         retriever=client,
         model_id=model_id(fingerprint),
         index_id=index_id((directory / MANIFEST_NAME).read_bytes()),
-        popularity=popularity_prior(directory, config.popularity_weight),
+        popularity=popularity_prior(directory, config.popularity_weight, kb_file),
     )
