@@ -1,6 +1,10 @@
 """The spaCy component "onegen_linker": entity spans with kb_id_ and scores from onegen.Linker, batching, NER spans, config."""
 import importlib
+import os
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import spacy
@@ -12,6 +16,7 @@ from onegen.linker import Linker
 from onegen.spacy_component import make_onegen_linker
 from onegen.spans import Candidate, Mention
 
+REPO = Path(__file__).resolve().parent.parent
 TEXTS = ["Paris and Rome.", "Berlin is big.", "Marie Curie was born in Warsaw.", ""]
 
 
@@ -90,13 +95,31 @@ def test_a_bad_config_key_is_refused_when_the_pipe_is_added():
 
 
 def test_the_entry_point_names_the_factory_and_a_pipeline_config_round_trips_without_loading():
-    from pathlib import Path
-
-    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
-    module, attr = pyproject["project"]["entry-points"]["spacy_factories"]["onegen_linker"].split(":")
+    module, attr = entry_points()["spacy_factories"]["onegen_linker"].split(":")
     assert getattr(importlib.import_module(module), attr) is make_onegen_linker
     nlp = spacy.blank("en")
     nlp.add_pipe("onegen_linker", config={"nil_threshold": 0.5, "top_k": 3})
     again = spacy.util.load_model_from_config(nlp.config)  # what spacy.load does with a saved pipeline's config
     pipe = again.get_pipe("onegen_linker")
     assert (pipe.load_options["nil_threshold"], pipe.load_options["top_k"], pipe._linker) == (0.5, 3, None)
+
+
+def entry_points():
+    """pyproject.toml's entry points: group -> name -> "module:attr"."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+
+
+def test_spacy_finds_the_factory_by_its_entry_point_without_an_import(tmp_path):
+    """A distribution on the path whose entry_points.txt is pyproject's, as `pip install .` writes it (the
+    checkout's own install predates the entry point)."""
+    dist_info = tmp_path / "onegen_el_entry_points-0.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: onegen-el-entry-points\nVersion: 0.0\n")
+    (dist_info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in names.items())
+        for group, names in entry_points().items()))
+    script = ("import sys, spacy; pipe = spacy.blank('en').add_pipe('onegen_linker'); "
+              "print(type(pipe).__module__, 'onegen.spacy_component' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["onegen.spacy_component", "True"]  # spaCy imported the module through the entry point
