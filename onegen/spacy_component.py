@@ -1,0 +1,119 @@
+"""The spaCy pipeline component "onegen_linker": `onegen.Linker` as a pipe that sets linked entity spans.
+
+    import spacy, onegen.spacy_component              # the import registers it (so does the entry point)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("onegen_linker", config={"kb": "kb.jsonl", "nil_threshold": 0.8})
+    [(e.text, e.kb_id_, e._.onegen_score) for e in nlp("Marie Curie was born in Warsaw.").ents]
+
+Config keys are `Linker.from_pretrained`'s arguments (model, index, kb, device, batch_size) and its
+LinkerConfig overrides (nil_threshold, alias_weight, popularity_weight, mention_bias, top_k, aliases);
+None takes the model's linker_config.json. An unknown key is refused by spaCy's config validation when
+the pipe is added. The Linker (the model and its entity index) is loaded lazily, on the first doc, so
+adding the pipe or loading a pipeline config is cheap.
+
+Each mention the model finds becomes an entity span: character offsets widened to whole tokens
+(`doc.char_span(..., alignment_mode="expand")`), label `label` ("ENTITY") or the label of an existing
+entity with exactly the same tokens, `kb_id_` the entity id or "NIL" when the linker left it NIL,
+`span._.onegen_score` the cosine of the chosen (for NIL the best) candidate and
+`span._.onegen_candidates` the top-k as (entity_id, score) pairs, best first.
+Overlaps: a model span overlapping an earlier model span is dropped (text order); an existing entity
+(e.g. from an NER) overlapping a model span is replaced by it; the others are kept as they were
+(`kb_id_` untouched, `_.onegen_score` None).
+
+Not done: the existing entities themselves are not linked. That needs linking given spans, which
+`onegen.Linker` cannot do yet (the model finds its own mentions); an NER entity the model does not
+find stays unlinked.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+from spacy.util import minibatch
+
+from onegen.spans import Mention
+
+NIL = "NIL"  # kb_id_ of a mention the linker left NIL ("" stays: an entity this component did not link)
+DEFAULT_LABEL = "ENTITY"  # label of a model mention no existing entity spans exactly
+
+Span.set_extension("onegen_score", default=None, force=True)  # float: cosine of the chosen (NIL: best) candidate
+Span.set_extension("onegen_candidates", default=None, force=True)  # list of (entity_id, score), best first
+
+
+class OneGenLinker:
+    """The "onegen_linker" pipe: links each doc's text with an `onegen.Linker` and sets `doc.ents`."""
+
+    def __init__(self, name: str, load_options: dict, *, label: str = DEFAULT_LABEL, batch_size: int = 8):
+        self.name = name  # the pipe's name in the pipeline
+        self.load_options = load_options  # Linker.from_pretrained keyword arguments (None values: the model's)
+        self.label = label  # label of a new entity span
+        self.batch_size = batch_size  # docs per linker call in `pipe` (nlp.pipe's batch_size wins)
+        self._linker = None  # onegen.Linker, loaded on first use
+
+    @property
+    def linker(self):
+        """The `onegen.Linker`, loaded on first use."""
+        if self._linker is None:
+            from onegen.linker import Linker
+
+            self._linker = Linker.from_pretrained(**self.load_options)
+        return self._linker
+
+    @linker.setter
+    def linker(self, linker) -> None:
+        self._linker = linker
+
+    def __call__(self, doc: Doc) -> Doc:
+        """Link one doc (one linker call)."""
+        (mentions,) = self.linker.link([doc.text])
+        return set_mentions(doc, mentions, self.label)
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int | None = None) -> Iterator[Doc]:
+        """Link docs in batches of `batch_size`: one linker call per batch."""
+        for batch in minibatch(stream, size=batch_size or self.batch_size):
+            for doc, mentions in zip(batch, self.linker.link([doc.text for doc in batch])):
+                yield set_mentions(doc, mentions, self.label)
+
+
+def mention_spans(doc: Doc, mentions: list[Mention], label: str) -> list[Span]:
+    """The mentions as token spans of `doc`, in text order; one overlapping an earlier one (or widening to
+    nothing but whitespace) is dropped."""
+    spans: list[Span] = []
+    for m in sorted(mentions, key=lambda m: (m.start, m.end)):
+        span = doc.char_span(m.start, m.end, label=label, kb_id=m.entity_id or NIL, alignment_mode="expand")
+        if span is None or (spans and span.start < spans[-1].end):
+            continue
+        span._.onegen_score = m.score
+        span._.onegen_candidates = [(c.entity_id, c.score) for c in m.candidates]
+        spans.append(span)
+    return spans
+
+
+def set_mentions(doc: Doc, mentions: list[Mention], label: str) -> Doc:
+    """Set `doc.ents` to the mentions' spans plus the existing entities none of them overlaps; a mention
+    spanning exactly an existing entity takes its label."""
+    existing = {(e.start, e.end): e.label_ for e in doc.ents}
+    spans = mention_spans(doc, mentions, label)
+    for span in spans:
+        span.label_ = existing.get((span.start, span.end), label)
+    taken = {i for span in spans for i in range(span.start, span.end)}
+    kept = [e for e in doc.ents if taken.isdisjoint(range(e.start, e.end))]
+    doc.ents = sorted(spans + kept, key=lambda s: s.start)
+    return doc
+
+
+@Language.factory("onegen_linker", default_config={
+    "model": None, "index": None, "kb": None, "device": None, "batch_size": 8, "label": DEFAULT_LABEL,
+    "nil_threshold": None, "alias_weight": None, "popularity_weight": None, "mention_bias": None, "top_k": None,
+    "aliases": None})
+def make_onegen_linker(nlp: Language, name: str, model: str | None, index: str | None, kb: str | None,
+                       device: str | None, batch_size: int, label: str, nil_threshold: float | None,
+                       alias_weight: float | None, popularity_weight: float | None, mention_bias: float | None,
+                       top_k: int | None, aliases: str | None) -> OneGenLinker:
+    """The "onegen_linker" factory (see the module docstring); the Linker loads on the first doc."""
+    load_options = {"model": model, "index": index, "kb": kb, "device": device, "batch_size": batch_size,
+                    "nil_threshold": nil_threshold, "alias_weight": alias_weight,
+                    "popularity_weight": popularity_weight, "mention_bias": mention_bias, "top_k": top_k,
+                    "aliases": aliases}
+    return OneGenLinker(name, load_options, label=label, batch_size=batch_size)
