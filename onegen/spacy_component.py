@@ -41,7 +41,7 @@ Span.set_extension("onegen_score", default=None, force=True)  # float: cosine of
 Span.set_extension("onegen_candidates", default=None, force=True)  # list of (entity_id, score), best first
 
 
-class OneGenLinker:
+class LinkerPipe:
     """The "onegen_linker" pipe: links each doc's text with an `onegen.Linker` and sets `doc.ents`."""
 
     def __init__(self, name: str, load_options: dict, *, label: str = DEFAULT_LABEL, batch_size: int = 8):
@@ -110,10 +110,10 @@ def set_mentions(doc: Doc, mentions: list[Mention], label: str) -> Doc:
 def make_onegen_linker(nlp: Language, name: str, model: str | None, index: str | None, kb: str | None,
                        device: str | None, batch_size: int, label: str, nil_threshold: float | None,
                        alias_weight: float | None, popularity_weight: float | None, mention_bias: float | None,
-                       top_k: int | None, aliases: str | None) -> OneGenLinker:
+                       top_k: int | None, aliases: str | None) -> LinkerPipe:
     """The "onegen_linker" factory (see the module docstring); the Linker loads on the first doc."""
     load_options = {"model": model, "index": index, "kb": kb, "device": device, "batch_size": batch_size,
                     "nil_threshold": nil_threshold, "alias_weight": alias_weight,
                     "popularity_weight": popularity_weight, "mention_bias": mention_bias, "top_k": top_k,
                     "aliases": aliases}
-    return OneGenLinker(name, load_options, label=label, batch_size=batch_size)
+    return LinkerPipe(name, load_options, label=label, batch_size=batch_size)
