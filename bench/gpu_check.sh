@@ -45,7 +45,7 @@ LAST=$(ls -d "$WORK"/stage-*/ 2>/dev/null | sort -V | tail -1)
 ls -la "$OUT"
 echo "== decode, trained default, corpus sample ($(left) s left)" | tee "$OUT/decode.log"
 [ -f "${LAST}adapter_config.json" ] && [ "$(left)" -gt 20 ] && timeout "$(left)" python3 bench/decode.py --model "$LAST" \
-    --input samples/corpus.jsonl --texts 16 --batch-size 8 --repeats 1 2>&1 | grep -v "Loading weights" | tee -a "$OUT/decode.log"
+    --input onegen/samples/corpus.jsonl --texts 16 --batch-size 8 --repeats 1 2>&1 | grep -v "Loading weights" | tee -a "$OUT/decode.log"
 if [ "$DECODE_7B" = 1 ] && [ "$(left)" -gt 30 ]; then
     echo "== decode, random Llama-7B shape, bf16 ($(left) s left)" | tee -a "$OUT/decode.log"
     timeout "$(left)" python3 bench/decode.py --random-llama7b --texts 16 --batch-size 8 --repeats 1 2>&1 \

@@ -24,14 +24,14 @@ from pathlib import Path
 import psutil  # installed with ray[default]
 import ray
 
+from onegen.indexes import SAMPLE_CORPUS
 from onegen.pipeline.job import JobConfig, run_job
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "corpus.jsonl"
 
 
 def corpus(n: int) -> list[str]:
     """n texts cycled from the bundled sample corpus."""
-    texts = [json.loads(line)["text"] for line in SAMPLES.read_text(encoding="utf-8").splitlines()]
+    texts = [json.loads(line)["text"] for line in SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines()]
     return [texts[i % len(texts)] for i in range(n)]
 
 

@@ -11,7 +11,9 @@ from onegen.default_model import cache_root
 
 LOG = logging.getLogger(__name__)
 
-SAMPLE_KB = Path(__file__).resolve().parents[1] / "samples" / "kb.jsonl"  # the bundled sample KB
+SAMPLES = Path(__file__).resolve().parent / "samples"  # bundled with the package (package data)
+SAMPLE_KB = SAMPLES / "kb.jsonl"  # the sample KB: 196 entities
+SAMPLE_CORPUS = SAMPLES / "corpus.jsonl"  # the sample corpus: 36 short documents
 
 
 def cached_index_dir(fingerprint: dict, kb_sha256: str, kb_name: str) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onegen.indexes import SAMPLE_KB
 from onegen.pipeline.job import Linking
 from onegen.spans import Annotated, EmbeddedMention
 
@@ -109,7 +110,7 @@ CORPUS = [
 
 
 def tiny_model_and_index(folder: Path, kb_lines: int = 12) -> tuple[Path, Path, Path]:
-    """A random tiny OneGen model folder, a KB (the first lines of samples/kb.jsonl) and its index,
+    """A random tiny OneGen model folder, a KB (the first lines of the bundled sample KB) and its index,
     built in-process: (model dir, KB file, index dir). Real code paths, no fakes."""
     from kb.index import EntityIndex
     from kb.jsonl import read_kb
@@ -119,7 +120,7 @@ def tiny_model_and_index(folder: Path, kb_lines: int = 12) -> tuple[Path, Path, 
     tokenizer = tiny_tokenizer()
     model_dir, kb, index_dir = folder / "tiny-model", folder / "kb.jsonl", folder / "index"
     OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(model_dir)
-    samples = (Path(TESTS_DIR).parent / "samples" / "kb.jsonl").read_text(encoding="utf-8").splitlines()
+    samples = SAMPLE_KB.read_text(encoding="utf-8").splitlines()
     kb.write_text("\n".join(samples[:kb_lines]) + "\n", encoding="utf-8")
     onegen = OneGen.from_pretrained(str(model_dir), device="cpu")  # loaded from files: the fingerprint the job sees
     entities = read_kb(kb).entities
