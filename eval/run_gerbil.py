@@ -19,6 +19,7 @@ from eval.predictions import read_predictions
 from eval.scorer import score
 from eval.serve import ServiceLimits, serve
 from kb.ids import Redirects
+from onegen.cli_logging import add_log_level, setup_logging
 from onegen.spans import Document
 
 # errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
@@ -215,10 +216,10 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three subcommands."""
     parser = argparse.ArgumentParser(
-        prog="python eval/run_gerbil.py",
         description="GERBIL-style entity-linking evaluation (A2KB/D2KB, strong/weak match, InKB and EE scores).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `python eval/run_gerbil.py COMMAND --help` for the options of a command.",
+        epilog="Run `%(prog)s COMMAND --help` for the options of a command (installed command: onegen-gerbil;\n"
+               "`python eval/run_gerbil.py` is the same).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("a2kb", "d2kb"), default="a2kb", help="GERBIL task (default: a2kb)")
     p.add_argument("--redirects", help="from<TAB>to redirects applied to gold and predicted ids (default: none)")
     p.add_argument("--json", help="write the report as JSON to this file")
+    add_log_level(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -256,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "prior weight offline (name it DIR/candidates-main.jsonl.gz, then: "
                         "python bench/gpu_score.py --candidates DIR)")
     add_linker_options(p)
+    add_log_level(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a client may stay silent (then the connection is closed) and may take to send a body "
                         "(then 408) (default: %(default)s)")
     add_linker_options(p)
+    add_log_level(p)
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -284,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the command; user errors print one line and return 2."""
     args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -1,4 +1,5 @@
-"""Build (or update) the entity index of a KB: `python jobs/build_index.py --kb KB.jsonl --out DIR`.
+"""Build (or update) the entity index of a KB: `onegen-index --kb KB.jsonl --out DIR` (installed
+command; `python jobs/build_index.py` is the same).
 
 A Ray Data job: KB rows -> [SE] vectors from a pool of model replicas (a GPU each where the
 cluster has GPUs) -> index shards + manifest.json. Connects to the cluster in RAY_ADDRESS, else
@@ -11,6 +12,7 @@ import logging
 from pathlib import Path
 
 from kb.manifest import DTYPES, INDEX_KINDS, IndexSpec
+from onegen.cli_logging import add_log_level, setup_logging
 from onegen.index_build import BuildConfig, build_index, update_index
 
 
@@ -33,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--update", type=Path, default=None, metavar="KB_DELTA",
                         help="add or replace the entities of KB_DELTA in the existing index at --out")
     parser.add_argument("--num-replicas", type=int, default=1, help="model replicas (one GPU each where there are GPUs)")
+    add_log_level(parser)
     args = parser.parse_args(argv)
     if args.kb is None and args.update is None:
         parser.error("--kb KB.jsonl is required (or --update KB_DELTA to change an existing index)")
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     import ray
 
     config = BuildConfig(
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         resume=args.resume,
         num_replicas=args.num_replicas,
     )
-    ray.init()  # the cluster in RAY_ADDRESS, else a local one
+    ray.init(logging_level=logging.getLogger().getEffectiveLevel())  # the cluster in RAY_ADDRESS, else a local one
     try:
         index = update_index(config) if args.update else build_index(config)
     finally:

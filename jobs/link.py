@@ -1,25 +1,34 @@
-"""Link the entity mentions of a document collection: `python jobs/link.py --input IN --output OUT`.
+"""Link the entity mentions of a document collection: `onegen-link --input IN --output OUT`
+(installed command; `python jobs/link.py` is the same).
 
 IN: Parquet or JSONL (`doc_id`, `text`; other columns carried through) as a file, folder, glob or
-URI. OUT: a Parquet dataset, one row per input document (DESIGN section 4), plus `_metrics.json`
-and `_manifest.json`. On a cluster: `ray job submit --working-dir . -- python jobs/link.py ...`
-(connects to RAY_ADDRESS); alone it starts a local Ray. With only --input and --output it uses
-the trained default model and the bundled sample KB, whose index is built once and cached.
+URI; `--sample` links the bundled sample corpus instead. OUT: a Parquet dataset, one row per input
+document (DESIGN section 4), plus `_metrics.json` and `_manifest.json`. On a cluster:
+`ray job submit --working-dir . -- python jobs/link.py ...` (connects to RAY_ADDRESS); alone it
+starts a local Ray. With only --input and --output it uses the trained default model and the
+bundled sample KB, whose index is built once and cached.
 The library code is onegen/pipeline/.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from onegen.cli_logging import add_log_level, setup_logging
+from onegen.indexes import SAMPLE_CORPUS
 from onegen.pipeline.job import JobConfig, run_job
 
+CLI_ONLY = ("sample", "log_level")  # options of this command, not of the job
 
-def parse_args(argv: list[str] | None = None) -> JobConfig:
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options; the job's (JobConfig) plus --sample and --log-level."""
     defaults = JobConfig(input="", output="")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="Parquet/JSONL file, folder, glob or URI (s3://, gs://, ...)")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--input", help="Parquet/JSONL file, folder, glob or URI (s3://, gs://, ...)")
+    inputs.add_argument("--sample", action="store_true",
+                        help=f"link the bundled sample corpus (36 short documents, {SAMPLE_CORPUS.name}) instead of --input")
     parser.add_argument("--output", required=True, help="output folder (local path or URI)")
     parser.add_argument("--model", default=None, help="model folder, adapter folder or cached hub id (default: the trained default, SmolLM2-135M-Instruct + the bundled OneGen adapter)")
     source = parser.add_mutually_exclusive_group()
@@ -62,12 +71,27 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                         help="remove the lock of a run that is gone (--output/_lock.json names it) before starting; "
                              "a lock left by a killed run on this machine is taken over without it")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    return JobConfig(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()})
+    add_log_level(parser)
+    return parser
+
+
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The job's config from parsed options (--sample: the bundled corpus as the input)."""
+    options = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    if args.sample:
+        options["input"] = str(SAMPLE_CORPUS)
+    return JobConfig(**options)
+
+
+def parse_args(argv: list[str] | None = None) -> JobConfig:
+    """The job's config from a command line."""
+    return job_config(build_parser().parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    config = job_config(args)
     try:
         summary = run_job(config)
     except (FileNotFoundError, FileExistsError, ValueError) as err:  # the message says what to do

@@ -1,4 +1,5 @@
-"""Fine-tune a OneGen entity linker: `python jobs/train.py --train FILE --kb KB.jsonl --output DIR`.
+"""Fine-tune a OneGen entity linker: `onegen-train --train FILE --kb KB.jsonl --output DIR` (installed
+command; `python jobs/train.py` is the same).
 
 LoRA (default, r=16) or full fine-tuning of any causal LM on annotated documents (AIDA TSV split or
 NIF), with per-epoch checkpoints, evaluation on an AIDA split (testa) and resume after a crash.
@@ -16,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from onegen.cli_logging import add_log_level, setup_logging
 from onegen.default_model import DEFAULT_MODEL_NAME
 from onegen.linker_config import LinkerConfig
 from onegen.loss import RETRIEVAL_KINDS
@@ -27,7 +29,7 @@ from onegen.training.recipe import parse_stages
 
 LOG = logging.getLogger("train")
 DEFAULTS = TrainConfig(train="", kb="", output="")
-NOT_CONFIG = ("config", "stages", "no_ray", "full")  # flags that are not TrainConfig fields
+NOT_CONFIG = ("config", "stages", "no_ray", "full", "log_level")  # flags that are not TrainConfig fields
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,7 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int, help="seed of sampling, shuffling and initialisation (default 0)")
     add("--resume", action="store_true", help="continue the run in --storage from its latest checkpoint")
     add("--storage", help="checkpoint folder (default OUTPUT/ray)")
-    return parser.parse_args(argv)
+    add_log_level(parser)
+    args = parser.parse_args(argv)
+    args.log_level = getattr(args, "log_level", "INFO")  # set even though other flags are only when given
+    return args
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -181,12 +186,12 @@ def main(argv: list[str] | None = None) -> None:
             runs = [(None, config_from_args(args), f"Made by `{command}`.", {})]
     except (ValueError, FileNotFoundError) as e:  # a bad setting (--epochs 0, an unknown key): one line
         fail(str(e))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     no_ray = getattr(args, "no_ray", False)
     if not no_ray:
         import ray
 
-        ray.init()  # the cluster in RAY_ADDRESS, else a local one
+        ray.init(logging_level=logging.getLogger().getEffectiveLevel())  # the cluster in RAY_ADDRESS, else a local one
     try:
         for stage, config, made_by, linker in runs:
             if stage is not None:

@@ -136,7 +136,7 @@ def encode_kb(work: Path, config: BuildConfig, total: int) -> None:
     if not pending:
         return
     if not ray.is_initialized():
-        ray.init()  # the cluster in RAY_ADDRESS, else a local one, as jobs/build_index.py does
+        ray.init(logging_level=logging.getLogger().getEffectiveLevel())  # the cluster in RAY_ADDRESS, else a local one, as jobs/build_index.py does
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     cpus, threads = replica_cpus(resources, config.num_replicas)

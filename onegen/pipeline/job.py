@@ -353,7 +353,8 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
         hashes, options = input_hashes(inputs), result_options(config)
         check_resumable(config, output, manifest, hashes, options)
         if not ray.is_initialized():
-            ray.init(address=config.ray_address)  # None: RAY_ADDRESS (set by ray job submit) or a local Ray
+            # address None: RAY_ADDRESS (set by ray job submit) or a local Ray; Ray's driver logs at this process's level
+            ray.init(address=config.ray_address, logging_level=logging.getLogger().getEffectiveLevel())
         own_linking = linking is None
         if own_linking:
             from onegen.pipeline.model_and_index import prepare_linking
