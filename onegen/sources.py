@@ -13,7 +13,7 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # "org/name" or "name"
 EXPECTED = (
     "expected one of: None or 'SmolLM2-135M-Instruct' (the embedded default); a folder written by "
     "save_pretrained (config.json, *.safetensors, tokenizer files); a PEFT adapter folder "
-    "(adapter_config.json naming its base); or a Hugging Face hub id already in the local cache"
+    "(adapter_config.json naming its base); or a Hugging Face hub id (downloaded unless HF_HUB_OFFLINE is set)"
 )
 
 
@@ -25,10 +25,10 @@ class ModelSource:
     adapter: Path | None  # PEFT adapter folder, None for the base alone
 
     def base_folder(self, materialise: bool = True) -> Path:
-        """Local folder of the base; the embedded default is materialised on first use unless
-        `materialise` is False (then its folder may not exist yet)."""
+        """Local folder of the base; the embedded default is materialised and a hub id downloaded on first
+        use unless `materialise` is False (then the folder may not exist yet)."""
         if self.base != DEFAULT_MODEL_NAME:
-            return model_folder(self.base)
+            return model_folder(self.base, download=materialise)
         return default_model_dir() if materialise else default_model_path()
 
 
@@ -52,23 +52,27 @@ def resolve(name_or_path: str | None = None, adapter: str | None = None) -> Mode
     return ModelSource(base, adapter_dir)
 
 
-def model_folder(name: str) -> Path:
-    """Local folder of a model given as a folder path or a hub id in the local cache."""
+def model_folder(name: str, download: bool = True) -> Path:
+    """Local folder of a model given as a folder path or a Hugging Face hub id: its snapshot in the local cache,
+    downloaded when missing unless `download` is False or HF_HUB_OFFLINE is set."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
     if path.exists() or not _HUB_ID.match(name) or name.startswith("."):
         raise FileNotFoundError(f"No model folder at {name!r}: {EXPECTED}.")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except LocalEntryNotFoundError as err:
+        return Path(huggingface_hub.snapshot_download(name, local_files_only=not download))
+    except LocalEntryNotFoundError as err:  # not cached, and offline (HF_HUB_OFFLINE) or no download asked
         raise FileNotFoundError(
             f"{name!r} is neither a local folder nor a hub id in the local Hugging Face cache "
-            f"(hub access is off): {EXPECTED}."
+            f"(downloads are off{': HF_HUB_OFFLINE is set' if huggingface_hub.constants.HF_HUB_OFFLINE else ''}): "
+            f"{EXPECTED}."
         ) from err
+    except (HfHubHTTPError, OSError) as err:  # no such repository, no access, no network
+        raise FileNotFoundError(f"{name!r} could not be downloaded from the Hugging Face hub ({err}): {EXPECTED}.") from err
 
 
 def source_files(name_or_path: str | None = None) -> list[Path] | None:

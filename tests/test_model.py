@@ -285,3 +285,24 @@ def test_call_delegates_to_inference(onegen, monkeypatch):
     monkeypatch.setitem(sys.modules, "onegen.inference", fake)
     assert onegen(["a text"], batch_size=3, decoder="greedy") == ["done"]
     assert calls == [(onegen, ["a text"], {"batch_size": 3, "decoder": "greedy"})]
+
+
+def test_a_hub_id_is_downloaded_unless_offline(tmp_path, monkeypatch):
+    """Hub ids are fetched with huggingface_hub (it honours HF_HUB_OFFLINE); the cheap lookups never download."""
+    import huggingface_hub
+
+    from onegen.sources import model_folder, resolve
+
+    calls = []
+
+    def fake_snapshot_download(name, local_files_only=False):
+        calls.append((name, local_files_only))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert model_folder("some-org/some-model") == tmp_path
+    assert resolve("some-org/some-model").base_folder(materialise=False) == tmp_path
+    assert calls == [("some-org/some-model", False), ("some-org/some-model", True)]
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):  # the tests run offline, as users may
+        monkeypatch.undo()
+        model_folder("no-such-org/no-such-model")
