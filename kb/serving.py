@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import faiss
 import numpy as np
 import ray
 
-from kb.index import EntityIndex, IndexShard, load_pca, merge_topk, prepare_queries, read_checked_manifest
+from kb.index import EntityIndex, IndexShard, faiss, load_pca, merge_topk, prepare_queries, read_checked_manifest
 from kb.manifest import IndexLoadError, Manifest
 
 LOG = logging.getLogger(__name__)
