@@ -2,10 +2,10 @@
 
 IN: Parquet or JSONL (`doc_id`, `text`; other columns carried through) as a file, folder, glob or
 URI. OUT: a Parquet dataset, one row per input document (DESIGN section 4), plus `_metrics.json`
-and `_manifest.json`. On a cluster: `ray job submit --working-dir . -- python jobs/link.py ...`
-(connects to RAY_ADDRESS); alone it starts a local Ray. With only --input and --output it uses
-the trained default model and the bundled sample KB, whose index is built once and cached.
-The library code is onegen/pipeline/.
+and `_manifest.json` (with --html also a browsable view, `_html/index.html`). On a cluster:
+`ray job submit --working-dir . -- python jobs/link.py ...` (connects to RAY_ADDRESS); alone it
+starts a local Ray. With only --input and --output it uses the trained default model and the
+bundled sample KB, whose index is built once and cached. The library code is onegen/pipeline/.
 """
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import argparse
 import logging
 import sys
 
+from onegen.pipeline.html_view import write_html
 from onegen.pipeline.job import JobConfig, run_job
 
+VIEW_OPTIONS = ("html",)  # flags that do not change results: not part of JobConfig
 
-def parse_args(argv: list[str] | None = None) -> JobConfig:
+
+def build_parser() -> argparse.ArgumentParser:
     defaults = JobConfig(input="", output="")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="Parquet/JSONL file, folder, glob or URI (s3://, gs://, ...)")
@@ -62,18 +65,33 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                         help="remove the lock of a run that is gone (--output/_lock.json names it) before starting; "
                              "a lock left by a killed run on this machine is taken over without it")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    return JobConfig(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()})
+    parser.add_argument("--html", action="store_true",
+                        help="after the run, write a static HTML view of the whole output: --output/_html/index.html "
+                             "(summary, links to a page per document with its mentions highlighted)")
+    return parser
+
+
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The job's settings from the parsed flags, less the view options."""
+    return JobConfig(**{k: v for k, v in vars(args).items() if k not in VIEW_OPTIONS})
+
+
+def parse_args(argv: list[str] | None = None) -> JobConfig:
+    return job_config(build_parser().parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    config = job_config(args)
     try:
         summary = run_job(config)
     except (FileNotFoundError, FileExistsError, ValueError) as err:  # the message says what to do
         sys.exit(f"error: {err}")
     print(summary.text())
     print(f"metrics: {summary.output.rstrip('/')}/_metrics.json")
+    if args.html:
+        print(f"html: {write_html(config.output)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""The HTML view of a link-job output: the pages' content."""
+"""The HTML view of a link-job output (`jobs/link.py --html`): the pages' content and the CLI flag."""
 import html
+import importlib.util
 import re
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,6 +12,10 @@ import pytest
 
 from onegen.pipeline.html_view import HTML_FOLDER, entity_url, write_html
 from onegen.pipeline.outputs import MENTIONS_TYPE, Output, write_table
+
+SPEC = importlib.util.spec_from_file_location("link_cli", Path(__file__).resolve().parents[1] / "jobs" / "link.py")
+link_cli = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(link_cli)
 
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("mentions", MENTIONS_TYPE),
                     ("status", pa.string()), ("error", pa.string())])
@@ -98,3 +105,15 @@ def test_a_large_output_gets_pages_for_the_first_documents_only(finished):
     page = (finished / HTML_FOLDER / "index.html").read_text(encoding="utf-8")
     assert "2 documents left out: pages are written for the first 1 only." in page
     assert "<tr><th>documents</th><td>3</td></tr>" in page and "docs/1.html" not in page
+
+
+def test_html_flag_writes_the_view_after_the_run_and_stays_out_of_the_job_config(finished, monkeypatch, capsys):
+    assert not hasattr(link_cli.parse_args(["--input", "i.jsonl", "--output", "o", "--html"]), "html")
+    summary = SimpleNamespace(output=str(finished), text=lambda: "3 documents")
+    monkeypatch.setattr(link_cli, "run_job", lambda config: summary)
+    link_cli.main(["--input", "i.jsonl", "--output", str(finished), "--html"])
+    assert f"html: {finished}/{HTML_FOLDER}/index.html" in capsys.readouterr().out
+    assert (finished / HTML_FOLDER / "index.html").is_file()
+    shutil.rmtree(finished / HTML_FOLDER)
+    link_cli.main(["--input", "i.jsonl", "--output", str(finished)])
+    assert not (finished / HTML_FOLDER).exists()
