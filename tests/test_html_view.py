@@ -1,6 +1,8 @@
-"""The HTML view of a link-job output (`jobs/link.py --html`): the pages' content and the CLI flag."""
+"""The HTML view of a link-job output (`jobs/link.py --html`): the pages' content, the CLI flag, and how Chrome shows them."""
 import html
 import importlib.util
+import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +19,7 @@ SPEC = importlib.util.spec_from_file_location("link_cli", Path(__file__).resolve
 link_cli = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(link_cli)
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string()), ("mentions", MENTIONS_TYPE),
                     ("status", pa.string()), ("error", pa.string())])
 # non-ASCII (an astral emoji too) before the mentions, so byte or UTF-16 offsets would land wrong
@@ -117,3 +120,70 @@ def test_html_flag_writes_the_view_after_the_run_and_stays_out_of_the_job_config
     shutil.rmtree(finished / HTML_FOLDER)
     link_cli.main(["--input", "i.jsonl", "--output", str(finished)])
     assert not (finished / HTML_FOLDER).exists()
+
+
+# ---- in a real browser ---------------------------------------------------------------------------------
+
+def rgb(css: str) -> tuple[int, int, int, float]:
+    """`rgb(1, 2, 3)` or `rgba(1, 2, 3, 0.5)` -> (r, g, b, alpha)."""
+    values = [float(v) for v in re.findall(r"[\d.]+", css)]
+    return (*map(int, values[:3]), values[3] if len(values) > 3 else 1.0)
+
+
+@pytest.fixture
+def chrome(tmp_path):
+    """Headless Chromium through chromedriver, with a fresh profile."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        reason = f"the browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+        if os.environ.get("ONEGEN_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + "; ONEGEN_REQUIRE_BROWSER=1 makes its absence a failure")
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.slow
+def test_chrome_shows_the_text_with_visible_highlights(finished, chrome, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    write_html(str(finished))
+    chrome.get((finished / HTML_FOLDER / "docs" / "0.html").as_uri())
+    assert TEXT in chrome.find_element(By.TAG_NAME, "body").text
+    assert chrome.execute_script("return performance.getEntriesByType('resource').length") == 0  # nothing fetched
+    screenshot = Image.open(io.BytesIO(chrome.get_screenshot_as_png())).convert("RGB")
+    path = tmp_path / "document.png"
+    screenshot.save(path)
+    print(f"screenshot: {path}")
+    ratio = chrome.execute_script("return window.devicePixelRatio")
+    shown = {}  # class -> colour on the screenshot
+    elements = chrome.find_elements(By.CSS_SELECTOR, ".text .mention")
+    assert len(elements) == 4
+    for element, expected in zip(elements, DOCS[0]["mentions"]):
+        assert element.is_displayed()
+        rect = chrome.execute_script("const r = arguments[0].getClientRects()[0]; return [r.left, r.top, r.width, r.height]",
+                                     element)
+        assert rect[2] > 0 and rect[3] > 0
+        *background, alpha = rgb(element.value_of_css_property("background-color"))
+        assert alpha > 0, f"{expected['surface']!r} has a transparent background"
+        if expected["entity_id"] is not None:
+            assert element.get_attribute("href") == entity_url(expected["entity_id"])
+        # the highlight's colour fills most of the mention's box; the glyphs over it take the rest
+        left, top, width, height = (round(v * ratio) for v in rect)
+        box = screenshot.crop((left + 1, top + 1, left + width - 1, top + height - 1))
+        _, colour = max(box.getcolors(box.width * box.height))  # (count, colour) of the most common
+        centre = screenshot.getpixel((left + width // 2, top + 2))  # in the top padding, above the glyphs
+        for seen in (colour, centre):
+            assert max(abs(a - b) for a, b in zip(seen, background)) <= 8, (expected["surface"], seen, background)
+        shown[element.get_attribute("class")] = colour
+    assert shown["mention nil"] != shown["mention linked"]
