@@ -28,7 +28,7 @@ test-fast: install
 
 demo: install
 	rm -rf out/demo  # the job refuses to overwrite a finished run; the demo starts clean
-	$(BIN)/onegen-link --sample --output out/demo
+	$(BIN)/onegen-link --sample --output out/demo --html  # view: out/demo/_html/index.html
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

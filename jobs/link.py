@@ -3,10 +3,10 @@
 
 IN: Parquet or JSONL (`doc_id`, `text`; other columns carried through) as a file, folder, glob or
 URI; `--sample` links the bundled sample corpus instead. OUT: a Parquet dataset, one row per input
-document (DESIGN section 4), plus `_metrics.json` and `_manifest.json`. On a cluster:
-`ray job submit --working-dir . -- python jobs/link.py ...` (connects to RAY_ADDRESS); alone it
-starts a local Ray. With only --input and --output it uses the trained default model and the
-bundled sample KB, whose index is built once and cached.
+document (DESIGN section 4), plus `_metrics.json` and `_manifest.json` (with --html also a browsable
+view, `_html/index.html`). On a cluster: `ray job submit --working-dir . -- python jobs/link.py ...`
+(connects to RAY_ADDRESS); alone it starts a local Ray. With only --input and --output it uses the
+trained default model and the bundled sample KB, whose index is built once and cached.
 The library code is onegen/pipeline/.
 """
 from __future__ import annotations
@@ -16,13 +16,14 @@ import sys
 
 from onegen.cli_logging import add_log_level, setup_logging
 from onegen.indexes import SAMPLE_CORPUS
+from onegen.pipeline.html_view import write_html
 from onegen.pipeline.job import JobConfig, run_job
 
-CLI_ONLY = ("sample", "log_level")  # options of this command, not of the job
+CLI_ONLY = ("sample", "html", "log_level")  # options of this command that do not change results: not in JobConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command's options; the job's (JobConfig) plus --sample and --log-level."""
+    """The command's options: the job's (JobConfig) plus --sample, --html and --log-level."""
     defaults = JobConfig(input="", output="")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     inputs = parser.add_mutually_exclusive_group(required=True)
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="remove the lock of a run that is gone (--output/_lock.json names it) before starting; "
                              "a lock left by a killed run on this machine is taken over without it")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--html", action="store_true",
+                        help="after the run, write a static HTML view of the whole output: --output/_html/index.html "
+                             "(summary, links to a page per document with its mentions highlighted)")
     add_log_level(parser)
     return parser
 
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     print(summary.text())
     print(f"metrics: {summary.output.rstrip('/')}/_metrics.json")
+    if args.html:
+        print(f"html: {write_html(config.output)}")
 
 
 if __name__ == "__main__":
