@@ -215,7 +215,7 @@ class Linker:
                               batch_size=self.batch_size)
         out = []
         for text, own, text_spans, text_vectors in zip(texts, found, given, vectors):
-            forced = [EmbeddedMention(start, end, text[start:end], v) for (start, end), v in zip(text_spans, text_vectors)]
+            forced = [EmbeddedMention(s, e, text[s:e], v) for (s, e), v in zip(text_spans, text_vectors)]
             out.append(search_mentions(sorted(own + forced, key=lambda m: m.start), self.search, self.config.top_k))
         return out
 

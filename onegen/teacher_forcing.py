@@ -123,8 +123,9 @@ def _text_jobs(onegen, t: int, text: str, spans: list[Span], also_marked: list[S
     for i, embedded in sorted(chosen.items()):
         w = windows[i]
         marked = sorted(s for s in spans + also_marked if w.start <= s[0] and s[1] <= w.end)
-        prompt = onegen.tokenizer(mention_prompt(onegen.tokenizer, text[w.start : w.end]), add_special_tokens=False).input_ids
-        target = onegen.tokenizer(marked_target(text, marked, w), add_special_tokens=False).input_ids
+        tokenizer = onegen.tokenizer
+        prompt = tokenizer(mention_prompt(tokenizer, text[w.start : w.end]), add_special_tokens=False).input_ids
+        target = tokenizer(marked_target(text, marked, w), add_special_tokens=False).input_ids
         links = [len(prompt) + p for p, token in enumerate(target) if token == onegen.token_ids.link]
         if len(links) != len(marked):
             raise ValueError(f"text {t}: window {w.start}-{w.end} with {len(marked)} marked spans tokenises to "

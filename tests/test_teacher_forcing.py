@@ -122,3 +122,16 @@ def test_default_window_budget_is_annotate_s(tiny_onegen, monkeypatch):
     monkeypatch.setattr(tf, "sentence_windows", lambda text, budget, count: seen.append(budget) or [Window(0, len(text))])
     embed_spans(tiny_onegen, [SHORT], [name_spans(SHORT)])
     assert seen == [default_window_tokens(tiny_onegen)]
+
+
+@pytest.mark.slow
+def test_on_the_default_model_teacher_forced_vectors_are_annotate_s():
+    """No steering: the trained default writes its targets in the tokens it was trained on."""
+    onegen = OneGen.from_pretrained(None, device="cpu")
+    texts = ["Germany beat France 2-1 in Paris on Sunday.", "Peter Blackburn reports from Brussels. The European "
+             "Commission said on Thursday it disagreed with German advice to consumers to shun British lamb."]
+    found = annotate(onegen, texts, max_new_tokens=120, max_window_tokens=24)  # the second text: two windows
+    assert all(a.mentions for a in found)
+    forced = embed_spans(onegen, texts, [[(m.start, m.end) for m in a.mentions] for a in found], max_window_tokens=24)
+    for a, vectors in zip(found, forced):
+        np.testing.assert_allclose(vectors, np.stack([m.vector for m in a.mentions]), atol=1e-4)
