@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +56,19 @@ class OneGenExample:
     link_entities: list[str]  # gold entity id of each [LK] (always in the KB)
     anchors: list[int]  # indices into link_positions used by the retrieval loss: one per sentence
     negatives: list[list[str]]  # hard-negative entity ids per anchor, num_negatives each
+
+
+def marked_target(text: str, spans: Sequence[tuple[int, int]], window: Window) -> str:
+    """The model's output for `text[window.start:window.end]` (EOS not included): the window text with each
+    (start, end) of `spans` (full-text offsets, inside the window, in text order, not overlapping) re-written
+    as `<MENTION>surface</MENTION>[LK][_CONTINUE_]`. Training targets and teacher forcing use it."""
+    pieces = []
+    pos = window.start
+    for start, end in spans:
+        pieces += [text[pos:start], mark(text[start:end])]
+        pos = end
+    pieces.append(text[pos:window.end])
+    return "".join(pieces)
 
 
 def read_alias_table(path: str | Path) -> dict[str, list[str]]:
@@ -165,13 +178,7 @@ class _Builder:
     def _example(self, doc: Document, linked: list[Mention], sentences, window: Window) -> OneGenExample:
         mentions = [a for a in linked if window.start <= a.start and a.end <= window.end]
         prompt = self._prompt_ids(doc.text[window.start:window.end])
-        pieces = []  # the window text with each linked mention marked
-        pos = window.start
-        for a in mentions:
-            pieces += [doc.text[pos:a.start], mark(a.surface)]
-            pos = a.end
-        pieces.append(doc.text[pos:window.end])
-        target = self._text_ids("".join(pieces)) + [self.eos]
+        target = self._text_ids(marked_target(doc.text, [(a.start, a.end) for a in mentions], window)) + [self.eos]
         input_ids = prompt + target
         link_positions = [i for i, t in enumerate(input_ids) if t == self.token_ids.link]
         if len(link_positions) != len(mentions) or any(

@@ -217,11 +217,18 @@ def _window_mentions(job: _Job, source: str, marked: str, decoded: Decoded) -> l
             continue
         vector = states[m.link_index].to(torch.float32).numpy()
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        left = m.start if job.inner_left else math.inf
-        right = len(source) - m.end if job.inner_right else math.inf
-        found.append(_Candidate(job.window.start + m.start, job.window.start + m.end, vector.astype(np.float32),
-                                min(left, right)))
+        start, end = job.window.start + m.start, job.window.start + m.end
+        found.append(_Candidate(start, end, vector.astype(np.float32),
+                                edge_distance(job.window, job.inner_left, job.inner_right, start, end)))
     return found
+
+
+def edge_distance(window: Window, inner_left: bool, inner_right: bool, start: int, end: int) -> float:
+    """Characters from the span (start, end) to the nearest inner edge of `window` (full-text offsets);
+    inf when neither edge is inner (`inner_left`: another window precedes it, `inner_right`: one follows)."""
+    left = start - window.start if inner_left else math.inf
+    right = window.end - end if inner_right else math.inf
+    return min(left, right)
 
 
 def merge_window_mentions(candidates: list[_Candidate]) -> list[_Candidate]:

@@ -9,6 +9,10 @@ left NIL by `onegen.decide` (DESIGN section 3). A built index folder is loaded a
 the index cached for it by the link job when there is one, else a small KB (up to SMALL_KB_ENTITIES) is
 encoded here and searched in memory (`ExactSearch`); a bigger one needs an index built first
 (`python jobs/build_index.py`).
+Mentions: by default the model's own ("model"); a caller with spans of its own (e.g. an NER's entities)
+links exactly those ("given") or adds those that overlap none of the model's ("union"). A given span gets
+the model's own [LK] vector by teacher forcing (onegen.teacher_forcing): the window is written as the
+model would write it with the span marked, in one forward pass, no decoding.
 The functions below are the shared core: training scores a model through `link_texts`, and the link
 job's replicas run `Linker.embed`.
 """
@@ -24,11 +28,12 @@ import numpy as np
 from onegen.decide import AliasPrior, PopularityPrior, decide
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
-from onegen.spans import Candidate, Document, Mention
+from onegen.spans import Candidate, Document, EmbeddedMention, Mention
 
 LOG = logging.getLogger(__name__)
 
 SMALL_KB_ENTITIES = 50_000  # a KB up to this size is encoded in process and searched in memory
+MENTIONS = ("model", "given", "union")  # which mentions a Linker links (module docstring)
 
 
 class ExactSearch:
@@ -63,17 +68,18 @@ def with_candidates(spans: Sequence, scores: np.ndarray, ids: np.ndarray) -> lis
             for s, row_ids, row_scores in zip(spans, ids, scores)]
 
 
+def search_mentions(mentions: Sequence[EmbeddedMention], retriever, top_k: int) -> list[Mention]:
+    """The top-k entities of each embedded mention through `retriever.search` (undecided Mentions)."""
+    if not mentions:
+        return []
+    queries = np.stack([m.vector for m in mentions])  # (M, D), L2-normalised
+    scores, ids = retriever.search(queries, top_k)  # (M, k), (M, k)
+    return with_candidates(mentions, scores, ids)
+
+
 def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batch_size: int = 8) -> list[list[Mention]]:
     """Annotate `texts` with `onegen` and search the top-k entities of each mention through `retriever.search`."""
-    out = []
-    for annotated in onegen(texts, batch_size=batch_size):
-        if not annotated.mentions:
-            out.append([])
-            continue
-        queries = np.stack([m.vector for m in annotated.mentions])  # (M, D), L2-normalised
-        scores, ids = retriever.search(queries, top_k)  # (M, k), (M, k)
-        out.append(with_candidates(annotated.mentions, scores, ids))
-    return out
+    return [search_mentions(annotated.mentions, retriever, top_k) for annotated in onegen(texts, batch_size=batch_size)]
 
 
 def decide_mentions(mentions: list[Mention], *, nil_threshold: float, alias_prior: AliasPrior | None = None,
@@ -100,10 +106,11 @@ class Linker:
     """A OneGen model over an entity index: `linker(texts)` -> documents with linked mentions.
 
     Build it with `Linker.from_pretrained`; `save_pretrained(dir)` writes what loads it back.
+    `mentions` ("model", "given" or "union"; see the module docstring) is the default of `link`'s.
     """
 
     def __init__(self, onegen, search, config: LinkerConfig, *, popularity: PopularityPrior | None = None,
-                 batch_size: int = 8, model: str | None = None):
+                 batch_size: int = 8, model: str | None = None, mentions: str = "model"):
         self.onegen = onegen  # onegen.model.OneGen
         self.search = search  # ExactSearch or kb.index.EntityIndex: search(vectors (Q, D), k) -> (D, I); None: embed only
         self.config = config  # decision settings (config.index / .kb / .aliases: what is searched)
@@ -111,11 +118,12 @@ class Linker:
         self.popularity = popularity  # KB-popularity prior, weighted by config.popularity_weight (None: off)
         self.batch_size = batch_size  # texts per model batch
         self.model = model  # the model reference it was loaded from (None: the trained default)
+        self.mentions = _check_mentions(mentions)  # which mentions `link` links unless told
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, index: str | None = None, kb: str | None = None,
                         device: str | None = None, *, batch_size: int = 8, build_index: bool = False,
-                        **overrides) -> Linker:
+                        mentions: str = "model", **overrides) -> Linker:
         """Load a model (None: the trained default; a folder written by `save_pretrained`; any name
         `OneGen.from_pretrained` takes) and the entities it links to.
 
@@ -126,6 +134,7 @@ class Linker:
                 refused (`build_index=True` builds it into the cache with Ray, once).
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
+            mentions: which mentions `link` links by default: "model", "given" or "union" (module docstring).
             overrides: LinkerConfig settings (nil_threshold, alias_weight, popularity_weight, mention_bias,
                 top_k, aliases) that win over the model's linker_config.json; None values are ignored.
         """
@@ -144,7 +153,7 @@ class Linker:
             kb_file = Path(config.kb) if config.kb else SAMPLE_KB
             search, popularity = _kb_search(onegen, kb_file, model, config.popularity_weight, build_index)
         LOG.info("linking with %s against %d entities", onegen.fingerprint()["model"], len(search))
-        return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model)
+        return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model, mentions=mentions)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model as OneGen saves it and linker_config.json (settings, index or KB, alias table)
@@ -152,18 +161,29 @@ class Linker:
         self.onegen.save_pretrained(directory)
         self.config.save(directory)
 
-    def __call__(self, texts: str | Sequence) -> list[Document]:
+    def __call__(self, texts: str | Sequence, spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+                 mentions: str | None = None) -> list[Document]:
         """Link texts: a string, a list of strings (doc ids "0", "1", ...), of (doc_id, text) pairs or of
-        Documents. Every mention has start, end, surface, entity_id (None: NIL), score and candidates."""
+        Documents. Every mention has start, end, surface, entity_id (None: NIL), score and candidates.
+        `spans` and `mentions`: as `link`'s (for a single string, `spans` is still one list per text)."""
         if isinstance(texts, str):
             texts = [texts]
         docs = [d if isinstance(d, Document) else Document(str(i), d) if isinstance(d, str) else Document(*d)
                 for i, d in enumerate(texts)]
-        return [Document(d.doc_id, d.text, mentions) for d, mentions in zip(docs, self.link([d.text for d in docs]))]
+        linked = self.link([d.text for d in docs], spans, mentions)
+        return [Document(d.doc_id, d.text, found) for d, found in zip(docs, linked)]
 
-    def link(self, texts: list[str]) -> list[list[Mention]]:
-        """One list of linked mentions per text, in text order (eval/linkers.py's Linker protocol)."""
-        return [self.decide(mentions) for mentions in self.retrieve(texts)]
+    def link(self, texts: list[str], spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+             mentions: str | None = None) -> list[list[Mention]]:
+        """One list of linked mentions per text, in text order (eval/linkers.py's Linker protocol).
+
+        Args:
+            spans: per text, (start, end) char spans to link as well (e.g. an NER's entities); the surface
+                of one is text[start:end]. A span outside its text, empty or overlapping another is a ValueError.
+            mentions: "model" (the model's own; no spans), "given" (only `spans`) or "union" (the model's
+                plus the spans that overlap none of them); None: this linker's `mentions`.
+        """
+        return [self.decide(found) for found in self.retrieve(texts, spans, mentions)]
 
     def embed(self, texts: list[str], batch_size: int | None = None):
         """The model side: find the mentions of `texts` and their [LK] vectors (onegen.inference.Annotated),
@@ -171,16 +191,44 @@ class Linker:
         options = {"mention_bias": self.config.mention_bias} if self.config.mention_bias else {}
         return self.onegen(texts, batch_size=batch_size or self.batch_size, **options)
 
-    def retrieve(self, texts: list[str]) -> list[list[Mention]]:
-        """The mentions of each text with their top-k candidates, before NIL and the priors (entity_id None)."""
+    def retrieve(self, texts: list[str], spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+                 mentions: str | None = None) -> list[list[Mention]]:
+        """The mentions of each text with their top-k candidates, before NIL and the priors (entity_id None);
+        `spans` and `mentions` as `link`'s."""
+        from onegen.teacher_forcing import check_spans, embed_spans
+
         if self.search is None:
             raise ValueError("this Linker has no index to search (built for embedding only); load one with Linker.from_pretrained")
-        return retrieve_texts(self.embed, texts, self.search, top_k=self.config.top_k, batch_size=self.batch_size)
+        mentions = _check_mentions(self.mentions if mentions is None else mentions)
+        if mentions == "model":
+            if spans is not None:
+                raise ValueError("spans are linked only with mentions='given' or 'union', not 'model'")
+            return retrieve_texts(self.embed, texts, self.search, top_k=self.config.top_k, batch_size=self.batch_size)
+        if spans is None:
+            raise ValueError(f"mentions={mentions!r} links the spans you pass: give spans (one list per text)")
+        check_spans(texts, spans)
+        spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
+        found = [a.mentions for a in self.embed(texts)] if mentions == "union" else [[] for _ in texts]
+        given = [[s for s in text_spans if not any(s[0] < m.end and m.start < s[1] for m in own)]
+                 for text_spans, own in zip(spans, found)]
+        vectors = embed_spans(self.onegen, texts, given, also_marked=[[(m.start, m.end) for m in own] for own in found],
+                              batch_size=self.batch_size)
+        out = []
+        for text, own, text_spans, text_vectors in zip(texts, found, given, vectors):
+            forced = [EmbeddedMention(s, e, text[s:e], v) for (s, e), v in zip(text_spans, text_vectors)]
+            out.append(search_mentions(sorted(own + forced, key=lambda m: m.start), self.search, self.config.top_k))
+        return out
 
     def decide(self, mentions: list[Mention]) -> list[Mention]:
         """One text's retrieved mentions linked with this linker's NIL threshold and priors."""
         return decide_mentions(mentions, nil_threshold=self.config.nil_threshold, alias_prior=self.alias_prior,
                                popularity=self.popularity)
+
+
+def _check_mentions(mentions: str) -> str:
+    if mentions not in MENTIONS:
+        raise ValueError(f"mentions must be one of {MENTIONS}, got {mentions!r}")
+    return mentions
 
 
 def _load_index(onegen, directory: Path, popularity_weight: float, built_from: Path | None = None):

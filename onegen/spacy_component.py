@@ -11,18 +11,20 @@ None takes the model's linker_config.json. An unknown key is refused by spaCy's 
 the pipe is added. The Linker (the model and its entity index) is loaded lazily, on the first doc, so
 adding the pipe or loading a pipeline config is cheap.
 
-Each mention the model finds becomes an entity span: character offsets widened to whole tokens
+`mentions` says what is linked when the doc already has entities (e.g. from an NER before this pipe):
+"union" (default) the model's own mentions plus the existing entities that overlap none of them,
+"ner" only the existing entities, "model" only the model's own (existing entities are left as they
+are). An existing entity is linked with the model's own retrieval (`onegen.Linker` with given spans:
+its [LK] vector by teacher forcing) and keeps its label.
+
+Each linked mention becomes an entity span: character offsets widened to whole tokens
 (`doc.char_span(..., alignment_mode="expand")`), label `label` ("ENTITY") or the label of an existing
 entity with exactly the same tokens, `kb_id_` the entity id or "NIL" when the linker left it NIL,
 `span._.onegen_score` the cosine of the chosen (for NIL the best) candidate and
 `span._.onegen_candidates` the top-k as (entity_id, score) pairs, best first.
-Overlaps: a model span overlapping an earlier model span is dropped (text order); an existing entity
-(e.g. from an NER) overlapping a model span is replaced by it; the others are kept as they were
-(`kb_id_` untouched, `_.onegen_score` None).
-
-Not done: the existing entities themselves are not linked. That needs linking given spans, which
-`onegen.Linker` cannot do yet (the model finds its own mentions); an NER entity the model does not
-find stays unlinked.
+Overlaps: a model span overlapping an earlier one is dropped (text order); an existing entity
+overlapping a model span is replaced by it; existing entities left unlinked (mentions="model") are
+kept as they were (`kb_id_` untouched, `_.onegen_score` None).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from onegen.spans import Mention
 
 NIL = "NIL"  # kb_id_ of a mention the linker left NIL ("" stays: an entity this component did not link)
 DEFAULT_LABEL = "ENTITY"  # label of a model mention no existing entity spans exactly
+MENTIONS = {"union": "union", "ner": "given", "model": "model"}  # `mentions` choice -> the Linker's `mentions`
 
 Span.set_extension("onegen_score", default=None, force=True)  # float: cosine of the chosen (NIL: best) candidate
 Span.set_extension("onegen_candidates", default=None, force=True)  # list of (entity_id, score), best first
@@ -44,11 +47,15 @@ Span.set_extension("onegen_candidates", default=None, force=True)  # list of (en
 class LinkerPipe:
     """The "onegen_linker" pipe: links each doc's text with an `onegen.Linker` and sets `doc.ents`."""
 
-    def __init__(self, name: str, load_options: dict, *, label: str = DEFAULT_LABEL, batch_size: int = 8):
+    def __init__(self, name: str, load_options: dict, *, label: str = DEFAULT_LABEL, batch_size: int = 8,
+                 mentions: str = "union"):
+        if mentions not in MENTIONS:
+            raise ValueError(f"onegen_linker: mentions must be one of {sorted(MENTIONS)}, got {mentions!r}")
         self.name = name  # the pipe's name in the pipeline
         self.load_options = load_options  # Linker.from_pretrained keyword arguments (None values: the model's)
         self.label = label  # label of a new entity span
         self.batch_size = batch_size  # docs per linker call in `pipe` (nlp.pipe's batch_size wins)
+        self.mentions = mentions  # "union", "ner" or "model": what is linked (module docstring)
         self._linker = None  # onegen.Linker, loaded on first use
 
     @property
@@ -66,14 +73,23 @@ class LinkerPipe:
 
     def __call__(self, doc: Doc) -> Doc:
         """Link one doc (one linker call)."""
-        (mentions,) = self.linker.link([doc.text])
+        (mentions,) = self.link([doc])
         return set_mentions(doc, mentions, self.label)
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: int | None = None) -> Iterator[Doc]:
         """Link docs in batches of `batch_size`: one linker call per batch."""
         for batch in minibatch(stream, size=batch_size or self.batch_size):
-            for doc, mentions in zip(batch, self.linker.link([doc.text for doc in batch])):
+            for doc, mentions in zip(batch, self.link(batch)):
                 yield set_mentions(doc, mentions, self.label)
+
+    def link(self, docs: list[Doc]) -> list[list[Mention]]:
+        """The linked mentions of each doc (one linker call): the existing entities' char spans are passed
+        as given spans unless `mentions` is "model"."""
+        texts = [doc.text for doc in docs]
+        if self.mentions == "model":
+            return self.linker.link(texts)
+        spans = [[(e.start_char, e.end_char) for e in doc.ents] for doc in docs]
+        return self.linker.link(texts, spans=spans, mentions=MENTIONS[self.mentions])
 
 
 def mention_spans(doc: Doc, mentions: list[Mention], label: str) -> list[Span]:
@@ -106,14 +122,14 @@ def set_mentions(doc: Doc, mentions: list[Mention], label: str) -> Doc:
 @Language.factory("onegen_linker", default_config={
     "model": None, "index": None, "kb": None, "device": None, "batch_size": 8, "label": DEFAULT_LABEL,
     "nil_threshold": None, "alias_weight": None, "popularity_weight": None, "mention_bias": None, "top_k": None,
-    "aliases": None})
+    "aliases": None, "mentions": "union"})
 def make_onegen_linker(nlp: Language, name: str, model: str | None, index: str | None, kb: str | None,
                        device: str | None, batch_size: int, label: str, nil_threshold: float | None,
                        alias_weight: float | None, popularity_weight: float | None, mention_bias: float | None,
-                       top_k: int | None, aliases: str | None) -> LinkerPipe:
+                       top_k: int | None, aliases: str | None, mentions: str) -> LinkerPipe:
     """The "onegen_linker" factory (see the module docstring); the Linker loads on the first doc."""
     load_options = {"model": model, "index": index, "kb": kb, "device": device, "batch_size": batch_size,
                     "nil_threshold": nil_threshold, "alias_weight": alias_weight,
                     "popularity_weight": popularity_weight, "mention_bias": mention_bias, "top_k": top_k,
                     "aliases": aliases}
-    return LinkerPipe(name, load_options, label=label, batch_size=batch_size)
+    return LinkerPipe(name, load_options, label=label, batch_size=batch_size, mentions=mentions)

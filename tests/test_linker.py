@@ -150,6 +150,61 @@ def test_save_pretrained_round_trip_links_the_same(tiny, tmp_path):
     assert again(TEXTS) == linker(TEXTS)
 
 
+@pytest.fixture(scope="module")
+def tiny_linker(tiny):
+    return Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0)
+
+
+SPANS = [[(10, 14), (0, 5), (6, 9)], [(0, 6)], []]  # Rome, Paris, "and" (given out of order); Berlin; none
+
+
+def test_given_spans_are_linked_with_teacher_forced_vectors(tiny_linker):
+    from onegen.teacher_forcing import embed_spans
+
+    given = tiny_linker.link(TEXTS, spans=SPANS, mentions="given")
+    assert [[(m.start, m.end, m.surface) for m in ms] for ms in given] == [
+        [(0, 5, "Paris"), (6, 9, "and"), (10, 14, "Rome")], [(0, 6, "Berlin")], []]  # text order
+    for ms, vectors in zip(given, embed_spans(tiny_linker.onegen, TEXTS, [sorted(s) for s in SPANS])):
+        for m, v in zip(ms, vectors):
+            scores, ids = tiny_linker.search.search(v[None], 10)
+            assert [c.entity_id for c in m.candidates] == list(ids[0][:3])
+            assert [c.score for c in m.candidates] == pytest.approx(scores[0][:3], abs=1e-5)
+            assert m.entity_id == ids[0][0]  # no NIL at -1
+    by_default = Linker(tiny_linker.onegen, tiny_linker.search, tiny_linker.config, mentions="given")
+    assert [d.mentions for d in by_default(TEXTS, spans=SPANS)] == given
+
+
+def test_union_adds_the_given_spans_that_overlap_none_of_the_model_s_mentions(tiny_linker):
+    own = tiny_linker.link(TEXTS)
+    union = tiny_linker.link(TEXTS, spans=SPANS, mentions="union")
+    added = 0
+    for ms_own, ms_union, spans in zip(own, union, SPANS):
+        kept = [s for s in spans if not any(s[0] < m.end and m.start < s[1] for m in ms_own)]
+        assert [(m.start, m.end) for m in ms_union] == sorted([(m.start, m.end) for m in ms_own] + kept)
+        linked = [m for m in ms_union if (m.start, m.end) not in kept]  # the model's own, linked as before
+        assert [(m.start, m.end, m.entity_id) for m in linked] == [(m.start, m.end, m.entity_id) for m in ms_own]
+        assert [m.score for m in linked] == pytest.approx([m.score for m in ms_own], abs=1e-5)  # float noise
+        added += len(kept)
+    assert added  # some given span was not the model's
+
+
+def test_bad_spans_and_mentions_are_clear_errors(tiny_linker):
+    with pytest.raises(ValueError, match=r"text 1: span \(0, 99\) is not a \(start, end\) with 0 <= start < end <= 14"):
+        tiny_linker.link(TEXTS, spans=[[], [(0, 99)], []], mentions="given")
+    with pytest.raises(ValueError, match=r"text 0: span \(3, 3\)"):
+        tiny_linker.link(TEXTS, spans=[[(3, 3)], [], []], mentions="union")
+    with pytest.raises(ValueError, match=r"text 0: spans \(0, 5\) and \(4, 9\) overlap"):
+        tiny_linker.link(TEXTS, spans=[[(0, 5), (4, 9)], [], []], mentions="given")
+    with pytest.raises(ValueError, match="one list per text"):
+        tiny_linker.link(TEXTS, spans=[[]], mentions="given")
+    with pytest.raises(ValueError, match=r"mentions must be one of \('model', 'given', 'union'\), got 'ner'"):
+        tiny_linker.link(TEXTS, mentions="ner")
+    with pytest.raises(ValueError, match="not 'model'"):
+        tiny_linker.link(TEXTS, spans=SPANS)
+    with pytest.raises(ValueError, match="give spans"):
+        tiny_linker.link(TEXTS, mentions="given")
+
+
 def test_linker_config_json_is_used_and_keyword_overrides_win(tiny, tmp_path, caplog):
     import shutil
 

@@ -1,6 +1,7 @@
 """The spaCy component "onegen_linker": entity spans with kb_id_ and scores from onegen.Linker, batching, NER spans, config."""
 import importlib
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -48,9 +49,11 @@ class CountingLinker:
     def __init__(self, mentions):
         self.mentions = mentions  # text -> list[Mention]
         self.calls = []  # the texts of each call
+        self.given = []  # the spans and mentions setting of each call
 
-    def link(self, texts):
+    def link(self, texts, spans=None, mentions=None):
         self.calls.append(list(texts))
+        self.given.append((spans, mentions))
         return [self.mentions.get(text, []) for text in texts]
 
 
@@ -79,11 +82,41 @@ def test_after_an_ner_its_spans_the_model_does_not_cover_are_kept():
     nlp.add_pipe("onegen_linker").linker = CountingLinker({text: [
         paris(text), Mention(rome, rome + 4, "Rome", None, 0.1), Mention(rome + 1, rome + 3, "om", "Rome", 0.5)]})
     doc = nlp(text)
+    assert nlp.get_pipe("onegen_linker").linker.given == [([[(0, 4), (9, 21), (25, 29), (39, 41)]], "union")]
     assert [(e.text, e.label_, e.kb_id_, e._.onegen_score) for e in doc.ents] == [
         ("Anna", "PERSON", "", None),  # not covered: kept as the NER set it
         ("Paris", "ENTITY", "Paris", 0.9),  # overlaps the NER's "Paris Hilton": the model's span replaces it
         ("Rome", "GPE", "NIL", 0.1),  # the same tokens as an NER span: its label kept; NIL
         ("UN", "ORG", "", None)]  # "om" widened to "Rome" overlaps the earlier "Rome": dropped
+
+
+def test_entities_set_before_the_pipe_are_linked_and_keep_their_label(tiny):  # noqa: F811
+    text = "Marie Curie was born in Warsaw."
+    linker = Linker.from_pretrained(**tiny_options(tiny) | {"nil_threshold": -1.0})  # no NIL: every span gets an id
+    (own,) = linker.link([text])
+    start, end = next(w.span() for w in re.finditer(r"\w+", text) if not any(w.start() < m.end and m.start < w.end() for m in own))
+    nlp = spacy.blank("en")
+    docs = {}
+    for mentions in ("union", "ner", "model"):
+        nlp.add_pipe("onegen_linker", name=mentions, config={"mentions": mentions}).linker = linker
+        doc = nlp.make_doc(text)
+        doc.ents = [doc.char_span(start, end, label="PERSON")]  # an NER's entity the model did not mark
+        docs[mentions] = nlp.get_pipe(mentions)(doc)
+        nlp.remove_pipe(mentions)
+    entity = {m: next(e for e in doc.ents if e.start_char == start) for m, doc in docs.items()}
+    for linked in ("union", "ner"):
+        assert (entity[linked].label_, entity[linked]._.onegen_score is not None) == ("PERSON", True)
+        ids, scores = zip(*entity[linked]._.onegen_candidates)
+        assert set(ids) == {"Paris", "Rome", "Berlin"} and entity[linked].kb_id_ in ids  # no NIL at -1
+    assert (entity["model"].label_, entity["model"].kb_id_, entity["model"]._.onegen_score) == ("PERSON", "", None)
+    assert [(e.start_char, e.end_char) for e in docs["ner"].ents] == [(start, end)]
+    assert len(docs["union"].ents) == len(docs["model"].ents) == len(own) + 1  # the model's own added as before
+
+
+def test_an_unknown_mentions_choice_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"onegen_linker: mentions must be one of \['model', 'ner', 'union'\], got 'all'") as err:
+        spacy.blank("en").add_pipe("onegen_linker", config={"mentions": "all"})
+    assert "\n" not in str(err.value)
 
 
 def test_a_bad_config_key_is_refused_when_the_pipe_is_added():
