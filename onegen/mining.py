@@ -23,7 +23,7 @@ import torch
 from kb.entity import Entity
 from onegen.data import OneGenExample
 from onegen.linker import ExactSearch
-from onegen.model import _pad, last_hidden
+from onegen.model import last_hidden, pad_batch
 
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (Q, D), k -> scores (Q, k), ids (Q, k)
 
@@ -59,7 +59,7 @@ def mention_vectors(onegen, examples: Sequence[OneGenExample], batch_size: int =
             rows = [i for i in order[start:start + batch_size] if examples[i].link_positions]
             if not rows:
                 continue
-            ids, mask = _pad([examples[i].input_ids for i in rows], pad, "right")  # (B, T)
+            ids, mask = pad_batch([examples[i].input_ids for i in rows], pad, "right")  # (B, T)
             hidden = last_hidden(model, ids.to(onegen.device), mask.to(onegen.device))  # (B, T, D)
             for b, i in enumerate(rows):
                 states = hidden[b, examples[i].link_positions].float()  # (L, D)

@@ -157,7 +157,7 @@ def packed_last_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: 
     return out.last_hidden_state  # (R, T, D)
 
 
-def _pad(seqs: Sequence[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: Sequence[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad id lists to one (B, T) batch on `side` ("left" | "right"); returns ids and mask."""
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
@@ -397,7 +397,7 @@ class OneGen:
 
         `prefix` (shared by all rows) is forwarded once per call, or reused from a cache for the
         entity prefix; padding on either side gives the same vectors."""
-        ids, mask = _pad(sequences, self._pad_id(), padding_side)  # (B, T), (B, T)
+        ids, mask = pad_batch(sequences, self._pad_id(), padding_side)  # (B, T), (B, T)
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = None
         if prefix:

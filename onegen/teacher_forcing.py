@@ -24,7 +24,7 @@ import torch
 from onegen.chunking import Window, sentence_windows
 from onegen.data import marked_target
 from onegen.inference import default_window_tokens, edge_distance
-from onegen.model import _pad, last_hidden
+from onegen.model import last_hidden, pad_batch
 from onegen.prompts import mention_prompt
 
 Span = tuple[int, int]  # (start, end) char offsets into a text
@@ -98,7 +98,7 @@ def embed_spans(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked everywhere: any id works
     for b in range(0, len(jobs), batch_size):
         batch = jobs[b : b + batch_size]
-        ids, mask = _pad([j.input_ids for j in batch], pad, "right")  # (B, T), (B, T)
+        ids, mask = pad_batch([j.input_ids for j in batch], pad, "right")  # (B, T), (B, T)
         hidden = last_hidden(onegen.model, ids.to(onegen.device), mask.to(onegen.device))  # (B, T, D)
         for row, job in enumerate(batch):
             vectors = hidden[row, job.link_positions].float()  # (n, D)
