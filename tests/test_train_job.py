@@ -394,3 +394,28 @@ def test_cli_reports_a_bad_setting_in_one_line(capsys):
         cli.main(["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o", "--epochs", "0"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: epochs must be >= 1, got 0"
+
+
+def test_model_card_starts_with_hugging_face_metadata(tmp_path):
+    """The card's YAML front matter: library, licence, base hub id, data, and the evaluation F1 when there was one."""
+    import yaml  # installed with transformers
+
+    progress = Progress(epoch=1, step=3, history=[{"epoch": 1, "step": 3, "train_loss": 0.5, SCORE: 0.61}])
+    sizes = {"train_docs": 2, "train_examples": 3, "train_tokens": 90, "train_mentions": 5, "kb_entities": 10,
+             "eval_docs": 1, "eval_kb_entities": 10}
+    cards = {}
+    for name, config in (("lora", TrainConfig(train="train.tsv", kb="kb.jsonl", output=str(tmp_path), split="train",
+                                              eval="aida.tsv", eval_split="testa")),
+                         ("full", TrainConfig(train="train.tsv", kb="kb.jsonl", output=str(tmp_path), lora=None,
+                                              base=str(tmp_path), eval=None))):
+        write_model_card(tmp_path / f"{name}.md", config, progress, sizes, progress.history[-1], driver_seconds=1.0)
+        text = (tmp_path / f"{name}.md").read_text()
+        assert text.startswith("---\n")
+        cards[name] = yaml.safe_load(text.split("---\n")[1])
+    assert cards["lora"]["library_name"] == "peft" and cards["lora"]["license"] == "apache-2.0"
+    assert cards["lora"]["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert cards["lora"]["datasets"] == ["train.tsv (train)"] and cards["lora"]["metrics"] == ["f1"]
+    (result,) = cards["lora"]["model-index"][0]["results"]
+    assert result["dataset"]["name"] == "aida.tsv (testa)" and result["metrics"][0]["value"] == 0.61
+    assert cards["full"]["library_name"] == "transformers" and "base_model" not in cards["full"]  # a folder: no hub id
+    assert "model-index" not in cards["full"]

@@ -1,8 +1,8 @@
 """The final model folder: weights of the chosen checkpoint, tokenizer, training_args.json and a model card.
 
-The card names how the model was made (the command, the recipe stage) and shows paths without the
-machine's folders: a path under the working directory or its parent is shown relative to it, any other
-absolute path by its last component.
+The card starts with Hugging Face metadata (YAML: base model, licence, data, metric), names how the model
+was made (the command, the recipe stage) and shows paths without the machine's folders: a path under the
+working directory or its parent is shown relative to it, any other absolute path by its last component.
 """
 from __future__ import annotations
 
@@ -13,12 +13,33 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from onegen.default_model import DEFAULT_MODEL_NAME
 from onegen.linker_config import LinkerConfig
 from onegen.training.checkpoints import ARGS_FILE, CKPT_MODEL, Progress, read_progress
 from onegen.training.config import SCORE, TrainConfig
 
 CARD_FILE = "README.md"
 PATH_FIELDS = ("train", "kb", "base", "init", "aliases", "eval", "redirects")  # TrainConfig fields that hold paths
+HUB_BASES = {DEFAULT_MODEL_NAME: "HuggingFaceTB/SmolLM2-135M-Instruct"}  # base names -> Hugging Face hub ids
+LICENSE = "apache-2.0"  # the project's; the default base model's too
+
+
+def card_metadata(base: str, datasets: list[str], score: tuple[str, float] | None = None,
+                  adapter: bool = True) -> list[str]:
+    """The YAML front matter of a model card (Hugging Face model-card metadata): library (PEFT for an adapter),
+    base model (when it is a hub id), licence, the data trained on, and the evaluation's InKB micro-F1 as
+    `score` (dataset name, value)."""
+    base_id = HUB_BASES.get(base, base if base.count("/") == 1 and not os.path.exists(base) else None)
+    lines = ["---", f"library_name: {'peft' if adapter else 'transformers'}", f"license: {LICENSE}"]
+    lines += [f"base_model: {json.dumps(base_id)}"] if base_id else []
+    lines += ["datasets:", *[f"- {json.dumps(d)}" for d in datasets], "metrics:", "- f1",
+              "tags:", "- entity-linking", "- onegen"]
+    if score is not None:
+        lines += ["model-index:", "- name: onegen-entity-linker", "  results:",
+                  "  - task: {type: entity-linking, name: Entity linking (A2KB, strong match)}",
+                  f"    dataset: {{type: {json.dumps(score[0])}, name: {json.dumps(score[0])}}}",
+                  f"    metrics: [{{type: f1, name: InKB micro-F1, value: {score[1]:.4f}}}]"]
+    return lines + ["---", ""]
 
 
 def portable(path: str | os.PathLike | None) -> str | None:
@@ -78,7 +99,11 @@ def write_model_card(path: Path, config: TrainConfig, progress: Progress, sizes:
     hyper = {k: v for k, v in asdict(config).items() if k not in ("output", "storage", "resume")}
     hyper.update({k: portable(hyper[k]) for k in PATH_FIELDS})
     hyper["lr"] = config.learning_rate
+    datasets = [hyper["train"] + (f" ({config.split})" if config.split else "")]
+    eval_name = f"{hyper['eval']}" + (f" ({config.eval_split})" if config.eval_split else "") if config.eval else None
     lines = [
+        *card_metadata(config.base, datasets, (eval_name, best[SCORE]) if SCORE in best and eval_name else None,
+                       adapter=config.lora is not None),
         "# OneGen entity linker", "",
         *([made_by, ""] if made_by else []),
         f"Base model: `{hyper['base']}`. Method: {method}; loss: generation CE + {config.loss.upper()} retrieval "
