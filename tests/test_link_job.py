@@ -126,3 +126,30 @@ def test_replicas_get_calls_of_several_model_batches(tmp_path):
     sizes = sorted(int(p.name.split("-")[0]) for p in (tmp_path / "sizes").iterdir())
     assert sizes == [70 % call] + [call] * (70 // call)
     assert summary.documents == 70 and summary.errors == 0
+
+
+def test_off_a_terminal_the_log_has_one_progress_line_per_stage(tmp_path, caplog, monkeypatch):
+    """Logs, not progress bars: a line per stage, linking lines while it runs and at its end."""
+    from ray.data import DataContext
+
+    import onegen.pipeline.progress as progress
+
+    import logging
+
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.2)
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)
+    write_jsonl(tmp_path / "in.jsonl", CORPUS)
+    ray_data_log = logging.getLogger("ray.data")  # Ray's loggers do not reach the root logger: listen here too
+    ray_data_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="onegen.progress"), caplog.at_level("INFO", logger="ray.data"):
+            run_job(config(tmp_path, tmp_path / "in.jsonl"), fake_linking())
+    finally:
+        ray_data_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "Running Dataset" in r.getMessage()]  # Ray Data's display was off
+    lines = [r.getMessage() for r in caplog.records if r.name == "onegen.progress"]
+    assert lines[0].startswith("[1/3] input ") and "1 files" in lines[0]
+    assert lines[1].startswith("[2/3] model fake-model@sha256:0 and index sha256:fakeindex ready")
+    assert lines[2:] and all(line.startswith("[3/3] linking: ") for line in lines[2:])
+    assert lines[-1].startswith(f"[3/3] linking: {len(CORPUS)} documents (4 errors)")  # the last: everything
+    assert DataContext.get_current().enable_progress_bars  # back on after

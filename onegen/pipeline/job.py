@@ -28,6 +28,7 @@ from onegen.linker_config import model_config
 from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, content_hash, resolve_input, scan_inputs
 from onegen.pipeline.outputs import (MANIFEST_FILE, METRICS_FILE, AtomicParquetSink, Output, RunManifest, done_rows,
                                      drop_sources, locked, part_origins)
+from onegen.pipeline.progress import LinkingProgress, stage
 from onegen.pipeline.stages import Annotate, AnnotateStage, LinkStep, Retriever
 from onegen.pipeline.uris import redact_uri
 
@@ -35,6 +36,7 @@ LOG = logging.getLogger(__name__)
 # Documents per replica call = this x --batch-size. A call decodes its windows in length order, so
 # larger calls pad less; 16 against 4 took the bench/link.py job from 0.73 to 0.79 of the model alone.
 MODEL_BATCHES_PER_CALL = 16
+STAGES = 3  # logged as they start: input checked, model and index ready, linking (onegen.pipeline.progress)
 
 
 @dataclass
@@ -352,6 +354,7 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
         manifest = RunManifest.load(output)
         hashes, options = input_hashes(inputs), result_options(config)
         check_resumable(config, output, manifest, hashes, options)
+        stage(1, STAGES, "input %s: %d files; output %s", redact_uri(config.input), len(inputs.files), output.uri)
         if not ray.is_initialized():
             # address None: RAY_ADDRESS (set by ray job submit) or a local Ray; Ray's driver logs at this process's level
             ray.init(address=config.ray_address, logging_level=logging.getLogger().getEffectiveLevel())
@@ -360,6 +363,8 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
             from onegen.pipeline.model_and_index import prepare_linking
 
             linking = prepare_linking(config)
+        stage(2, STAGES, "model %s and index %s ready after %.0f s", linking.model_id, linking.index_id,
+              time.perf_counter() - clock)
         sink = AtomicParquetSink(output)
         try:
             check_consistent(config, output, manifest, linking)
@@ -367,9 +372,11 @@ def run_job(config: JobConfig, linking: Linking | None = None) -> Summary:
             record = RunManifest(run_id, False, linking.model_id, linking.index_id, options, redact_uri(config.input), plan.files, plan.pending)
             record.save(output)  # before the first part: a run stopped from here on is known to be unfinished
             if plan.inputs.files:
-                dataset = build_dataset(config, plan, linking, scan_inputs(inputs, Limits(config.max_chars)))
-                # Writes only rename finished files: a quarter CPU per task.
-                dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+                with LinkingProgress(f"[3/{STAGES}] linking") as progress:  # before the dataset takes Ray Data's settings
+                    dataset = build_dataset(config, plan, linking, scan_inputs(inputs, Limits(config.max_chars)))
+                    sink.progress = progress.counter
+                    # Writes only rename finished files: a quarter CPU per task.
+                    dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
             else:
                 LOG.info("nothing to do: %s already holds every row of this input", output.uri)
         finally:

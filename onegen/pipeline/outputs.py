@@ -139,8 +139,9 @@ def _linked(table: pa.Table) -> int:
 class AtomicParquetSink(Datasink):
     """Ray Data sink: each write task writes its rows to one part file, atomically; returns counts."""
 
-    def __init__(self, output: Output):
+    def __init__(self, output: Output, progress=None):
         self.output = output
+        self.progress = progress  # onegen.pipeline.progress.ProgressCounter actor told each part's counts, or None
         self.stats: dict = {}  # summed block_stats of the whole run, filled by on_write_complete
 
     def write(self, blocks: Iterable, ctx) -> dict:
@@ -153,6 +154,8 @@ class AtomicParquetSink(Datasink):
         if TOKENS_COLUMN in table.column_names:
             table = table.drop_columns([TOKENS_COLUMN])
         write_table(self.output.filesystem, self.output.join(part_name(table)), table)
+        if self.progress is not None:
+            self.progress.add.remote(stats)
         return stats
 
     def on_write_complete(self, write_result) -> None:
