@@ -16,7 +16,7 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
 
 def setup_logging(level: str) -> None:
     """Log to stderr at `level` (a LOG_LEVELS name), this process and the Ray it starts or joins."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT)  # no-op where logging is set up already (an embedding app, pytest)
     logging.getLogger("ray").setLevel(level)
     if level != "DEBUG":  # FAISS logs each CPU build it tries at INFO
         logging.getLogger("faiss.loader").setLevel("WARNING")
