@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from kb.manifest import DTYPES, INDEX_KINDS, IndexSpec
 from onegen.cli_logging import add_log_level, setup_logging
-from onegen.index_build import BuildConfig, build_index, update_index
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
+    try:
+        from onegen.index_build import BuildConfig, build_index, update_index
+    except ImportError as err:  # FAISS is an extra: the message says what to install
+        sys.exit(f"error: {err}")
     import ray
 
     config = BuildConfig(

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     config = job_config(args)
     try:
         summary = run_job(config)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:  # the message says what to do
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:  # the message says what to do
         sys.exit(f"error: {err}")
     print(summary.text())
     print(f"metrics: {summary.output.rstrip('/')}/_metrics.json")

@@ -290,3 +290,22 @@ def test_a_lock_of_a_run_gone_elsewhere_is_cleared_with_break_lock(tmp_path, ray
         run_job(config(corpus, tmp_path / "out"), fake_linking())
     summary = run_job(config(corpus, tmp_path / "out", break_lock=True), fake_linking())
     assert summary.documents == len(DOCS_B) and not (tmp_path / "out" / "_lock.json").exists()
+
+
+@pytest.mark.parametrize("command", ["link", "index"])
+def test_without_faiss_the_commands_say_what_to_install_in_one_line(tmp_path, command):
+    """FAISS is an extra (cpu or gpu): without it --help works and a run stops, before Ray, in one line."""
+    (tmp_path / "in.jsonl").write_text('{"doc_id": "a", "text": "Paris is in France."}\n')
+    module, args = {"link": ("jobs.link", ["--input", "in.jsonl", "--output", "out"]),
+                    "index": ("jobs.build_index", ["--kb", "kb.jsonl", "--out", "index"])}[command]
+    code = f"import sys; sys.modules['faiss'] = None; from {module} import main; main(sys.argv[1:])"
+    env = {**os.environ, "PYTHONPATH": str(Path(TESTS_DIR).parent)}
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "--log-level" in helped.stdout
+    ran = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines()[-1] == ("error: FAISS is not installed: pip install 'onegen-el[cpu]' "
+                                                   "(faiss-cpu) or 'onegen-el[gpu]' (faiss-gpu-cu12)"), ran.stderr
+    assert "Traceback" not in ran.stderr and "Started a local Ray" not in ran.stderr

@@ -122,7 +122,7 @@ def page(title: str, body: str) -> str:
 def document_page(row: dict) -> str:
     """One document: its id, status, and its text with the mentions highlighted."""
     doc_id = html.escape(str(row["doc_id"]))
-    body = [f'<p><a href="../index.html">all documents</a></p>', f"<h1>{doc_id}</h1>",
+    body = ['<p><a href="../index.html">all documents</a></p>', f"<h1>{doc_id}</h1>",
             '<p>Highlights: <span class="mention linked">linked</span> (links to Wikipedia) '
             '<span class="mention nil">not linked</span> (NIL). Hover a mention for its score and top candidates.</p>']
     if row["status"] == "error":

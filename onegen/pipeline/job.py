@@ -11,6 +11,7 @@ and returns a `Summary`, also written to `OUT/_metrics.json`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import time
@@ -134,7 +135,9 @@ def check_output(config: JobConfig, output: Output) -> None:
 
 
 def check_sources(config: JobConfig) -> None:
-    """Refuse a missing --index, --kb or --aliases before Ray starts."""
+    """Refuse a missing --index, --kb or --aliases, or a missing FAISS (an extra), before Ray starts."""
+    importlib.import_module("kb.index")  # the shard actors search with FAISS; without it: ImportError saying what to install
+
     if config.index:
         from kb.manifest import Manifest
 
