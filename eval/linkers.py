@@ -2,7 +2,8 @@
 
 A linker maps texts to annotations with code-point offsets and canonical entity ids (None = NIL).
 `get_linker("baseline")` is spaCy NER + an alias prior from AIDA train + exact KB-title match;
-`get_linker("onegen")` is `onegen.Linker`, imported on demand.
+`get_linker("onegen")` is `onegen.Linker`, imported on demand; with `mentions="ner"|"union"` it also
+links the baseline's NER spans.
 """
 from __future__ import annotations
 
@@ -46,21 +47,13 @@ def read_title_index(path: str | Path) -> dict[str, str]:
     return {key: entity.id for key, entity in best.items()}
 
 
-class BaselineLinker:
-    """spaCy NER mentions linked by the AIDA-train alias prior, falling back to an exact KB title/id match.
+class NerSpans:
+    """Name mentions from spaCy's NER: entities with a label in `labels`, a leading "the" cut off ("the
+    European Union" -> "European Union", as the datasets annotate it: +1.1 points InKB micro-F1 on AIDA testa)."""
 
-    A leading "the" is cut off a mention ("the European Union" -> "European Union"), as the
-    datasets annotate it: +1.1 points InKB micro-F1 on AIDA testa. Mentions with no match are
-    emitted with entity_id None (NIL): GERBIL's InKB scores ignore predicted NILs (same InKB
-    numbers either way), and the EE (NIL) class gets credit for them.
-    """
-
-    def __init__(self, aliases: str | Path = DEFAULT_ALIASES, kb: str | Path = DEFAULT_KB, model: str = SPACY_MODEL,
-                 batch_size: int = 32, labels: frozenset[str] = NAME_LABELS):
+    def __init__(self, model: str = SPACY_MODEL, batch_size: int = 32, labels: frozenset[str] = NAME_LABELS):
         import spacy  # the CLI's score command never needs it
 
-        self.aliases = AliasTable.from_tsv(aliases)  # AIDA-train alias counts
-        self.titles = read_title_index(kb)  # exact KB title / id -> entity id
         try:
             self.nlp = spacy.load(model, exclude=list(SPACY_EXCLUDE))
         except OSError as e:
@@ -69,30 +62,79 @@ class BaselineLinker:
         self.batch_size = batch_size  # texts per nlp.pipe batch
         self.labels = labels  # NER labels kept as mentions
 
+    def __call__(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """The (start, end) code-point spans of each text's name mentions, in text order."""
+        out = []
+        for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
+            spans = [ent[1:] if len(ent) > 1 and ent[0].lower_ == "the" else ent
+                     for ent in doc.ents if ent.label_ in self.labels]
+            out.append([(s.start_char, s.end_char) for s in spans])
+        return out
+
+
+class BaselineLinker:
+    """spaCy NER mentions (`NerSpans`) linked by the AIDA-train alias prior, falling back to an exact KB
+    title/id match.
+
+    Mentions with no match are emitted with entity_id None (NIL): GERBIL's InKB scores ignore predicted
+    NILs (same InKB numbers either way), and the EE (NIL) class gets credit for them.
+    """
+
+    def __init__(self, aliases: str | Path = DEFAULT_ALIASES, kb: str | Path = DEFAULT_KB, model: str = SPACY_MODEL,
+                 batch_size: int = 32, labels: frozenset[str] = NAME_LABELS):
+        self.aliases = AliasTable.from_tsv(aliases)  # AIDA-train alias counts
+        self.titles = read_title_index(kb)  # exact KB title / id -> entity id
+        self.ner = NerSpans(model, batch_size, labels)
+
     def entity_for(self, mention: str) -> str | None:
         """Alias prior (exact, then case-insensitive), then exact KB title or id, else None (NIL)."""
         return self.aliases.most_frequent(mention) or self.titles.get(mention)
 
     def link(self, texts: list[str]) -> list[list[Mention]]:
-        """Annotate each text: spaCy entities with a name label, without a leading "the", linked by `entity_for`."""
-        out = []
-        for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
-            spans = [ent[1:] if len(ent) > 1 and ent[0].lower_ == "the" else ent
-                     for ent in doc.ents if ent.label_ in self.labels]
-            out.append([Mention(s.start_char, s.end_char, s.text, self.entity_for(s.text)) for s in spans])
-        return out
+        """Annotate each text: its NER name mentions, each linked by `entity_for`."""
+        return [[Mention(start, end, text[start:end], self.entity_for(text[start:end])) for start, end in spans]
+                for text, spans in zip(texts, self.ner(texts))]
 
 
-def _onegen_linker(model: str | None = None, kb: str | None = None, **options) -> TextLinker:
+MENTION_SOURCES = ("model", "ner", "union")  # --mentions of the onegen linker
+
+
+class SpansLinker:
+    """An `onegen.Linker` that also links the spans `spans(texts)` gives (an NER's): "ner" links only
+    those, "union" adds them to the model's own mentions where they overlap none (`Linker.link`)."""
+
+    def __init__(self, linker, spans: Callable[[list[str]], list[list[tuple[int, int]]]], mentions: str):
+        self.linker = linker  # onegen.Linker
+        self.spans = spans  # texts -> (start, end) spans per text
+        self.mentions = {"ner": "given", "union": "union"}[mentions]  # the Linker's name for it
+
+    def link(self, texts: list[str]) -> list[list[Mention]]:
+        return [self.decide(mentions) for mentions in self.retrieve(texts)]
+
+    def retrieve(self, texts: list[str]) -> list[list[Mention]]:
+        """The mentions with their top-k candidates, before NIL and the priors (for `--candidates`)."""
+        return self.linker.retrieve(texts, spans=self.spans(texts), mentions=self.mentions)
+
+    def decide(self, mentions: list[Mention]) -> list[Mention]:
+        return self.linker.decide(mentions)
+
+
+def _onegen_linker(model: str | None = None, kb: str | None = None, mentions: str = "model",
+                   ner_model: str = SPACY_MODEL, **options) -> TextLinker:
     """`onegen.Linker.from_pretrained(model, kb=kb, **options)`, imported only when asked for; a big KB's
-    index is built into the cache (with Ray) on first use."""
+    index is built into the cache (with Ray) on first use. `mentions` "ner" or "union" adds the
+    `ner_model`'s name spans (`NerSpans`)."""
+    if mentions not in MENTION_SOURCES:
+        raise ValueError(f"mentions must be one of {', '.join(MENTION_SOURCES)}, got {mentions!r}")
+    ner = NerSpans(ner_model) if mentions != "model" else None  # before the model: a missing spaCy model fails fast
     try:
         module = importlib.import_module("onegen.linker")
         cls = module.Linker
     except (ImportError, AttributeError) as e:
         raise ImportError(f"the 'onegen' linker needs onegen.Linker, which cannot be imported ({e}); "
                           f"use --linker baseline until the OneGen linker is installed") from e
-    return cls.from_pretrained(model, kb=kb, build_index=True, **options)
+    linker = cls.from_pretrained(model, kb=kb, build_index=True, **options)
+    return linker if ner is None else SpansLinker(linker, ner, mentions)
 
 
 # linker name -> factory taking the linker's keyword options

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from eval.corpora import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file
-from eval.linkers import LINKER_NAMES, TextLinker, get_linker
+from eval.linkers import LINKER_NAMES, MENTION_SOURCES, TextLinker, get_linker
 from eval.predictions import read_predictions
 from eval.scorer import score
 from eval.serve import ServiceLimits, serve
@@ -76,7 +76,7 @@ def linker_from_args(args: argparse.Namespace) -> TextLinker:
     """Build --linker with the options given on the command line (the rest stay at the linker's defaults)."""
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size,
                       nil_threshold=args.nil_threshold, alias_weight=args.alias_weight,
-                      popularity_weight=args.popularity_weight, mention_bias=args.mention_bias)
+                      popularity_weight=args.popularity_weight, mention_bias=args.mention_bias, mentions=args.mentions)
 
 
 def resolve_linker_paths(args: argparse.Namespace) -> None:
@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json(args.json, {
             "linker": args.linker,
             "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold",
-                                                           "alias_weight", "popularity_weight", "mention_bias")},
+                                                           "alias_weight", "popularity_weight", "mention_bias", "mentions")},
             "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
             "load_seconds": load_seconds, "total_seconds": total, "datasets": results,
         })
@@ -208,6 +208,10 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                         help="onegen: weight of the --aliases prior (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
+    parser.add_argument("--mentions", choices=MENTION_SOURCES,
+                        help="onegen: which mentions are linked: the model's own (default), the baseline's spaCy NER "
+                             "name spans ('ner'), or both, NER spans where they overlap none of the model's ('union'); "
+                             "NER spans get the model's [LK] vectors by teacher forcing")
     parser.add_argument("--mention-bias", type=float,
                         help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
                              "(recall for precision, and slower; 0: the model's own choice; default: the model's linker_config.json)")

@@ -298,3 +298,34 @@ def test_the_eval_linker_builds_the_index_of_a_big_kb_once_starting_ray_itself(t
         assert len(get_linker("onegen", model=model, kb=kb_file).search) == 3
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("mentions", ["ner", "union"])
+def test_the_eval_linker_links_the_baselines_ner_spans_on_request(tiny, mentions):
+    """`onegen-gerbil run --linker onegen --mentions ner|union`: spaCy's name spans (the baseline's NER) are
+    linked with the model's teacher-forced vectors; "union" keeps the model's own mentions too."""
+    from eval.linkers import NerSpans, get_linker
+
+    text = "Angela Merkel met Emmanuel Macron in Paris."
+    ner = NerSpans()([text])[0]
+    assert [text[s:e] for s, e in ner] == ["Angela Merkel", "Emmanuel Macron", "Paris"]
+    linker = get_linker("onegen", model=str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0,
+                        mentions=mentions)
+    (linked,) = linker.link([text])
+    spans = [(m.start, m.end) for m in linked]
+    own = [(m.start, m.end) for m in linker.linker.link([text])[0]]  # the model's own mentions
+    if mentions == "ner":
+        assert spans == ner
+    else:
+        assert set(own) <= set(spans) and set(spans) - set(own) == {s for s in ner if not any(
+            s[0] < e and b < s[1] for b, e in own)}
+    assert all(m.entity_id in {"Paris", "Rome", "Berlin"} and m.candidates for m in linked)
+    (retrieved,) = linker.retrieve([text])  # what --candidates writes
+    assert [(m.start, m.end) for m in retrieved] == spans and all(m.entity_id is None for m in retrieved)
+
+
+def test_the_eval_linker_refuses_an_unknown_mention_source(tiny):
+    from eval.linkers import get_linker
+
+    with pytest.raises(ValueError, match="mentions must be one of model, ner, union, got 'spacy'"):
+        get_linker("onegen", model=str(tiny / "model"), kb=str(tiny / "kb.jsonl"), mentions="spacy")
