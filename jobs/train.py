@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
         help="recompute activations in backward: far less memory for about 1.3x the compute (default: on without "
              "--use-gpu, where a batch of 4 AIDA windows with their entity rows would pass 23 GB; off with it)")
+    add("--share-prefix", action=argparse.BooleanOptionalAction,
+        help="forward the chat template + instruction (mention rows) and the entity line (entity rows) once per "
+             "batch instead of once per sequence: the same loss and gradients, about 30%% fewer tokens on AIDA "
+             "(default: on; FSDP and models without sdpa attention run without it)")
     add("--num-workers", type=int, help="Ray Train workers (default 1)")
     add("--cpus-per-worker", type=int, help="CPU cores (torch threads) per worker (default 1)")
     add("--use-gpu", action="store_true", help="one GPU per worker, bf16 autocast")

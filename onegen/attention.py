@@ -19,6 +19,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from onegen.shared_prefix import SDPA_NAMES
+
 PACKED_SDPA = "onegen_packed_sdpa"
 
 
@@ -46,13 +48,15 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, sdpa_mask)
 
 @contextmanager
 def packed_gqa(model):
-    """Run `model` with `packed_sdpa_attention_forward` inside the block when it uses `sdpa` (else as is)."""
+    """Run `model` with `packed_sdpa_attention_forward` inside the block when it uses `sdpa` (or the training
+    switch `onegen.shared_prefix` made; else as is)."""
     config = model.config
-    if config._attn_implementation != "sdpa":
+    before = config._attn_implementation
+    if before not in SDPA_NAMES:
         yield
         return
     config._attn_implementation = PACKED_SDPA
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = before

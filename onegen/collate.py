@@ -10,6 +10,13 @@ the mention length (several hundred), which used to make most of a batch padding
 carry CE labels too (DESIGN: "CE also covers the entity descriptions"), except their first token, which
 nothing in its own sequence predicts.
 
+Shared prefixes (`share_prefix=True`, the default): the mention rows' longest common prefix (the chat
+template and instruction) and the entity sequences' (their "Represent the entity ..." line) are cut off
+into `prefix_ids`, forwarded once by `compute_loss` (`onegen.shared_prefix`); the rows hold the rest,
+positions continuing after their prefix. A label inside a prefix, or on the first token after it, is
+predicted by a prefix state: it moves to `prefix_targets` with the number of sequences it stands for,
+so the loss is the same as without sharing.
+
 Negatives: each anchor keeps its example's hard negatives except any that is the positive of an
 anchor of the batch (it would push apart a pair the loss pulls together); those are replaced by random
 KB entities, drawn from a generator seeded by `seed` and the batch's examples, so a batch is the same
@@ -18,6 +25,7 @@ whatever the call order or the data-loader worker.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +36,7 @@ from onegen.data import OneGenExample
 from onegen.loss import IGNORE_INDEX
 from onegen.model import ENTITY_MAX_TOKENS, TokenIds
 from onegen.prompts import entity_input_ids
+from onegen.shared_prefix import shared_prefix_length
 
 
 @dataclass
@@ -44,6 +53,11 @@ class OneGenBatch:
     positives: torch.Tensor  # (A,) long: entity index (0..E-1) of each anchor's gold entity
     negatives: torch.Tensor  # (A, K) long: entity indices of each anchor's negatives
     entity_ids: list[str]  # (E,) KB id of each entity sequence
+    prefix_ids: torch.Tensor  # (P,) long: the mention rows' shared prefix, then the entity sequences'; empty when none
+    prefix_positions: torch.Tensor  # (P,) long: positions in each prefix, restarting at 0 where the second starts
+    prefix_spans: torch.Tensor  # (R, 2) long: [start, end) of the prefix columns each row's sequences continue
+    prefix_targets: torch.Tensor  # (N, 3) long: (prefix column, the token its state predicts, how many sequences)
+    tokens: int  # tokens of all the batch's sequences, each prefix counted once per sequence that has it
 
     def to(self, device) -> OneGenBatch:
         """The batch with every tensor on `device`."""
@@ -64,6 +78,7 @@ class OneGenCollator:
         num_negatives: int = 4,
         seed: int = 0,
         entity_max_tokens: int = ENTITY_MAX_TOKENS,
+        share_prefix: bool = True,
     ):
         self.tokenizer = tokenizer
         self.token_ids = token_ids
@@ -71,6 +86,7 @@ class OneGenCollator:
         self.num_negatives = num_negatives
         self.seed = seed
         self.entity_max_tokens = entity_max_tokens  # as OneGen.embed_entities truncates them
+        self.share_prefix = share_prefix
         self.entity_pool = sorted(entities)  # replacement negatives are drawn from this fixed order
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
@@ -90,8 +106,26 @@ class OneGenCollator:
         index = {e: i for i, e in enumerate(entity_ids)}
 
         entity_seqs = [self._entity_tokens(e) for e in entity_ids]
-        T = max((len(seq) for seq in [ex.input_ids for ex in examples] + entity_seqs), default=0)
-        packed = _pack(entity_seqs, T)  # per packed row, the entity indices in it, in order
+        entity_labels = [[IGNORE_INDEX] + seq[1:] for seq in entity_seqs]  # the first token has nothing before it
+        sequences = [(ex.input_ids, ex.labels) for ex in examples] + list(zip(entity_seqs, entity_labels))
+        cuts = [0, 0]  # shared prefix length of the mention rows, of the entity sequences
+        if self.share_prefix:  # the mention prefix ends within the prompt, so every [LK] stays in its row
+            prompt = min(next((j for j, lab in enumerate(ex.labels) if lab != IGNORE_INDEX), len(ex.labels)) for ex in examples)
+            cuts = [min(shared_prefix_length([ex.input_ids for ex in examples]), prompt),
+                    shared_prefix_length(entity_seqs)]
+        kinds = [0] * len(examples) + [1] * len(entity_seqs)  # which prefix each sequence continues
+        offsets = [0, cuts[0]]  # first prefix column of each kind
+        targets: Counter = Counter()  # (prefix column, token) -> sequences whose label that prefix state predicts
+        rests = []  # (tokens, labels) of each sequence after its prefix
+        for (ids, lab), kind in zip(sequences, kinds):
+            cut = cuts[kind]
+            for j in range(1, cut + 1) if cut else ():
+                if lab[j] != IGNORE_INDEX:
+                    targets[(offsets[kind] + j - 1, lab[j])] += 1
+            rests.append((ids[cut:], ([IGNORE_INDEX] + lab[cut + 1:]) if cut else lab))
+
+        T = max((len(ids) for ids, _ in rests), default=0)
+        packed = _pack([ids for ids, _ in rests[len(examples):]], T)  # per packed row, the entity indices in it
         R = len(examples) + len(packed)
         input_ids = torch.full((R, T), self.pad_id, dtype=torch.long)  # (R, T)
         attention_mask = torch.zeros((R, T), dtype=torch.long)  # (R, T)
@@ -99,35 +133,43 @@ class OneGenCollator:
         labels = torch.full((R, T), IGNORE_INDEX, dtype=torch.long)  # (R, T)
         entity_positions = [(0, 0)] * len(entity_ids)  # (row, column) of each entity's last [SE]
 
-        def place(row: int, col: int, ids: list[int], lab: list[int]) -> None:
+        def place(row: int, col: int, ids: list[int], lab: list[int], first_position: int) -> None:
             n = len(ids)
             input_ids[row, col:col + n] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, col:col + n] = 1
             labels[row, col:col + n] = torch.tensor(lab, dtype=torch.long)
-            position_ids[row, col:] = torch.arange(T - col)  # padding after it continues its positions
+            position_ids[row, col:] = torch.arange(T - col) + first_position  # padding continues its positions
 
-        for row, ex in enumerate(examples):
-            place(row, 0, ex.input_ids, ex.labels)
+        for row in range(len(examples)):
+            place(row, 0, *rests[row], first_position=cuts[0])
         for p, members in enumerate(packed):
             row, col = len(examples) + p, 0
             for i in members:
-                seq = entity_seqs[i]
-                place(row, col, seq, [IGNORE_INDEX] + seq[1:])  # its first token has nothing before it
-                last_entity = max(j for j, t in enumerate(seq) if t == self.token_ids.entity)
+                ids, lab = rests[len(examples) + i]
+                place(row, col, ids, lab, first_position=cuts[1])
+                last_entity = max(j for j, t in enumerate(ids) if t == self.token_ids.entity)
                 entity_positions[i] = (row, col + last_entity)
-                col += len(seq)
+                col += len(ids)
+        spans = [(0, cuts[0])] * len(examples) + [(cuts[0], cuts[0] + cuts[1])] * len(packed)
+        prefix_ids = (examples[0].input_ids[:cuts[0]] if cuts[0] else []) + (entity_seqs[0][:cuts[1]] if cuts[1] else [])
         return OneGenBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             labels=labels,
-            anchor_positions=torch.tensor([[row, col] for row, col, _, _ in anchors],
+            anchor_positions=torch.tensor([[row, col - cuts[0]] for row, col, _, _ in anchors],
                                           dtype=torch.long).reshape(-1, 2),  # (A, 2)
             entity_positions=torch.tensor(entity_positions, dtype=torch.long).reshape(-1, 2),  # (E, 2)
             positives=torch.tensor([index[e] for e in positive_ids], dtype=torch.long),  # (A,)
             negatives=torch.tensor([[index[e] for e in negs] for negs in negative_ids],
                                    dtype=torch.long).reshape(-1, self.num_negatives),  # (A, K)
             entity_ids=entity_ids,
+            prefix_ids=torch.tensor(prefix_ids, dtype=torch.long),  # (P,)
+            prefix_positions=torch.cat([torch.arange(cuts[0]), torch.arange(cuts[1])]),  # (P,)
+            prefix_spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2),  # (R, 2)
+            prefix_targets=torch.tensor([[c, t, n] for (c, t), n in sorted(targets.items())],
+                                        dtype=torch.long).reshape(-1, 3),  # (N, 3)
+            tokens=sum(len(ids) for ids, _ in sequences),
         )
 
     def _negatives(self, candidates: list[str], batch_positives: set[str], rng: random.Random) -> list[str]:

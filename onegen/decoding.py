@@ -60,6 +60,7 @@ from transformers import Cache, DynamicCache, LogitsProcessor, LogitsProcessorLi
 
 from onegen.attention import packed_gqa
 from onegen.kv_cache import PrefixCache, growing_cache, param_versions
+from onegen.shared_prefix import shared_prefix_length
 
 if TYPE_CHECKING:
     from onegen.constrain import CopyRule
@@ -286,15 +287,6 @@ def _compact(cache: Cache, mask: torch.Tensor) -> torch.Tensor:
     return mask.gather(1, order)
 
 
-def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix of the prompts, leaving every prompt at least one more token."""
-    n = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    for p in prompts[1:]:
-        n = next((i for i in range(n) if p[i] != first[i]), n)
-    return max(n, 0)
-
-
 def _prefix_kv(model, prefix: Sequence[int], device, reuse: PrefixCache | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer (keys, values), each (1, H, P, d), of `prefix` or of its leading part held in `reuse`
     (at least MIN_SHARED_PREFIX tokens); a fresh forward refills `reuse`."""
@@ -390,7 +382,7 @@ def _copy_decode(model, token_ids, prompts, drafter, max_new_tokens, pad_token_i
 
     # [1] the first rows: the prompts' shared prefix (the instruction) forwarded once, or taken from
     # `prefix_cache`, in every row's cache; the rest of each prompt is fed by the first pass
-    shared = _shared_prefix(prompts) if len(prompts) > 1 or prefix_cache is not None else 0
+    shared = shared_prefix_length(prompts) if len(prompts) > 1 or prefix_cache is not None else 0
     prefix = _prefix_kv(model, prompts[first_rows[0].index][:shared], device, prefix_cache) if shared >= MIN_SHARED_PREFIX else []
     held = prefix[0][0].shape[2] if prefix else 0
     cache = growing_cache()

@@ -23,12 +23,13 @@ class LossOutput:
     retrieval: torch.Tensor  # BPR or InfoNCE over the anchors
 
 
-def generation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def generation_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy, mean over tokens whose label is not -100.
 
     Args:
         logits: (B, T, V) scores at every position.
         labels: (B, T) token ids, -100 where no loss is taken; position t is predicted from t - 1.
+        weights: optional (B, T) how many tokens each label stands for (a weighted mean); 1 when None.
     Returns 0 (graph attached) when no token is labelled.
     """
     # Shift so that tokens < n predict n
@@ -36,7 +37,11 @@ def generation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shift_labels = labels[..., 1:].reshape(-1).to(logits.device)  # (B*(T-1),)
     if not bool((shift_labels != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    if weights is None:
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    shift_weights = weights[..., 1:].reshape(-1).to(shift_logits) * (shift_labels != IGNORE_INDEX)  # (B*(T-1),)
+    losses = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return (losses * shift_weights).sum() / shift_weights.sum()
 
 
 def bpr_loss(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -90,11 +95,13 @@ def onegen_loss(
     temperature: float = 0.02,
     lambda_gen: float = 1.0,
     lambda_ret: float = 1.0,
+    label_weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """The OneGen loss over one packed batch.
 
     Args:
-        logits: (B, T, V); labels: (B, T) with -100 on unlabelled tokens.
+        logits: (B, T, V); labels: (B, T) with -100 on unlabelled tokens; label_weights: optional (B, T),
+            as `generation_loss`'s weights.
         q: (A, D) anchors; pos: (A, D) their positives; neg: (A, K, D) their negatives.
         kind: "bpr" (default) or "infonce" (in-batch: every anchor scores all positives and
             negatives of the batch; a row equal to the anchor's own positive, i.e. the same
@@ -103,7 +110,7 @@ def onegen_loss(
     """
     if kind not in RETRIEVAL_KINDS:
         raise ValueError(f"unknown retrieval loss {kind!r}; choose one of {RETRIEVAL_KINDS}")
-    generation = generation_loss(logits, labels)
+    generation = generation_loss(logits, labels, label_weights)
     if q.shape[0] == 0:
         retrieval = generation.new_zeros(())
     elif kind == "bpr":

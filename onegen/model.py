@@ -70,6 +70,11 @@ def _base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (embeddings, layers, final norm; no LM head) of `model`, PEFT unwrapped."""
+    return _base_model(model).get_decoder()
+
+
 def token_rows(model: nn.Module) -> tuple[nn.Embedding, nn.Module | None]:
     """The plain input embedding and, when untied, the plain output head of `model` (PEFT unwrapped)."""
     base = _base_model(model)
@@ -128,7 +133,7 @@ def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
         cache: optional transformers Cache holding P earlier positions; it is extended in place.
     Positions count real tokens only, so padding on either side gives the same states.
     """
-    decoder = _base_model(model).get_decoder()
+    decoder = decoder_of(model)
     T = input_ids.shape[1]
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
     out = decoder(
@@ -152,7 +157,7 @@ def packed_last_hidden(model: nn.Module, input_ids: torch.Tensor, position_ids: 
     With no 2D mask, transformers reads the restarts as packed sequences and gives each its own causal
     attention: every sequence gets the states it would get alone.
     """
-    decoder = _base_model(model).get_decoder()
+    decoder = decoder_of(model)
     out = decoder(input_ids=input_ids, attention_mask=None, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state  # (R, T, D)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from onegen import shared_prefix
 from onegen.collate import OneGenBatch
 from onegen.loss import IGNORE_INDEX, LossOutput, onegen_loss
-from onegen.model import TokenIds, packed_last_hidden
+from onegen.model import TokenIds, decoder_of, packed_last_hidden
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # config keys that change logits
 
@@ -46,19 +47,32 @@ def compute_loss(
             f"batch positions do not hold the OneGen tokens (expected [LK] id {token_ids.link} at anchors and "
             f"[SE] id {token_ids.entity} at entity rows); collate with the same tokenizer and token_ids"
         )
-    hidden = packed_last_hidden(model, ids, batch.position_ids)  # (R, T, D), after the final norm
+    if batch.prefix_ids.numel():  # the shared prefixes forwarded once (onegen.shared_prefix)
+        shared_prefix.enable(model)
+        prefix, hidden = shared_prefix.shared_prefix_hidden(
+            decoder_of(model), batch.prefix_ids, batch.prefix_positions, batch.prefix_spans, ids, batch.position_ids)
+    else:
+        prefix, hidden = None, packed_last_hidden(model, ids, batch.position_ids)  # (R, T, D), after the final norm
     q = hidden[rows, cols]  # (A, D) anchor [LK] states
     entities = hidden[e_rows, e_cols]  # (E, D) entity [SE] states
 
     # Positions t whose next token t + 1 is labelled; the LM head runs on those only.
     p_rows, p_cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # (M,), (M,)
-    targets = labels[p_rows, p_cols + 1]  # (M,)
+    states, targets = [hidden[p_rows, p_cols]], [labels[p_rows, p_cols + 1]]  # (M, D), (M,)
+    weights = [torch.ones_like(targets[0], dtype=torch.float)]  # (M,)
+    if prefix is not None:  # labels predicted by a prefix state, each standing for `count` sequences
+        column, token, count = batch.prefix_targets.unbind(-1)  # (N,) each
+        states.append(prefix[column])
+        targets.append(token)
+        weights.append(count.float())
     # Laid out as one sequence for onegen_loss, which shifts (logits at j predict the label at j + 1):
-    # labels [-100, y_0 .. y_M-1] against logits of positions [p_0 .. p_M-1, (0, 0)]; the extra last
-    # slot is the one the shift drops.
-    p_rows, p_cols = (torch.cat([p, p.new_zeros(1)]) for p in (p_rows, p_cols))  # (M + 1,)
-    logits = model.get_output_embeddings()(hidden[p_rows, p_cols])  # (M + 1, V)
+    # labels [-100, y_0 .. y_M-1] against logits of states [s_0 .. s_M-1, s_0]; the extra last slot is
+    # the one the shift drops.
+    states = torch.cat(states + [states[0][:1] if len(states[0]) else hidden[0, :1]])  # (M + 1, D)
+    targets, weights = torch.cat(targets), torch.cat(weights)
+    logits = model.get_output_embeddings()(states)  # (M + 1, V)
     seq_labels = torch.cat([targets.new_full((1,), IGNORE_INDEX), targets])  # (M + 1,)
+    seq_weights = torch.cat([weights.new_zeros(1), weights])  # (M + 1,)
     return onegen_loss(
         logits[None],  # (1, M + 1, V)
         seq_labels[None],  # (1, M + 1)
@@ -66,6 +80,7 @@ def compute_loss(
         entities[batch.positives],  # (A, D)
         entities[batch.negatives],  # (A, K, D)
         kind=kind, temperature=temperature, lambda_gen=lambda_gen, lambda_ret=lambda_ret,
+        label_weights=seq_weights[None] if prefix is not None else None,
     )
 
 

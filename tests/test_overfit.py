@@ -77,8 +77,11 @@ def test_toy_overfit_marks_text_and_ranks_entities(one_thread):
     entities = [entity_input_ids(tokenizer, e.title, e.description) for e in KB.values()]
     compact = Compact([ex.input_ids for ex in examples] + entities + [[tokenizer.eos_token_id]])
     token_ids = compact.token_ids(real_ids)
+    prefix_targets = real_batch.prefix_targets.clone()  # (N, 3): column, token, count
+    prefix_targets[:, 1] = compact(prefix_targets[:, 1])
     batch = OneGenBatch(**{**vars(real_batch), "input_ids": compact(real_batch.input_ids),
-                           "labels": compact(real_batch.labels)})
+                           "labels": compact(real_batch.labels), "prefix_ids": compact(real_batch.prefix_ids),
+                           "prefix_targets": prefix_targets})
     targets = [compact(torch.tensor(ex.input_ids[len(p):])).tolist() for ex, p in zip(examples, prompts)]
     eos = int(compact.table[tokenizer.eos_token_id])
     model = tiny_model(len(compact.ids), seed=0)

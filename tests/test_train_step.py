@@ -1,4 +1,5 @@
-"""compute_loss: one packed forward gives the loss of every sequence forwarded alone, with full logits."""
+"""compute_loss: one packed forward gives the loss of every sequence forwarded alone, with full logits
+(batches without shared prefixes; test_shared_prefix compares those with these)."""
 import dataclasses
 
 import pytest
@@ -19,7 +20,7 @@ def setup(tok):  # noqa: F811
     docs = [annotate("Germany beat France .", [("Germany", "Germany")], "a"),
             annotate("Bonn is on the Rhine , far from Paris .", [("Bonn", "Bonn"), ("Paris", "Paris")], "b")]
     examples = build_examples(docs, KB, tokenizer, ids, num_negatives=1)
-    batch = OneGenCollator(tokenizer, ids, KB, num_negatives=1)(examples)
+    batch = OneGenCollator(tokenizer, ids, KB, num_negatives=1, share_prefix=False)(examples)
     return model, ids, batch
 
 

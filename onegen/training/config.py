@@ -40,6 +40,8 @@ class TrainConfig:
     batch_size: int = 4  # examples per worker per micro-batch (entity rows come on top)
     grad_accum: int = 1  # micro-batches per optimizer step
     gradient_checkpointing: bool = False  # recompute layer activations in backward: far less memory, ~1.3x compute
+    share_prefix: bool = True  # forward the prompt prefixes every row shares once per batch (onegen.shared_prefix):
+    #                            the same loss and gradients from fewer tokens; off for FSDP and non-sdpa attention
     num_negatives: int = 4  # hard negatives per anchor
     mine_negatives: bool = False  # before each epoch, the entities the model ranks above the gold one lead each
     #                               anchor's negatives (onegen.mining; every worker embeds the whole KB)

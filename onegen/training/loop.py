@@ -23,6 +23,7 @@ from torch import nn
 
 from onegen.collate import OneGenCollator
 from onegen.model import OneGen
+from onegen.shared_prefix import SDPA_NAMES
 from onegen.training.card import write_output
 from onegen.training.checkpoints import (
     ARGS_FILE, CKPT_MODEL, LocalCheckpoints, Progress, check_run_folder, load_train_state, load_trained_weights,
@@ -99,7 +100,7 @@ def train_epoch(model: nn.Module, loader, optimizer, scheduler, progress: Progre
         for key, value in (("loss", out.total), ("generation", out.generation), ("retrieval", out.retrieval)):
             sums[key] += float(value.detach())
         micro_batches += 1
-        tokens += int(batch.attention_mask.sum())
+        tokens += batch.tokens  # the sequences' tokens, a shared prefix counted for each (same work done)
         if not sync:
             continue
         if is_fsdp(model):  # the norm over all shards
@@ -196,7 +197,9 @@ def fit(config: TrainConfig, data: TrainData, *, evaluate: Evaluate | None = Non
 
     # [2] Data: shuffled batches of examples, their entity rows packed by the collator.
     collator = OneGenCollator(onegen.tokenizer, onegen.token_ids, data.entities,
-                              num_negatives=config.num_negatives, seed=config.seed)
+                              num_negatives=config.num_negatives, seed=config.seed,
+                              share_prefix=config.share_prefix and config.strategy != "fsdp"
+                              and onegen.model.config._attn_implementation in SDPA_NAMES)
     loader = runtime.prepare_loader(shuffled_loader(data.examples, collator, config))
     optimizer, scheduler = optimizer_and_scheduler(module, config, len(loader))
     progress = Progress(hardware=hardware(runtime.device, runtime.world))
