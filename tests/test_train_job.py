@@ -388,6 +388,20 @@ def test_cli_retrieval_weight_reaches_the_config_and_must_be_positive():
         cli.config_from_args(cli.parse_args([*args, "--retrieval-weight", "0"]))
 
 
+def test_prefix_sharing_is_on_unless_turned_off_or_impossible():
+    from onegen.training.loop import shares_prefix
+
+    cli = load_train_cli()
+    args = ["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o"]
+    model = tiny_model(64)
+    assert model.config._attn_implementation == "sdpa"
+    assert shares_prefix(cli.config_from_args(cli.parse_args(args)), model)
+    assert not shares_prefix(cli.config_from_args(cli.parse_args([*args, "--no-share-prefix"])), model)
+    assert not shares_prefix(cli.config_from_args(cli.parse_args([*args, "--strategy", "fsdp", "--use-gpu"])), model)
+    model.config._attn_implementation = "eager"
+    assert not shares_prefix(cli.config_from_args(cli.parse_args(args)), model)
+
+
 def test_cli_reports_a_bad_setting_in_one_line(capsys):
     cli = load_train_cli()
     with pytest.raises(SystemExit) as exit_info:

@@ -77,6 +77,12 @@ def optimizer_and_scheduler(model: nn.Module, config: TrainConfig, batches_per_e
     return optimizer, scheduler
 
 
+def shares_prefix(config: TrainConfig, model: nn.Module) -> bool:
+    """Whether batches forward their shared prompt prefixes once (onegen.shared_prefix): asked for, and
+    possible (sdpa attention; not FSDP, where it is untested)."""
+    return config.share_prefix and config.strategy != "fsdp" and model.config._attn_implementation in SDPA_NAMES
+
+
 def train_epoch(model: nn.Module, loader, optimizer, scheduler, progress: Progress, config: TrainConfig,
                 device: torch.device, log: bool = True) -> dict:
     """One pass over `loader` (stopping at `config.max_steps`): `model(batch)` gives the LossOutput, one
@@ -198,8 +204,7 @@ def fit(config: TrainConfig, data: TrainData, *, evaluate: Evaluate | None = Non
     # [2] Data: shuffled batches of examples, their entity rows packed by the collator.
     collator = OneGenCollator(onegen.tokenizer, onegen.token_ids, data.entities,
                               num_negatives=config.num_negatives, seed=config.seed,
-                              share_prefix=config.share_prefix and config.strategy != "fsdp"
-                              and onegen.model.config._attn_implementation in SDPA_NAMES)
+                              share_prefix=shares_prefix(config, onegen.model))
     loader = runtime.prepare_loader(shuffled_loader(data.examples, collator, config))
     optimizer, scheduler = optimizer_and_scheduler(module, config, len(loader))
     progress = Progress(hardware=hardware(runtime.device, runtime.world))
