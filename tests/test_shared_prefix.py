@@ -64,6 +64,24 @@ def test_shared_prefix_gives_the_plain_loss_and_gradients(tok, tmp_path, kind, c
     assert model.config._attn_implementation == SHARED_PREFIX_SDPA
 
 
+@pytest.mark.gpu
+def test_shared_prefix_under_bf16_autocast_on_cuda(tok, tmp_path):  # noqa: F811
+    """As the training loop runs on a GPU: bf16 autocast, the loss and gradients close to the plain batch's."""
+    tokenizer, _ = tok
+    model, ids = trainable(tokenizer, tmp_path, checkpointing=True)
+    model.cuda()
+    results = []
+    for batch in batches(tokenizer, ids):
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = compute_loss(model, batch.to("cuda"), ids)
+        out.total.backward()
+        results.append((out.total.float(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])))
+    (want, want_grad), (got, got_grad) = results
+    assert torch.allclose(got, want, atol=2e-2) and torch.isfinite(got_grad).all()
+    assert torch.nn.functional.cosine_similarity(got_grad, want_grad, dim=0) > 0.99
+
+
 def test_the_switched_model_decodes_as_before(tok, tmp_path):  # noqa: F811
     """After a shared-prefix step the model keeps `shared_prefix_sdpa`; ordinary forwards and decoding
     give what `sdpa` gives."""
