@@ -14,7 +14,18 @@ Each gold link (a gold annotation with an entity) falls in one class:
 
 `spurious` counts spans that overlap no gold annotation at all (NIL gold included): each one, if linked,
 costs precision. Mention classes do not depend on the KB the candidates were retrieved from, so a run
-against a small KB (fast) gives them; disambiguation (right span, wrong entity) needs the evaluation KB.
+against a small KB (fast) gives them.
+
+A second table splits the model's exact spans by what the run decided (the file records it), with
+redirects applied as the scorer does:
+
+- linked right: the true positives of strong match;
+- wrong entity, gold in top-k: the priors or the cosine ranked another candidate first;
+- NIL, gold in top-k: the chosen candidate's cosine was under the NIL threshold;
+- gold not retrieved: the gold entity is not among the top-k candidates.
+
+`links elsewhere` counts links on spans that are no gold link's exact span (false positives with the
+wrong entities). This half means something only for a run against the evaluation KB.
 """
 from __future__ import annotations
 
@@ -25,10 +36,14 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 
+from pathlib import Path
+
 from eval.corpora import DEFAULT_DATA_DIR, load_dataset
-from onegen.spans import Document
+from kb.ids import Redirects, canonical_id
+from onegen.spans import Document, Mention
 
 CLASSES = ("exact", "not marked", "in pieces or shorter", "longer or shifted")
+LINK_CLASSES = ("linked right", "wrong entity, gold in top-k", "NIL, gold in top-k", "gold not retrieved")
 
 
 def span_class(gold: tuple[int, int], spans: Sequence[tuple[int, int]]) -> str:
@@ -64,14 +79,57 @@ def split(docs: Sequence[Document], spans: dict[str, list[tuple[int, int]]]) -> 
     return counts
 
 
-def read_candidate_spans(path: str) -> dict[str, dict[str, list[tuple[int, int]]]]:
-    """dataset -> doc id -> the (start, end) of every mention in a candidates file."""
-    out: dict[str, dict[str, list[tuple[int, int]]]] = defaultdict(dict)
+def link_class(gold_entity: str, mention: Mention, redirects: Redirects) -> str:
+    """The class (one of LINK_CLASSES) of a gold link whose exact span the run marked as `mention`."""
+    gold = _resolved(gold_entity, redirects)
+    if mention.entity_id is not None and _resolved(mention.entity_id, redirects) == gold:
+        return "linked right"
+    if gold not in {_resolved(c.entity_id, redirects) for c in mention.candidates}:
+        return "gold not retrieved"
+    return "NIL, gold in top-k" if mention.entity_id is None else "wrong entity, gold in top-k"
+
+
+def _resolved(entity_id: str | None, redirects: Redirects) -> str | None:
+    """An entity id as the scorer compares it: canonical, then redirected."""
+    entity_id = canonical_id(entity_id) if entity_id else None
+    return redirects.resolve(entity_id) if entity_id else None
+
+
+def link_split(docs: Sequence[Document], mentions: dict[str, list[Mention]], redirects: Redirects) -> dict[str, int]:
+    """Counts per class (LINK_CLASSES) of the gold links the run marked exactly, plus `gold links`, `exact`
+    and `links elsewhere` (links on spans that are no gold link's exact span)."""
+    counts = dict.fromkeys(("gold links", "exact", *LINK_CLASSES, "links elsewhere"), 0)
+    for doc in docs:
+        by_span = {(m.start, m.end): m for m in mentions.get(doc.doc_id, [])}
+        gold_links = {(g.start, g.end): g.entity_id for g in doc.mentions if g.entity_id is not None}
+        counts["gold links"] += len(gold_links)
+        for span, entity_id in gold_links.items():
+            if span in by_span:
+                counts["exact"] += 1
+                counts[link_class(entity_id, by_span[span], redirects)] += 1
+        counts["links elsewhere"] += sum(m.entity_id is not None and span not in gold_links for span, m in by_span.items())
+    return counts
+
+
+def read_candidates(path: str) -> dict[str, dict[str, list[Mention]]]:
+    """dataset -> doc id -> every mention of a candidates file, with the run's decision."""
+    out: dict[str, dict[str, list[Mention]]] = defaultdict(dict)
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            out[row["dataset"]][row["doc_id"]] = [(m["start"], m["end"]) for m in row["mentions"]]
+            out[row["dataset"]][row["doc_id"]] = [Mention.from_dict(m) for m in row["mentions"]]
     return dict(out)
+
+
+def has_decisions(path: str) -> bool:
+    """Whether a candidates file records each mention's decision (files before 2026-12-03 do not)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return all("entity_id" in m for line in f for m in json.loads(line)["mentions"])
+
+
+def spans_of(mentions: dict[str, list[Mention]]) -> dict[str, list[tuple[int, int]]]:
+    """doc id -> the (start, end) of each mention."""
+    return {doc_id: [(m.start, m.end) for m in found] for doc_id, found in mentions.items()}
 
 
 def format_row(name: str, system: str, counts: dict[str, int]) -> str:
@@ -81,16 +139,32 @@ def format_row(name: str, system: str, counts: dict[str, int]) -> str:
     return f"| {name} | {system} | {counts['gold links']} | " + " | ".join(cells) + f" | {counts['spans']} | {counts['spurious']} |"
 
 
+def format_link_row(name: str, counts: dict[str, int]) -> str:
+    """One Markdown row of the disambiguation table, with the share of gold links."""
+    gold = counts["gold links"] or 1
+    cells = [f"{counts[c]} ({100 * counts[c] / gold:.1f}%)" for c in ("exact", *LINK_CLASSES)]
+    return f"| {name} | {counts['gold links']} | " + " | ".join(cells) + f" | {counts['links elsewhere']} |"
+
+
+def load_redirects(path: str | None, data_dir: str) -> Redirects:
+    """The redirects table at `path`, else DATA_DIR/kb/redirects.tsv when present, else none."""
+    default = Path(data_dir) / "kb" / "redirects.tsv"
+    if path is None and not default.is_file():
+        return Redirects.empty()
+    return Redirects.from_tsv(path or default)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", required=True, help="candidates file of `onegen-gerbil run --candidates`")
     parser.add_argument("--datasets", help="comma-separated dataset names (default: every one in the file)")
     parser.add_argument("--ner", action="store_true", help="also class the baseline's spaCy NER spans and the union")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="data bundle (default: %(default)s)")
+    parser.add_argument("--redirects", help="redirects table (default: DATA_DIR/kb/redirects.tsv when present)")
     args = parser.parse_args(argv)
-    model_spans = read_candidate_spans(args.candidates)
-    names = args.datasets.split(",") if args.datasets else list(model_spans)
-    if missing := [n for n in names if n not in model_spans]:
+    found = read_candidates(args.candidates)
+    names = args.datasets.split(",") if args.datasets else list(found)
+    if missing := [n for n in names if n not in found]:
         print(f"error: {args.candidates} has no documents of {', '.join(missing)}", file=sys.stderr)
         return 2
     ner = None
@@ -98,17 +172,26 @@ def main(argv: list[str] | None = None) -> int:
         from eval.linkers import NerSpans
 
         ner = NerSpans()
+    datasets = {name: load_dataset(name, args.data_dir) for name in names}
     print("| set | spans | gold links | " + " | ".join(CLASSES) + " | spans marked | spurious |")
     print("|---|---|---" + "|---" * len(CLASSES) + "|---|---|")
-    for name in names:
-        docs = load_dataset(name, args.data_dir)
-        systems = {"OneGen": model_spans[name]}
+    for name, docs in datasets.items():
+        systems = {"OneGen": spans_of(found[name])}
         if ner is not None:
-            found = dict(zip([d.doc_id for d in docs], ner([d.text for d in docs])))
-            systems["NER"] = found
-            systems["union"] = {d.doc_id: union(systems["OneGen"].get(d.doc_id, []), found[d.doc_id]) for d in docs}
+            ner_spans = dict(zip([d.doc_id for d in docs], ner([d.text for d in docs])))
+            systems["NER"] = ner_spans
+            systems["union"] = {d.doc_id: union(systems["OneGen"].get(d.doc_id, []), ner_spans[d.doc_id]) for d in docs}
         for system, spans in systems.items():
             print(format_row(name, system, split(docs, spans)))
+    if not has_decisions(args.candidates):
+        print(f"{args.candidates} records no decisions (written before 2026-12-03): no disambiguation table", file=sys.stderr)
+        return 0
+    redirects = load_redirects(args.redirects, args.data_dir)
+    print()
+    print("| set | gold links | exact spans | " + " | ".join(LINK_CLASSES) + " | links elsewhere |")
+    print("|---|---|---" + "|---" * len(LINK_CLASSES) + "|---|")
+    for name, docs in datasets.items():
+        print(format_link_row(name, link_split(docs, found[name], redirects)))
     return 0
 
 

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 from eval.corpora import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file
-from eval.linkers import LINKER_NAMES, MENTION_SOURCES, TextLinker, get_linker
+from eval.linkers import LINKER_NAMES, TextLinker, get_linker
 from eval.predictions import read_predictions
 from eval.scorer import score
 from eval.serve import ServiceLimits, serve
 from kb.ids import Redirects
 from onegen.cli_logging import add_log_level, setup_logging
+from onegen.ner import MENTION_SOURCES
 from onegen.spans import Document
 
 # errors a user can fix (missing file, bad name, bad file, linker not installed): one line, exit code 2
@@ -117,11 +118,10 @@ def link_documents(linker: TextLinker, docs: list[Document], chunk: int, desc: s
             if candidates is None:
                 linked = linker.link(texts)
             else:
-                retrieved = linker.retrieve(texts)
-                for doc, mentions in zip(batch, retrieved, strict=True):
+                linked = [linker.decide(mentions) for mentions in linker.retrieve(texts)]
+                for doc, mentions in zip(batch, linked, strict=True):
                     candidates.write(json.dumps({"dataset": desc, "doc_id": doc.doc_id,
                                                  "mentions": [m.to_dict() for m in mentions]}, ensure_ascii=False) + "\n")
-                linked = [linker.decide(mentions) for mentions in retrieved]
             for doc, annotations in zip(batch, linked, strict=True):
                 pred[doc.doc_id] = annotations
             bar.update(len(batch))

@@ -34,14 +34,15 @@ class Mention:
 
     def to_dict(self) -> dict:
         """The mention as a row of a candidates file (`eval/run_gerbil.py run --candidates`, read by
-        `bench/gpu_score.py`): span and candidates as [entity id, cosine] pairs."""
-        return {"start": self.start, "end": self.end, "surface": self.surface,
+        `bench/gpu_score.py` and `eval/mention_errors.py`): span, the run's decision (entity id or None)
+        and candidates as [entity id, cosine] pairs."""
+        return {"start": self.start, "end": self.end, "surface": self.surface, "entity_id": self.entity_id,
                 "candidates": [[c.entity_id, round(c.score, 6)] for c in self.candidates]}
 
     @classmethod
     def from_dict(cls, row: dict) -> Mention:
-        """A retrieved mention (entity_id None) read back from a row of a candidates file."""
-        return cls(row["start"], row["end"], row["surface"],
+        """A mention read back from a row of a candidates file (entity_id None in files without decisions)."""
+        return cls(row["start"], row["end"], row["surface"], row.get("entity_id"),
                    candidates=[Candidate(e, float(c)) for e, c in row["candidates"]])
 
     def to_row(self) -> dict:

@@ -2,8 +2,9 @@
 import gzip
 import json
 
-from eval.mention_errors import main, span_class, split, union
-from onegen.spans import Document, Mention
+from eval.mention_errors import link_class, link_split, main, span_class, split, union
+from kb.ids import Redirects
+from onegen.spans import Candidate, Document, Mention
 
 
 def test_span_classes():
@@ -46,3 +47,43 @@ def test_main_reads_a_candidates_file_and_names_missing_sets(tmp_path, capsys, m
     assert row == "| toy | OneGen | 2 | 1 (50.0%) | 1 (50.0%) | 0 (0.0%) | 0 (0.0%) | 1 | 0 |"
     assert main(["--candidates", str(path), "--datasets", "toy,msnbc"]) == 2
     assert "no documents of msnbc" in capsys.readouterr().err
+
+
+def _mention(start, end, surface, entity_id, *candidates):
+    return Mention(start, end, surface, entity_id, candidates=[Candidate(c, 0.9 - 0.1 * i) for i, c in enumerate(candidates)])
+
+
+def test_link_classes_follow_redirects_and_name_where_the_link_was_lost():
+    redirects = Redirects({"Yeltsin": "Boris_Yeltsin"})
+    assert link_class("Boris_Yeltsin", _mention(0, 13, "Boris Yeltsin", "Yeltsin", "Yeltsin"), redirects) == "linked right"
+    assert link_class("Boris_Yeltsin", _mention(0, 13, "Boris Yeltsin", "Boris_Johnson", "Boris_Johnson", "Yeltsin"),
+                      redirects) == "wrong entity, gold in top-k"
+    assert link_class("Boris_Yeltsin", _mention(0, 13, "Boris Yeltsin", None, "Yeltsin"), redirects) == "NIL, gold in top-k"
+    assert link_class("Boris_Yeltsin", _mention(0, 13, "Boris Yeltsin", "Moscow", "Moscow"), redirects) == "gold not retrieved"
+    assert link_class("Boris_Yeltsin", _mention(0, 13, "Boris Yeltsin", None), redirects) == "gold not retrieved"
+
+
+def test_link_split_counts_exact_spans_and_links_elsewhere():
+    doc = Document("d", "Boris Yeltsin met Bill Clinton in Moscow .",
+                   [Mention(0, 13, "Boris Yeltsin", "Boris_Yeltsin"), Mention(18, 30, "Bill Clinton", "Bill_Clinton"),
+                    Mention(34, 40, "Moscow", None)])
+    found = {"d": [_mention(0, 13, "Boris Yeltsin", "Boris_Yeltsin", "Boris_Yeltsin"),
+                   _mention(18, 22, "Bill", "Bill_Gates", "Bill_Gates"),  # not the gold span: a link elsewhere
+                   _mention(34, 40, "Moscow", "Moscow", "Moscow")]}  # NIL gold linked: elsewhere too
+    assert link_split([doc], found, Redirects.empty()) == {
+        "gold links": 2, "exact": 1, "linked right": 1, "wrong entity, gold in top-k": 0, "NIL, gold in top-k": 0,
+        "gold not retrieved": 0, "links elsewhere": 2}
+
+
+def test_main_prints_the_disambiguation_table_from_the_recorded_decisions(tmp_path, capsys, monkeypatch):
+    import eval.mention_errors as tool
+
+    doc = Document("d1", "Paris is in France .", [Mention(0, 5, "Paris", "Paris"), Mention(12, 18, "France", "France")])
+    monkeypatch.setattr(tool, "load_dataset", lambda name, data_dir: [doc])
+    path = tmp_path / "candidates-main.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"dataset": "toy", "doc_id": "d1", "mentions": [
+            _mention(0, 5, "Paris", None, "Paris").to_dict(), _mention(12, 18, "France", "France", "France").to_dict()]}) + "\n")
+    assert main(["--candidates", str(path), "--data-dir", str(tmp_path)]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row == "| toy | 2 | 2 (100.0%) | 1 (50.0%) | 0 (0.0%) | 1 (50.0%) | 0 (0.0%) | 0 |"

@@ -227,6 +227,10 @@ def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeyp
     [dataset] = json.loads((tmp_path / "run.json").read_text())["datasets"]
     assert micro(dataset["report"], "inkb")[:3] == (offline(0.5).tp, offline(0.5).fp, offline(0.5).fn)
     assert offline(0.5).tp == 1  # Paris
+    recorded = [m["entity_id"] for mentions in docs.values() for m in mentions]  # eval/mention_errors.py reads them
+    decided = [m.entity_id for mentions in docs.values()
+               for m in decide_mentions([Mention.from_dict(m) for m in mentions], nil_threshold=0.5)]
+    assert recorded == decided and None in recorded and "Paris" in recorded
     # with no NIL all 12 mentions are linked: Paris right; London (not a gold mention), Nothing (d3) and the rest wrong
     assert (offline(-1.0).tp, offline(-1.0).fp) == (1, 11)
 
