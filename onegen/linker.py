@@ -28,7 +28,7 @@ import numpy as np
 from onegen.decide import AliasPrior, PopularityPrior, decide
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
-from onegen.spans import Candidate, Document, EmbeddedMention, Mention
+from onegen.spans import Annotated, Candidate, Document, EmbeddedMention, Mention
 
 LOG = logging.getLogger(__name__)
 
@@ -185,39 +185,46 @@ class Linker:
         """
         return [self.decide(found) for found in self.retrieve(texts, spans, mentions)]
 
-    def embed(self, texts: list[str], batch_size: int | None = None):
-        """The model side: find the mentions of `texts` and their [LK] vectors (onegen.inference.Annotated),
-        decoded with this linker's mention bias (and batch size unless given). The link job's replicas run this."""
+    def embed(self, texts: list[str], spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+              mentions: str | None = None, batch_size: int | None = None) -> list[Annotated]:
+        """The model side: each text's mentions with their [LK] vectors, in text order (`spans` and
+        `mentions` as `link`'s). The model's own are decoded with this linker's mention bias; a given span
+        is embedded by teacher forcing. The link job's replicas run this."""
+        from onegen.teacher_forcing import check_spans, embed_spans
+
+        mentions = _check_mentions(self.mentions if mentions is None else mentions)
+        batch_size = batch_size or self.batch_size
+        if mentions == "model":
+            if spans is not None:
+                raise ValueError("spans are linked only with mentions='given' or 'union', not 'model'")
+            return self._decode(texts, batch_size)
+        if spans is None:
+            raise ValueError(f"mentions={mentions!r} links the spans you pass: give spans (one list per text)")
+        check_spans(texts, spans)
+        spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
+        out = self._decode(texts, batch_size) if mentions == "union" else [Annotated(text) for text in texts]
+        given = [[s for s in text_spans if not any(s[0] < m.end and m.start < s[1] for m in annotated.mentions)]
+                 for text_spans, annotated in zip(spans, out)]
+        vectors = embed_spans(self.onegen, texts, given, batch_size=batch_size,
+                              also_marked=[[(m.start, m.end) for m in annotated.mentions] for annotated in out])
+        for annotated, text_spans, text_vectors in zip(out, given, vectors):
+            forced = [EmbeddedMention(s, e, annotated.text[s:e], v) for (s, e), v in zip(text_spans, text_vectors)]
+            annotated.mentions = sorted(annotated.mentions + forced, key=lambda m: m.start)
+        return out
+
+    def _decode(self, texts: list[str], batch_size: int) -> list[Annotated]:
+        """The model's own mentions, decoded with this linker's mention bias."""
         options = {"mention_bias": self.config.mention_bias} if self.config.mention_bias else {}
-        return self.onegen(texts, batch_size=batch_size or self.batch_size, **options)
+        return self.onegen(texts, batch_size=batch_size, **options)
 
     def retrieve(self, texts: list[str], spans: Sequence[Sequence[tuple[int, int]]] | None = None,
                  mentions: str | None = None) -> list[list[Mention]]:
         """The mentions of each text with their top-k candidates, before NIL and the priors (entity_id None);
         `spans` and `mentions` as `link`'s."""
-        from onegen.teacher_forcing import check_spans, embed_spans
-
         if self.search is None:
             raise ValueError("this Linker has no index to search (built for embedding only); load one with Linker.from_pretrained")
-        mentions = _check_mentions(self.mentions if mentions is None else mentions)
-        if mentions == "model":
-            if spans is not None:
-                raise ValueError("spans are linked only with mentions='given' or 'union', not 'model'")
-            return retrieve_texts(self.embed, texts, self.search, top_k=self.config.top_k, batch_size=self.batch_size)
-        if spans is None:
-            raise ValueError(f"mentions={mentions!r} links the spans you pass: give spans (one list per text)")
-        check_spans(texts, spans)
-        spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
-        found = [a.mentions for a in self.embed(texts)] if mentions == "union" else [[] for _ in texts]
-        given = [[s for s in text_spans if not any(s[0] < m.end and m.start < s[1] for m in own)]
-                 for text_spans, own in zip(spans, found)]
-        vectors = embed_spans(self.onegen, texts, given, also_marked=[[(m.start, m.end) for m in own] for own in found],
-                              batch_size=self.batch_size)
-        out = []
-        for text, own, text_spans, text_vectors in zip(texts, found, given, vectors):
-            forced = [EmbeddedMention(s, e, text[s:e], v) for (s, e), v in zip(text_spans, text_vectors)]
-            out.append(search_mentions(sorted(own + forced, key=lambda m: m.start), self.search, self.config.top_k))
-        return out
+        return [search_mentions(annotated.mentions, self.search, self.config.top_k)
+                for annotated in self.embed(texts, spans, mentions)]
 
     def decide(self, mentions: list[Mention]) -> list[Mention]:
         """One text's retrieved mentions linked with this linker's NIL threshold and priors."""

@@ -34,11 +34,11 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.util import minibatch
 
+from onegen.ner import MENTION_SOURCES
 from onegen.spans import Mention
 
 NIL = "NIL"  # kb_id_ of a mention the linker left NIL ("" stays: an entity this component did not link)
 DEFAULT_LABEL = "ENTITY"  # label of a model mention no existing entity spans exactly
-MENTIONS = {"union": "union", "ner": "given", "model": "model"}  # `mentions` choice -> the Linker's `mentions`
 
 Span.set_extension("onegen_score", default=None, force=True)  # float: cosine of the chosen (NIL: best) candidate
 Span.set_extension("onegen_candidates", default=None, force=True)  # list of (entity_id, score), best first
@@ -49,8 +49,8 @@ class LinkerPipe:
 
     def __init__(self, name: str, load_options: dict, *, label: str = DEFAULT_LABEL, batch_size: int = 8,
                  mentions: str = "union"):
-        if mentions not in MENTIONS:
-            raise ValueError(f"onegen_linker: mentions must be one of {sorted(MENTIONS)}, got {mentions!r}")
+        if mentions not in MENTION_SOURCES:
+            raise ValueError(f"onegen_linker: mentions must be one of {sorted(MENTION_SOURCES)}, got {mentions!r}")
         self.name = name  # the pipe's name in the pipeline
         self.load_options = load_options  # Linker.from_pretrained keyword arguments (None values: the model's)
         self.label = label  # label of a new entity span
@@ -89,7 +89,7 @@ class LinkerPipe:
         if self.mentions == "model":
             return self.linker.link(texts)
         spans = [[(e.start_char, e.end_char) for e in doc.ents] for doc in docs]
-        return self.linker.link(texts, spans=spans, mentions=MENTIONS[self.mentions])
+        return self.linker.link(texts, spans=spans, mentions=MENTION_SOURCES[self.mentions])
 
 
 def mention_spans(doc: Doc, mentions: list[Mention], label: str) -> list[Span]:

@@ -33,10 +33,11 @@ def vector(name: str) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def fake_annotate(texts: list[str], *, fail_dir: str | None = None, kill_dir: str | None = None,
-                  fail_every: int = 3, delay: float = 0.0, node_dir: str | None = None,
+def fake_annotate(texts: list[str], spans: list[list[tuple[int, int]]] | None = None, *, fail_dir: str | None = None,
+                  kill_dir: str | None = None, fail_every: int = 3, delay: float = 0.0, node_dir: str | None = None,
                   sizes_dir: str | None = None) -> list[Annotated]:
-    """Capitalised words as mentions. fail_dir: every `fail_every`-th batch (by content) raises once;
+    """Capitalised words as mentions, plus the given `spans` that overlap none (as `Linker.embed` with
+    mentions="union"). fail_dir: every `fail_every`-th batch (by content) raises once;
     kill_dir: the first batch seen kills its process (os._exit) once; delay: seconds per text;
     node_dir: a file named after the Ray node that ran the batch is left there; sizes_dir: a file
     named "<number of texts>-<batch hash>" is left there."""
@@ -53,10 +54,17 @@ def fake_annotate(texts: list[str], *, fail_dir: str | None = None, kill_dir: st
         raise RuntimeError(f"injected failure for batch {key[:8]}")
     time.sleep(delay * len(texts))
     out = []
-    for text in texts:
+    for text, given in zip(texts, spans or [[] for _ in texts]):
         mentions = [EmbeddedMention(m.start(), m.end(), m.group(), vector(m.group())) for m in WORD.finditer(text)]
-        out.append(Annotated(text, mentions, marked=text, generated_tokens=len(text.split())))
+        mentions += [EmbeddedMention(s, e, text[s:e], vector(text[s:e])) for s, e in given
+                     if not any(s < m.end and m.start < e for m in mentions)]
+        out.append(Annotated(text, sorted(mentions, key=lambda m: m.start), marked=text, generated_tokens=len(text.split())))
     return out
+
+
+def lowercase_words(texts: list[str]) -> list[list[tuple[int, int]]]:
+    """A stand-in NER: the spans of lower-case words of three letters or more."""
+    return [[m.span() for m in re.finditer(r"\b[a-z]{3,}\b", text)] for text in texts]
 
 
 def _mark(path: Path) -> bool:

@@ -17,7 +17,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from link_fakes import ENTITIES, FakeIndex, fake_linking, make_fake_annotator, ray_env, tiny_model_and_index
+from link_fakes import ENTITIES, FakeIndex, fake_linking, lowercase_words, make_fake_annotator, ray_env, tiny_model_and_index
 from kb.index import EntityIndex
 from onegen.pipeline.job import JobConfig, Linking, index_id, run_job
 
@@ -111,6 +111,29 @@ def test_default_options_on_one_gpu_run_the_real_model_on_cpu_with_shards_off_th
     print(f"replica: {replica}")
     assert replica["gpu_ids"] == ["0"] and replica["cuda_visible_devices"] == "0"  # Ray gave it the (fake) GPU ...
     assert replica["device"] == "cpu" and replica["weights"] == "cpu torch.float32"  # ... and without CUDA it ran on the CPU
+
+
+def recording_ner(marks: str):
+    """NER factory: leaves a file saying which GPUs Ray gave it, then finds lower-case words as names."""
+    (Path(marks) / f"ner-{os.getpid()}.json").write_text(json.dumps({"gpu_ids": [str(g) for g in ray.get_gpu_ids()]}))
+    return lowercase_words
+
+
+def test_the_ner_of_mentions_union_runs_on_cpus_beside_the_gpu_replicas(cluster, tmp_path):
+    """--mentions union on 2 CPUs and a GPU, default reservations: the reads, the NER actor and the replica fit
+    (the job finishes), the NER gets no GPU, the replica gets it, and the NER's spans reach the output."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    linking = fake_linking()
+    linking.make_annotator = partial(recording, linking.make_annotator, str(marks))
+    linking.make_span_finder = partial(recording_ner, str(marks))
+    config = JobConfig(input=str(write_docs(tmp_path / "in.jsonl", DOCS)), output=str(tmp_path / "out"), mentions="union")
+    summary = finished(lambda: run_job(config, linking))
+    assert (summary.documents, summary.errors) == (len(DOCS), 0)
+    seen = {p.name.split("-")[0]: json.loads(p.read_text()) for p in marks.iterdir()}
+    assert seen["ner"]["gpu_ids"] == [] and len(next(v for k, v in seen.items() if k != "ner")["gpu_ids"]) == 1
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert {tuple(m["surface"] for m in r["mentions"]) for r in rows} == {("Doc", "Paris", "Rome", "and", "Berlin", "lie", "Europe")}
 
 
 def test_a_model_given_gpu_ids_without_cuda_loads_whole_on_the_cpu_in_float32(tiny, monkeypatch):

@@ -108,6 +108,28 @@ def test_real_model_and_index_end_to_end(tmp_path):
     assert {r["model"] for r in rows} == {summary.model} and summary.generated_tokens > 0
 
 
+@pytest.mark.parametrize("mentions", ["ner", "union"])
+def test_the_job_links_the_ner_spans_on_request(tmp_path, mentions):
+    """--mentions ner|union: spaCy's name spans, found on CPUs before the replicas, are linked with the model's
+    teacher-forced vectors; "union" keeps the model's own mentions (as `onegen.Linker` links them)."""
+    from onegen.linker import Linker
+    from onegen.ner import NerSpans
+
+    model_dir, kb, index_dir = tiny_model_and_index(tmp_path)
+    texts = ["Angela Merkel met Emmanuel Macron in Paris.", "", "The Seine flows through Normandy."]
+    write_jsonl(tmp_path / "in.jsonl", [{"doc_id": f"n{i}", "text": t} for i, t in enumerate(texts)])
+    run_job(config(tmp_path, tmp_path / "in.jsonl", model=str(model_dir), index=str(index_dir), nil_threshold=0.0,
+                   mentions=mentions))
+    rows = rows_of(tmp_path / "out")
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    found = [[(m["start"], m["end"]) for m in r["mentions"]] for r in rows if r["status"] == "ok"]
+    ner = NerSpans()([texts[0], texts[2]])
+    assert [texts[0][s:e] for s, e in ner[0]] == ["Angela Merkel", "Emmanuel Macron", "Paris"]
+    linker = Linker.from_pretrained(str(model_dir), index=str(index_dir))
+    expected = linker.link([texts[0], texts[2]], spans=ner, mentions={"ner": "given", "union": "union"}[mentions])
+    assert found == [[(m.start, m.end) for m in doc] for doc in expected]
+
+
 def test_missing_index_says_how_to_build_it(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [{"doc_id": "a", "text": "Paris."}])
     with pytest.raises(FileNotFoundError, match="jobs/build_index.py --kb"):

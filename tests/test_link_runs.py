@@ -66,10 +66,13 @@ def no_ray():
 
 # ---- fast: no Ray --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["missing input", "missing KB", "output is a file"])
+@pytest.mark.parametrize("case", ["missing input", "missing KB", "output is a file", "missing NER model"])
 def test_cheap_checks_fail_before_ray_starts(tmp_path, no_ray, case):
     corpus = write_jsonl(tmp_path / "in.jsonl", DOCS_B)
-    if case == "missing input":
+    if case == "missing NER model":
+        run, error, message = (config(corpus, tmp_path / "out", mentions="union", ner_model="no_such_model"), ValueError,
+                               "spaCy model 'no_such_model' is not installed")
+    elif case == "missing input":
         run, error, message = config(tmp_path / "nope.jsonl", tmp_path / "out"), FileNotFoundError, "input .* not found"
     elif case == "missing KB":
         run, error, message = config(corpus, tmp_path / "out", kb=str(tmp_path / "kb.jsonl")), FileNotFoundError, "KB .* not found"
@@ -186,7 +189,20 @@ def test_continuing_refuses_other_result_options(tmp_path, finished):
     aliases.write_text("Paris\tParis\t3\n")
     with pytest.raises(ValueError, match=r"linked with --aliases None \(this run: [0-9a-f]{64}\)"):
         run_job(config(corpus, tmp_path / "out", resume=True, aliases=str(aliases)), fake_linking())
+    with pytest.raises(ValueError, match=r"linked with --mentions model \(this run: union\), --ner-model None \(this run: en_core"):
+        run_job(config(corpus, tmp_path / "out", resume=True, mentions="union"), fake_linking())
     assert rows_of(tmp_path / "out") == rows_of(template)
+
+
+def test_an_output_written_before_mentions_were_recorded_continues_with_the_models_own():
+    """Manifests from before --mentions lack the option: their runs linked the model's own mentions."""
+    from onegen.pipeline.job import JobConfig, option_changes, result_options
+
+    before = {key: value for key, value in result_options(JobConfig("in", "out")).items()
+              if key not in ("mentions", "ner_model")}
+    assert option_changes(before, result_options(JobConfig("in", "out"))) == ""
+    assert option_changes(before, result_options(JobConfig("in", "out", mentions="ner"))).startswith(
+        "--mentions model (this run: ner)")
 
 
 @pytest.mark.ray

@@ -3,10 +3,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from link_fakes import FakeIndex, fake_annotate, vector
+from link_fakes import FakeIndex, fake_annotate, lowercase_words, vector
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.pipeline.inputs import Limits, RawRow, rows_to_table
-from onegen.pipeline.stages import AnnotateStage, LinkStep, column_vectors, vectors_column
+from onegen.pipeline.stages import AnnotateStage, LinkStep, NerStage, column_vectors, vectors_column
 
 
 def batch(texts) -> pa.Table:
@@ -29,7 +29,7 @@ def test_a_document_the_model_keeps_failing_on_is_the_only_error_row():
 
     out = AnnotateStage(lambda: annotate)(batch(["Paris.", "poison Rome", "", "Berlin."]))
     assert out.column("status").to_pylist() == ["ok", "error", "error", "ok"]
-    assert out.column("error").to_pylist()[1] == "model failed on this document: ValueError: cannot decode"
+    assert out.column("error").to_pylist()[1] == "the model failed on this document: ValueError: cannot decode"
     assert out.column("error").to_pylist()[2] == "text is empty"  # validation errors pass through untouched
     assert [[s["surface"] for s in row] for row in out.column("_spans").to_pylist()] == [["Paris"], [], [], ["Berlin"]]
 
@@ -37,7 +37,35 @@ def test_a_document_the_model_keeps_failing_on_is_the_only_error_row():
 def test_an_annotator_returning_the_wrong_count_is_a_failure_not_a_shifted_result():
     out = AnnotateStage(lambda: (lambda texts: []))(batch(["Paris.", "Rome."]))
     assert out.column("status").to_pylist() == ["error", "error"]
-    assert "returned 0 results for 1 texts" in out.column("error").to_pylist()[1]
+    assert "returned 0 results for 1 documents" in out.column("error").to_pylist()[1]
+
+
+def test_the_ner_stage_hands_its_spans_to_the_replicas_which_embed_them_too():
+    seen = []
+
+    def annotate(texts, spans=None):  # the replica's side: Linker.embed with given spans (onegen.linker)
+        seen.append(spans)
+        return fake_annotate(texts, spans)
+
+    named = NerStage(lambda: lowercase_words)(batch(["Paris flows north.", ""]))
+    assert named.column("_given").to_pylist() == [[{"start": 6, "end": 11}, {"start": 12, "end": 17}], []]
+    out = AnnotateStage(lambda: annotate)(named)
+    assert seen == [[[(6, 11), (12, 17)]]]  # only the ok row goes to the model, with its spans
+    assert "_given" not in out.column_names
+    assert [[s["surface"] for s in row] for row in out.column("_spans").to_pylist()] == [["Paris", "flows", "north"], []]
+    assert column_vectors(out.column("_vectors")).shape == (3, len(vector("a")))
+
+
+def test_a_document_the_ner_fails_on_is_an_error_row_and_the_others_go_on():
+    def ner(texts):
+        if any("poison" in t for t in texts):
+            raise RuntimeError("bad text")
+        return lowercase_words(texts)
+
+    out = NerStage(lambda: ner)(batch(["Paris flows.", "poison Rome"]))
+    assert out.column("status").to_pylist() == ["ok", "error"]
+    assert out.column("error").to_pylist()[1] == "the NER failed on this document: RuntimeError: bad text"
+    assert out.column("_given").to_pylist() == [[{"start": 6, "end": 11}], []]
 
 
 def test_link_step_links_above_threshold_nil_below_and_keeps_top_k():

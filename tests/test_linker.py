@@ -304,7 +304,8 @@ def test_the_eval_linker_builds_the_index_of_a_big_kb_once_starting_ray_itself(t
 def test_the_eval_linker_links_the_baselines_ner_spans_on_request(tiny, mentions):
     """`onegen-gerbil run --linker onegen --mentions ner|union`: spaCy's name spans (the baseline's NER) are
     linked with the model's teacher-forced vectors; "union" keeps the model's own mentions too."""
-    from eval.linkers import NerSpans, get_linker
+    from eval.linkers import get_linker
+    from onegen.ner import NerSpans
 
     text = "Angela Merkel met Emmanuel Macron in Paris."
     ner = NerSpans()([text])[0]

@@ -1,6 +1,7 @@
 """The link job: Ray Data from input files to a Parquet dataset, one output row per input row.
 
     read (one task per file, validated rows)
+      -> NerStage        with --mentions ner|union: actor pool of NERs on CPUs (onegen.ner)
       -> AnnotateStage   actor pool of model replicas (GPU each when there are GPUs)
       -> LinkStep        tasks: index-shard actors' top-k, then decide entity or NIL
       -> AtomicParquetSink  part files written atomically
@@ -30,7 +31,8 @@ from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, conte
 from onegen.pipeline.outputs import (MANIFEST_FILE, METRICS_FILE, AtomicParquetSink, Output, RunManifest, done_rows,
                                      drop_sources, locked, part_origins)
 from onegen.pipeline.progress import LinkingProgress, stage
-from onegen.pipeline.stages import Annotate, AnnotateStage, LinkStep, Retriever
+from onegen.ner import MENTION_SOURCES, SPACY_MODEL, check_ner_model
+from onegen.pipeline.stages import Annotate, AnnotateStage, FindSpans, LinkStep, NerStage, Retriever
 from onegen.pipeline.uris import redact_uri
 
 LOG = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class JobConfig:
     alias_weight: float | None = None  # weight of the alias prior
     popularity_weight: float | None = None  # weight of the KB-popularity prior (0: off)
     mention_bias: float | None = None  # logits added to opening a mention while decoding (0: the model's own)
+    mentions: str = "model"  # what is linked: the model's own, an NER's name spans ("ner") or both ("union")
+    ner_model: str = SPACY_MODEL  # spaCy model of the NER (--mentions ner|union)
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run
@@ -78,6 +82,7 @@ class Linking:
     model_id: str  # written to every output row
     index_id: str  # index manifest hash, written to every output row
     popularity: PopularityPrior | None = None  # KB-popularity prior for the decision (None: off)
+    make_span_finder: Callable[[], FindSpans] | None = None  # picklable; the NER of --mentions ner|union, once per actor
 
 
 @dataclass
@@ -135,7 +140,7 @@ def check_output(config: JobConfig, output: Output) -> None:
 
 
 def check_sources(config: JobConfig) -> None:
-    """Refuse a missing --index, --kb or --aliases, or a missing FAISS (an extra), before Ray starts."""
+    """Refuse a missing --index, --kb or --aliases, a missing FAISS (an extra) or NER model, before Ray starts."""
     importlib.import_module("kb.index")  # the shard actors search with FAISS; without it: ImportError saying what to install
 
     if config.index:
@@ -149,6 +154,10 @@ def check_sources(config: JobConfig) -> None:
     if config.aliases and not Path(config.aliases).is_file():
         raise FileNotFoundError(f"alias table {config.aliases} not found: pass --aliases FILE "
                                 f"(mention<TAB>entity<TAB>count lines)")
+    if config.mentions not in MENTION_SOURCES:
+        raise ValueError(f"--mentions must be one of {', '.join(MENTION_SOURCES)}, got {config.mentions!r}")
+    if config.mentions != "model":
+        check_ner_model(config.ner_model)
 
 
 def without_output(inputs: InputSet, output: Output) -> InputSet:
@@ -185,11 +194,17 @@ def result_options(config: JobConfig) -> dict:
     aliases = content_hash(pafs.LocalFileSystem(), os.path.abspath(config.aliases)) if config.aliases else None
     return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "popularity_weight": config.popularity_weight,
             "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
-            "aliases_sha256": aliases}
+            "aliases_sha256": aliases, "mentions": config.mentions,
+            "ner_model": config.ner_model if config.mentions != "model" else None}
+
+
+# options added since manifests were first written, with what the runs before them did
+UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None}
 
 
 def option_changes(recorded: dict, options: dict) -> str:
     """"--top-k 10 (this run: 5), ..." for every option that differs; "" when none does."""
+    recorded = UNRECORDED_OPTIONS | recorded
     return ", ".join(f"--{key.removesuffix('_sha256').replace('_', '-')} {recorded.get(key)} (this run: {value})"
                      for key, value in options.items() if recorded.get(key) != value)
 
@@ -312,7 +327,7 @@ def wait_for_replica_node(config: JobConfig, gpus: float) -> None:
 
 
 def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -> ray.data.Dataset:
-    """The pipeline, lazily: read -> annotate (actor pool) -> link (tasks)."""
+    """The pipeline, lazily: read -> [NER (actor pool, --mentions ner|union)] -> annotate (actor pool) -> link (tasks)."""
     replicas = replica_resources(config)
     if replicas.gpus:
         wait_for_replica_node(config, replicas.gpus)
@@ -320,6 +335,12 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
     source = DocumentSource(plan.inputs, Limits(config.max_chars), scan, plan.skip)
     # Reads are light (parse + validate): half a CPU each, so they never starve the replicas.
     dataset = ray.data.read_datasource(source, num_cpus=0.5)
+    if linking.make_span_finder is not None:
+        # spaCy on CPUs, one actor per replica at most: a small NER keeps pace with a replica's decoding. Half a
+        # CPU reserved (spaCy runs one thread): on a 2-CPU machine the reads, a CPU replica and the NER all fit.
+        dataset = dataset.map_batches(NerStage, fn_constructor_args=(linking.make_span_finder,), batch_format="pyarrow",
+                                      batch_size=config.batch_size * MODEL_BATCHES_PER_CALL, num_cpus=0.5,
+                                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=replicas.most))
     dataset = dataset.map_batches(
         AnnotateStage,
         fn_constructor_args=(linking.make_annotator,),

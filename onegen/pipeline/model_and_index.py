@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 
 from onegen.indexes import SAMPLE_KB, ensure_index, popularity_prior
+from onegen.ner import NerSpans
 from onegen.pipeline.job import JobConfig, Linking, index_id, model_id, replica_gpus
 from onegen.pipeline.stages import onegen_annotator
 
@@ -52,7 +53,8 @@ def prepare_linking(config: JobConfig) -> Linking:
     return Linking(
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
         make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
-                               config.mention_bias),
+                               config.mention_bias, config.mentions),
+        make_span_finder=partial(NerSpans, config.ner_model) if config.mentions != "model" else None,
         retriever=client,
         model_id=model_id(fingerprint),
         index_id=index_id((directory / MANIFEST_NAME).read_bytes()),

@@ -1,11 +1,13 @@
-"""The `map_batches` callables of the link job: annotate (model replicas) and link (retrieve + decide).
+"""The `map_batches` callables of the link job: names (an NER, with --mentions ner|union), annotate
+(model replicas) and link (retrieve + decide).
 
-Both are `onegen.Linker`'s steps split over Ray: a replica runs `Linker.embed` (find + embed mentions),
-`LinkStep` searches the index-shard actors and decides with the same `decide_mentions`.
+They are `onegen.Linker`'s steps split over Ray: `NerStage` finds an NER's name spans on CPUs, a replica
+runs `Linker.embed` (find + embed mentions, the NER's spans by teacher forcing), `LinkStep` searches the
+index-shard actors and decides with the same `decide_mentions`.
 
 Batches are Arrow tables with the columns `inputs.rows_to_table` makes. Rows whose
-status is already "error" pass through untouched; a document the model fails on becomes
-an error row instead of failing the batch, so one bad input never stops the job.
+status is already "error" pass through untouched; a document the model (or the NER) fails on
+becomes an error row instead of failing the batch, so one bad input never stops the job.
 """
 from __future__ import annotations
 
@@ -19,16 +21,21 @@ import pyarrow as pa
 
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.linker import decide_mentions, with_candidates
+from onegen.ner import MENTION_SOURCES
 from onegen.pipeline.inputs import ERROR, OK
 from onegen.pipeline.outputs import MENTIONS_TYPE, TOKENS_COLUMN
 from onegen.spans import Annotated, Mention
 
 LOG = logging.getLogger(__name__)
 
-Annotate = Callable[[list[str]], list[Annotated]]  # texts -> one Annotated per text, in order
+# texts (and, with --mentions ner|union, the spans to link in each) -> one Annotated per text, in order
+Annotate = Callable[..., list[Annotated]]
+FindSpans = Callable[[list[str]], list[list[tuple[int, int]]]]  # texts -> (start, end) name spans per text
 SPAN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string())])
+GIVEN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64())])
 ATTEMPTS = 2  # tries of a batch, then of each of its documents, before a document is an error row
 SPANS, VECTORS = "_spans", "_vectors"  # columns passed from annotate to link, not written
+GIVEN = "_given"  # column passed from the NER stage to annotate: the NER's spans, not written
 # The job's own output columns, first in every part; carried-through input columns follow.
 OUTPUT_COLUMNS = ["doc_id", "mentions", "status", "error", "text", "source", "source_row", "model", "index"]
 
@@ -44,15 +51,18 @@ class Retriever(Protocol):
 
 
 def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool = False,
-                     mention_bias: float = 0.0) -> Annotate:
+                     mention_bias: float = 0.0, mentions: str = "model") -> Annotate:
     """Load OneGen once (in the replica; on its GPU when it has one, its layers spread over its GPUs with
-    `split_over_gpus`) and return `onegen.Linker.embed` of a Linker with no index (the job searches the shards)."""
+    `split_over_gpus`) and return `onegen.Linker.embed` of a Linker with no index (the job searches the shards),
+    linking `mentions` ("model", "ner" or "union": onegen.ner.MENTION_SOURCES)."""
     from onegen.linker import Linker
     from onegen.linker_config import LinkerConfig
     from onegen.model import OneGen
 
     onegen = OneGen.from_pretrained(model, split_over_gpus=split_over_gpus)
-    return Linker(onegen, None, LinkerConfig(mention_bias=mention_bias), batch_size=batch_size, model=model).embed
+    linker = Linker(onegen, None, LinkerConfig(mention_bias=mention_bias), batch_size=batch_size, model=model,
+                    mentions=MENTION_SOURCES[mentions])
+    return linker.embed
 
 
 def vectors_column(rows: list[list[np.ndarray]]) -> pa.ListArray:
@@ -73,63 +83,97 @@ def column_vectors(column: pa.ChunkedArray) -> np.ndarray:
     return values.reshape(len(mentions), -1) if len(mentions) else values.reshape(0, 0)  # (M, D)
 
 
+def per_document(run: Callable[[list], list], items: list, what: str) -> list[tuple[object, str | None]]:
+    """(result, None) per item of `run(items)`. A failing batch is tried again, then one item at a time (each
+    tried again too); an item that still fails gets (None, "`what` failed on this document: ...") and the
+    others go on. A result list of the wrong length is a failure, never a shifted result."""
+    if not items:
+        return []
+    try:
+        return [(result, None) for result in _retried(run, items, what)]
+    except Exception as err:  # noqa: BLE001 - any failure falls back to one document at a time
+        LOG.warning("%s: a batch of %d documents failed twice (%s: %s); going one at a time", what, len(items),
+                    type(err).__name__, err)
+    results = []
+    for item in items:
+        try:
+            results.append((_retried(run, [item], what)[0], None))
+        except Exception as err:  # noqa: BLE001
+            results.append((None, f"{what} failed on this document: {type(err).__name__}: {err}"))
+    return results
+
+
+def _retried(run: Callable[[list], list], items: list, what: str) -> list:
+    for attempt in range(ATTEMPTS):
+        try:
+            results = run(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"{what} returned {len(results)} results for {len(items)} documents")
+            return results
+        except Exception as err:  # noqa: BLE001
+            if attempt + 1 == ATTEMPTS:
+                raise
+            LOG.warning("%s: %d documents failed (%s: %s); trying again", what, len(items), type(err).__name__, err)
+
+
+def _with_statuses(batch: pa.Table, statuses: list[str], errors: list[str | None]) -> pa.Table:
+    batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(statuses, pa.string()))
+    return batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+
+
+class NerStage:
+    """Actor-pool callable on CPUs: an NER's name spans of the ok rows of a batch, as the column GIVEN
+    that the replicas link (--mentions ner|union)."""
+
+    def __init__(self, make_finder: Callable[[], FindSpans]):
+        self.find = make_finder()  # the NER, loaded once per actor
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        statuses, errors = batch.column("status").to_pylist(), batch.column("error").to_pylist()
+        texts = batch.column("text").to_pylist()
+        todo = [i for i, s in enumerate(statuses) if s == OK]
+        given = [[] for _ in statuses]
+        for i, (spans, error) in zip(todo, per_document(self.find, [texts[i] for i in todo], "the NER")):
+            if error is not None:
+                statuses[i], errors[i] = ERROR, error
+                continue
+            given[i] = [{"start": start, "end": end} for start, end in spans]
+        return _with_statuses(batch, statuses, errors).append_column(GIVEN, pa.array(given, pa.list_(GIVEN_TYPE)))
+
+
 class AnnotateStage:
-    """Actor-pool callable: holds one model replica, annotates the ok rows of a batch."""
+    """Actor-pool callable: holds one model replica, annotates the ok rows of a batch (and, when the batch
+    has the NER stage's GIVEN column, embeds those spans too)."""
 
     def __init__(self, make_annotator: Callable[[], Annotate]):
         self.annotate = make_annotator()  # loaded once per replica
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        statuses = batch.column("status").to_pylist()
+        statuses, errors = batch.column("status").to_pylist(), batch.column("error").to_pylist()
         texts = batch.column("text").to_pylist()
-        errors = batch.column("error").to_pylist()
+        given = batch.column(GIVEN).to_pylist() if GIVEN in batch.column_names else None
         todo = [i for i, s in enumerate(statuses) if s == OK]
-        results = self._annotate([texts[i] for i in todo])
+        items = [(texts[i], None if given is None else [(g["start"], g["end"]) for g in given[i]]) for i in todo]
         spans, vectors, tokens = [[] for _ in statuses], [[] for _ in statuses], [0] * len(statuses)
-        for i, (annotated, error) in zip(todo, results):
+        for i, (annotated, error) in zip(todo, per_document(self._annotate, items, "the model")):
             if error is not None:
                 statuses[i], errors[i] = ERROR, error
                 continue
             spans[i] = [{"start": m.start, "end": m.end, "surface": m.surface} for m in annotated.mentions]
             vectors[i] = [np.asarray(m.vector, np.float32) for m in annotated.mentions]
             tokens[i] = annotated.generated_tokens
-        batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(statuses, pa.string()))
-        batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+        batch = _with_statuses(batch, statuses, errors)
+        if given is not None:
+            batch = batch.drop_columns([GIVEN])
         return (batch.append_column(SPANS, pa.array(spans, pa.list_(SPAN_TYPE)))
                 .append_column(VECTORS, vectors_column(vectors))
                 .append_column(TOKENS_COLUMN, pa.array(tokens, pa.int64())))
 
-    def _annotate(self, texts: list[str]) -> list[tuple[Annotated | None, str | None]]:
-        """(result, None) per text. A failing batch is tried again, then one document at a time (each
-        tried again too); a document that still fails gets (None, message) and the others go on."""
-        if not texts:
-            return []
-        try:
-            return [(a, None) for a in self._retried(texts)]
-        except Exception as err:  # noqa: BLE001 - any model failure falls back to one document at a time
-            LOG.warning("batch of %d documents failed twice (%s: %s); annotating one at a time", len(texts), type(err).__name__, err)
-        results = []
-        for text in texts:
-            try:
-                results.append((self._retried([text])[0], None))
-            except Exception as err:  # noqa: BLE001
-                results.append((None, f"model failed on this document: {type(err).__name__}: {err}"))
-        return results
-
-    def _retried(self, texts: list[str]) -> list[Annotated]:
-        for attempt in range(ATTEMPTS):
-            try:
-                return self._checked(texts)
-            except Exception as err:  # noqa: BLE001
-                if attempt + 1 == ATTEMPTS:
-                    raise
-                LOG.warning("annotating %d documents failed (%s: %s); trying again", len(texts), type(err).__name__, err)
-
-    def _checked(self, texts: list[str]) -> list[Annotated]:
-        annotated = self.annotate(texts)
-        if len(annotated) != len(texts):
-            raise RuntimeError(f"annotator returned {len(annotated)} results for {len(texts)} texts")
-        return annotated
+    def _annotate(self, items: list[tuple[str, list | None]]) -> list[Annotated]:
+        texts = [text for text, _ in items]
+        if items[0][1] is None:
+            return self.annotate(texts)
+        return self.annotate(texts, [spans for _, spans in items])
 
 
 @dataclass
