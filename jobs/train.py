@@ -46,6 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--train-examples", type=int, metavar="N", help="train on a seeded sample of N examples (default: all)")
     add("--kb", help="KB JSONL: positives and negatives are drawn from it")
     add("--aliases", help="mention<TAB>entity<TAB>count table for same-alias hard negatives")
+    add("--silver-docs", type=int, metavar="N",
+        help="add N of the KB's descriptions as training documents, a seeded sample (onegen.silver): encyclopedic "
+             "text whose described entity and unambiguous KB names are linked; more than there are: all")
+    add("--silver-exclude", metavar="DATA_DIR",
+        help="with --silver-docs: a data folder (aida/, gerbil/) whose evaluation documents (all but AIDA train) no "
+             "silver document may share 8 consecutive words with")
+    add("--case-augment", type=float, metavar="SHARE",
+        help="also train on this share of the documents upper- or lower-cased (e.g. 0.1; default 0)")
     add("--mine-negatives", action="store_true",
         help="before each epoch, the entities the model ranks above the gold one become the negatives (ANCE; "
              "each worker embeds the whole KB every epoch)")
@@ -154,7 +162,8 @@ def run(config: TrainConfig, no_ray: bool, made_by: str):
     from onegen.training.trainable import tokenizer_with_tokens
 
     tokenizer, token_ids = tokenizer_with_tokens(config.base)
-    data = prepare_data(config, load_dataset_file(config.train, config.split), tokenizer, token_ids)
+    data = prepare_data(config, load_dataset_file(config.train, config.split), tokenizer, token_ids,
+                        held_out=evaluation_texts(config.silver_exclude) if config.silver_docs else ())
     evaluate = None
     if config.eval:
         evaluate = EpochEvaluation.from_config(config, data.entities)
@@ -163,6 +172,17 @@ def run(config: TrainConfig, no_ray: bool, made_by: str):
     if no_ray:
         return fit(config, data, evaluate=evaluate, made_by=made_by)
     return train(config, data, evaluate=evaluate, made_by=made_by).progress
+
+
+def evaluation_texts(data_dir: str) -> list[str]:
+    """The text of every document of every evaluation set in `data_dir` (all its datasets but AIDA train)."""
+    from eval.corpora import dataset_names, load_dataset
+
+    names = [name for name in dataset_names(data_dir) if name != "aida-train"]
+    if not names:
+        raise FileNotFoundError(f"--silver-exclude {data_dir}: no evaluation sets there (expected aida/ or gerbil/*.ttl)")
+    LOG.info("silver documents must share no text with %s", ", ".join(names))
+    return [doc.text for name in names for doc in load_dataset(name, data_dir)]
 
 
 def save_linker_settings(output: str, values: dict) -> None:

@@ -433,3 +433,43 @@ def test_model_card_starts_with_hugging_face_metadata(tmp_path):
     assert result["dataset"]["name"] == "aida.tsv (testa)" and result["metrics"][0]["value"] == 0.61
     assert cards["full"]["library_name"] == "transformers" and "base_model" not in cards["full"]  # a folder: no hub id
     assert "model-index" not in cards["full"]
+
+
+def test_silver_documents_and_case_variants_join_the_training_data(files, tmp_path):
+    """--silver-docs adds KB descriptions that share no text with the held-out evaluation texts (as documents whose
+    described entity is linked); --case-augment adds upper- or lower-cased copies; the card's sizes count both."""
+    from onegen.training import prepare_data
+    from onegen.training.trainable import tokenizer_with_tokens
+
+    kb = [Entity("Rhine", "Rhine", "The Rhine is a river that flows from the Alps through Germany to the North Sea."),
+          Entity("Danube", "Danube", "The Danube is a river that flows from the Black Forest to the Black Sea in Romania."),
+          *[e for e in KB if e.id not in ("Rhine", "Danube")]]  # the others' descriptions are too short to use
+    write_kb(kb, tmp_path / "kb.jsonl")
+    cli = load_train_cli()
+    args = ["--train", files["train"], "--split", "all", "--kb", str(tmp_path / "kb.jsonl"), "--output", str(tmp_path / "o"),
+            "--base", files["base"], "--max-length", "256"]
+    with pytest.raises(ValueError, match="silver_docs needs silver_exclude"):
+        cli.config_from_args(cli.parse_args([*args, "--silver-docs", "5"]))
+    config = cli.config_from_args(cli.parse_args([*args, "--silver-docs", "5", "--silver-exclude", "unused",
+                                                  "--case-augment", "1"]))
+    tokenizer, token_ids = tokenizer_with_tokens(config.base)
+    from eval.corpora import load_dataset_file
+
+    docs = load_dataset_file(config.train, config.split)
+    held_out = ["Breaking: the Danube is a river that flows from the Black Forest to the sea."]
+    data = prepare_data(config, docs, tokenizer, token_ids, held_out=held_out)
+    assert data.sizes["silver_docs"] == 1 and data.sizes["silver_dropped_as_held_out"] == 1  # Rhine kept, Danube not
+    assert data.sizes["case_variant_docs"] == len(docs) + 1  # every document once more (share 1)
+    plain = prepare_data(cli.config_from_args(cli.parse_args(args)), docs, tokenizer, token_ids)
+    assert "silver_docs" not in plain.sizes
+    by_doc = {e.doc_id for e in data.examples}
+    assert "silver:Rhine" in by_doc and "silver:Rhine#lower" in by_doc
+    rhine = next(e for e in data.examples if e.doc_id == "silver:Rhine")
+    assert rhine.link_entities == ["Rhine", "Germany"]  # its own name, and an unambiguous KB name
+    assert data.sizes["train_examples"] > plain.sizes["train_examples"]
+
+
+def test_the_silver_exclude_folder_must_hold_evaluation_sets(tmp_path):
+    cli = load_train_cli()
+    with pytest.raises(FileNotFoundError, match="no evaluation sets there"):
+        cli.evaluation_texts(str(tmp_path))

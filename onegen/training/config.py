@@ -23,6 +23,9 @@ class TrainConfig:
     split: str | None = "train"  # AIDA split of `train` (None: every document; must be None for NIF)
     train_examples: int | None = None  # train on a seeded sample of this many examples (None: all of them)
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for hard negatives (same-alias entities)
+    silver_docs: int = 0  # KB descriptions added as training documents (onegen.silver), a seeded sample; 0: none
+    silver_exclude: str | None = None  # data folder (aida/, gerbil/) whose evaluation texts no silver document may share
+    case_augment: float = 0.0  # share of the training documents also added upper- or lower-cased (onegen.silver)
     lora: int | None = 16  # LoRA rank on every linear layer; None = full fine-tuning
     lora_alpha: int | None = None  # LoRA alpha; None = 2 * rank
     lora_dropout: float = 0.05
@@ -84,6 +87,13 @@ class TrainConfig:
             raise ValueError("every_mention needs mine_negatives (the extra anchors get their negatives from mining)")
         if not self.retrieval_weight > 0:
             raise ValueError(f"retrieval_weight must be > 0 (0 would train no retrieval), got {self.retrieval_weight}")
+        if self.silver_docs < 0:
+            raise ValueError(f"silver_docs must be >= 0, got {self.silver_docs}")
+        if self.silver_docs and not self.silver_exclude:
+            raise ValueError("silver_docs needs silver_exclude (--silver-exclude DATA_DIR): the folder of the evaluation "
+                             "sets no silver document may share text with")
+        if not 0 <= self.case_augment <= 1:
+            raise ValueError(f"case_augment is a share of the documents, in [0, 1], got {self.case_augment}")
         if self.lora is not None and self.lora < 1:
             raise ValueError(f"lora rank must be >= 1 (or None for full fine-tuning), got {self.lora}")
 

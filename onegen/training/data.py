@@ -9,10 +9,12 @@ import random
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 
+from kb.aliases import AliasTable
 from kb.jsonl import read_kb
 from kb.entity import Entity
 from onegen.data import OneGenExample, build_examples, read_alias_table
 from onegen.model import TokenIds
+from onegen.silver import case_variants, silver_documents
 from onegen.training.config import TrainConfig
 
 
@@ -39,14 +41,35 @@ def example_sizes(examples: Sequence[OneGenExample], entities: dict) -> dict:
             "train_mentions": sum(len(e.link_entities) for e in examples), "kb_entities": len(entities)}
 
 
-def prepare_data(config: TrainConfig, docs: Sequence, tokenizer, token_ids: TokenIds) -> TrainData:
-    """The examples of annotated `docs` (onegen.data.build_examples) against `config.kb`, sampled by
-    `config.train_examples`; negatives from `config.aliases` when given."""
+def prepare_data(config: TrainConfig, docs: Sequence, tokenizer, token_ids: TokenIds,
+                 held_out: Sequence[str] = ()) -> TrainData:
+    """The examples of annotated `docs` (onegen.data.build_examples) against `config.kb`, with
+    `config.silver_docs` silver documents of KB descriptions that share no text with `held_out` (the
+    evaluation texts) and `config.case_augment` case variants; sampled by `config.train_examples`;
+    negatives from `config.aliases` when given."""
     entities = {e.id: e for e in read_kb(config.kb).entities}
     aliases = read_alias_table(config.aliases) if config.aliases else None
+    docs, added = with_more_text(config, list(docs), entities, held_out)
     examples = build_examples(docs, entities, tokenizer, token_ids, max_length=config.max_length,
                               aliases=aliases, num_negatives=config.num_negatives, seed=config.seed)
     if not examples:
         raise ValueError(f"{config.train} (split {config.split}) gave no training examples")
     examples = sample_examples(examples, config)
-    return TrainData(examples, entities, example_sizes(examples, entities))
+    return TrainData(examples, entities, example_sizes(examples, entities) | added)
+
+
+def with_more_text(config: TrainConfig, docs: list, entities: dict[str, Entity],
+                   held_out: Sequence[str]) -> tuple[list, dict]:
+    """`docs` plus the silver and case-variant documents the config asks for, and their counts."""
+    added = {}
+    if config.silver_docs:
+        table = AliasTable.from_tsv(config.aliases) if config.aliases else None
+        silver, dropped = silver_documents(list(entities.values()), held_out, table)
+        silver = random.Random(config.seed).sample(silver, min(config.silver_docs, len(silver)))
+        docs += silver
+        added.update(silver_docs=len(silver), silver_dropped_as_held_out=dropped)
+    if config.case_augment:
+        variants = case_variants(docs, config.case_augment, config.seed)
+        docs += variants
+        added.update(case_variant_docs=len(variants))
+    return docs, added
