@@ -92,7 +92,7 @@ def _onegen_linker(model: str | None = None, kb: str | None = None, mentions: st
     `ner_model`'s name spans (`NerSpans`)."""
     if mentions not in MENTION_SOURCES:
         raise ValueError(f"mentions must be one of {', '.join(MENTION_SOURCES)}, got {mentions!r}")
-    ner = NerSpans(ner_model) if mentions != "model" else None  # before the model: a missing spaCy model fails fast
+    ner = NerSpans(ner_model, tidy=True) if mentions != "model" else None  # before the model: a missing spaCy model fails fast
     try:
         module = importlib.import_module("onegen.linker")
         cls = module.Linker

@@ -3,8 +3,9 @@
     python eval/mention_errors.py --candidates out/cpu/candidates-main.jsonl.gz [--ner] [--datasets a,b]
 
 The spans come from a candidates file (`onegen-gerbil run --linker onegen --candidates FILE`: every
-mention the model marked, linked or not); with `--ner` the baseline's spaCy NER spans are classed too,
-and the union the OneGen linker's `--mentions union` links (NER spans that overlap none of the model's).
+mention the model marked, linked or not); with `--ner` the spaCy NER spans that `--mentions ner` links
+(onegen.ner) are classed too, and the union that `--mentions union` links (NER spans that overlap none
+of the model's).
 Each gold link (a gold annotation with an entity) falls in one class:
 
 - exact: a span with its start and end (the only spans that A2KB's strong match can count);
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", required=True, help="candidates file of `onegen-gerbil run --candidates`")
     parser.add_argument("--datasets", help="comma-separated dataset names (default: every one in the file)")
-    parser.add_argument("--ner", action="store_true", help="also class the baseline's spaCy NER spans and the union")
+    parser.add_argument("--ner", action="store_true", help="also class the spaCy NER spans (as --mentions ner links them: onegen.ner) and the union")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="data bundle (default: %(default)s)")
     parser.add_argument("--redirects", help="redirects table (default: DATA_DIR/kb/redirects.tsv when present)")
     args = parser.parse_args(argv)
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ner:
         from eval.linkers import NerSpans
 
-        ner = NerSpans()
+        ner = NerSpans(tidy=True)
     datasets = {name: load_dataset(name, args.data_dir) for name in names}
     print("| set | spans | gold links | " + " | ".join(CLASSES) + " | spans marked | spurious |")
     print("|---|---|---" + "|---" * len(CLASSES) + "|---|---|")

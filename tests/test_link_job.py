@@ -123,7 +123,7 @@ def test_the_job_links_the_ner_spans_on_request(tmp_path, mentions):
     rows = rows_of(tmp_path / "out")
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     found = [[(m["start"], m["end"]) for m in r["mentions"]] for r in rows if r["status"] == "ok"]
-    ner = NerSpans()([texts[0], texts[2]])
+    ner = NerSpans(tidy=True)([texts[0], texts[2]])
     assert [texts[0][s:e] for s, e in ner[0]] == ["Angela Merkel", "Emmanuel Macron", "Paris"]
     linker = Linker.from_pretrained(str(model_dir), index=str(index_dir))
     expected = linker.link([texts[0], texts[2]], spans=ner, mentions={"ner": "given", "union": "union"}[mentions])

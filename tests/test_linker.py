@@ -308,7 +308,7 @@ def test_the_eval_linker_links_the_baselines_ner_spans_on_request(tiny, mentions
     from onegen.ner import NerSpans
 
     text = "Angela Merkel met Emmanuel Macron in Paris."
-    ner = NerSpans()([text])[0]
+    ner = NerSpans(tidy=True)([text])[0]
     assert [text[s:e] for s, e in ner] == ["Angela Merkel", "Emmanuel Macron", "Paris"]
     linker = get_linker("onegen", model=str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0,
                         mentions=mentions)

@@ -54,7 +54,7 @@ def prepare_linking(config: JobConfig) -> Linking:
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
         make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
                                config.mention_bias, config.mentions),
-        make_span_finder=partial(NerSpans, config.ner_model) if config.mentions != "model" else None,
+        make_span_finder=partial(NerSpans, config.ner_model, tidy=True) if config.mentions != "model" else None,
         retriever=client,
         model_id=model_id(fingerprint),
         index_id=index_id((directory / MANIFEST_NAME).read_bytes()),
