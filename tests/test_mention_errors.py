@@ -33,15 +33,20 @@ def test_split_counts_gold_links_and_spurious_spans():
                       "longer or shifted": 0, "spans": 4, "spurious": 1}  # Moscow overlaps the NIL gold
 
 
-def test_main_reads_a_candidates_file_and_names_missing_sets(tmp_path, capsys, monkeypatch):
+def toy_candidates(tmp_path, monkeypatch, mentions: list[dict]):
+    """A candidates file of one "toy" document (Paris, France as gold links) holding `mentions`."""
     import eval.mention_errors as tool
 
     doc = Document("d1", "Paris is in France .", [Mention(0, 5, "Paris", "Paris"), Mention(12, 18, "France", "France")])
     monkeypatch.setattr(tool, "load_dataset", lambda name, data_dir: [doc])
     path = tmp_path / "candidates-main.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write(json.dumps({"dataset": "toy", "doc_id": "d1", "mentions": [
-            {"start": 0, "end": 5, "surface": "Paris", "candidates": []}]}) + "\n")
+        f.write(json.dumps({"dataset": "toy", "doc_id": "d1", "mentions": mentions}) + "\n")
+    return path
+
+
+def test_main_reads_a_candidates_file_and_names_missing_sets(tmp_path, capsys, monkeypatch):
+    path = toy_candidates(tmp_path, monkeypatch, [{"start": 0, "end": 5, "surface": "Paris", "candidates": []}])
     assert main(["--candidates", str(path)]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     assert row == "| toy | OneGen | 2 | 1 (50.0%) | 1 (50.0%) | 0 (0.0%) | 0 (0.0%) | 1 | 0 |"
@@ -76,14 +81,8 @@ def test_link_split_counts_exact_spans_and_links_elsewhere():
 
 
 def test_main_prints_the_disambiguation_table_from_the_recorded_decisions(tmp_path, capsys, monkeypatch):
-    import eval.mention_errors as tool
-
-    doc = Document("d1", "Paris is in France .", [Mention(0, 5, "Paris", "Paris"), Mention(12, 18, "France", "France")])
-    monkeypatch.setattr(tool, "load_dataset", lambda name, data_dir: [doc])
-    path = tmp_path / "candidates-main.jsonl.gz"
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write(json.dumps({"dataset": "toy", "doc_id": "d1", "mentions": [
-            _mention(0, 5, "Paris", None, "Paris").to_dict(), _mention(12, 18, "France", "France", "France").to_dict()]}) + "\n")
+    path = toy_candidates(tmp_path, monkeypatch, [_mention(0, 5, "Paris", None, "Paris").to_dict(),
+                                                  _mention(12, 18, "France", "France", "France").to_dict()])
     assert main(["--candidates", str(path), "--data-dir", str(tmp_path)]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     assert row == "| toy | 2 | 2 (100.0%) | 1 (50.0%) | 0 (0.0%) | 1 (50.0%) | 0 (0.0%) | 0 |"
