@@ -16,15 +16,13 @@ its testa F1, tuned the same way, and its F1 with no prior and no NIL.
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import json
 import math
-import sys
-from collections import defaultdict
 from pathlib import Path
 
 from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from eval.mention_errors import read_candidates
 from kb.ids import Redirects
 from eval.run_gerbil import format_table, pct
 from eval.scorer import score
@@ -39,25 +37,10 @@ PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 POPULARITY_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.5]
 
 
-def read_candidates(path: Path) -> dict[str, dict[str, list[dict]]]:
-    """dataset -> doc_id -> mentions (with their candidates); a file cut off mid-run gives what it holds."""
-    out: dict[str, dict[str, list[dict]]] = defaultdict(dict)
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        try:
-            for line in f:
-                row = json.loads(line)
-                out[row["dataset"]][row["doc_id"]] = row["mentions"]
-        except EOFError:
-            print(f"{path.name} ends early (its run was cut off): kept {sum(map(len, out.values()))} documents "
-                  f"of {', '.join(out)}", file=sys.stderr)
-    return out
-
-
-def link(docs: dict[str, list[dict]], threshold: float, prior: AliasPrior | None,
+def link(docs: dict[str, list[Mention]], threshold: float, prior: AliasPrior | None,
          popularity: PopularityPrior | None = None) -> dict[str, list[Mention]]:
     """Mentions of every document: each mention's decided entity, or None (NIL)."""
-    return {doc_id: decide_mentions([Mention.from_dict(m) for m in mentions], nil_threshold=threshold,
-                                    alias_prior=prior, popularity=popularity)
+    return {doc_id: decide_mentions(mentions, nil_threshold=threshold, alias_prior=prior, popularity=popularity)
             for doc_id, mentions in docs.items()}
 
 

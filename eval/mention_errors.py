@@ -112,20 +112,28 @@ def link_split(docs: Sequence[Document], mentions: dict[str, list[Mention]], red
     return counts
 
 
-def read_candidates(path: str) -> dict[str, dict[str, list[Mention]]]:
-    """dataset -> doc id -> every mention of a candidates file, with the run's decision."""
+def read_candidates(path: str | Path) -> dict[str, dict[str, list[Mention]]]:
+    """dataset -> doc id -> every mention of a candidates file (with the run's decision when the file records
+    it); a file cut off mid-run gives what it holds, with a warning."""
     out: dict[str, dict[str, list[Mention]]] = defaultdict(dict)
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            out[row["dataset"]][row["doc_id"]] = [Mention.from_dict(m) for m in row["mentions"]]
+        try:
+            for line in f:
+                row = json.loads(line)
+                out[row["dataset"]][row["doc_id"]] = [Mention.from_dict(m) for m in row["mentions"]]
+        except (EOFError, json.JSONDecodeError):
+            print(f"{Path(path).name} ends early (its run was cut off): kept {sum(map(len, out.values()))} documents "
+                  f"of {', '.join(out)}", file=sys.stderr)
     return dict(out)
 
 
-def has_decisions(path: str) -> bool:
+def has_decisions(path: str | Path) -> bool:
     """Whether a candidates file records each mention's decision (files before 2026-12-03 do not)."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        return all("entity_id" in m for line in f for m in json.loads(line)["mentions"])
+        for line in f:
+            if mentions := json.loads(line)["mentions"]:
+                return "entity_id" in mentions[0]
+    return False
 
 
 def spans_of(mentions: dict[str, list[Mention]]) -> dict[str, list[tuple[int, int]]]:

@@ -86,3 +86,17 @@ def test_main_prints_the_disambiguation_table_from_the_recorded_decisions(tmp_pa
     assert main(["--candidates", str(path), "--data-dir", str(tmp_path)]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     assert row == "| toy | 2 | 2 (100.0%) | 1 (50.0%) | 0 (0.0%) | 1 (50.0%) | 0 (0.0%) | 0 |"
+
+
+def test_a_candidates_file_cut_off_mid_run_gives_the_documents_it_holds(tmp_path, capsys):
+    from eval.mention_errors import read_candidates
+
+    path = tmp_path / "candidates-main.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for i in range(400):
+            f.write(json.dumps({"dataset": "toy", "doc_id": f"d{i}", "mentions": [
+                _mention(0, 5, "Paris", "Paris", "Paris", f"Other_{i}").to_dict()]}) + "\n")
+    path.write_bytes(path.read_bytes()[:-300])  # as a killed run leaves its .partial file
+    docs = read_candidates(path)["toy"]
+    assert 0 < len(docs) < 400 and docs["d0"][0].entity_id == "Paris"
+    assert "ends early" in capsys.readouterr().err
