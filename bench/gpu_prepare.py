@@ -7,7 +7,8 @@ with their sentence windows already cut.
 Writes into OUT (a folder git ignores: it holds Reuters-derived AIDA text, which must not be committed):
 - train.jsonl.gz: one `OneGenExample` per line (`dataclasses.asdict`), built by onegen.training.prepare_data
   with the alias table as hard-negative source, exactly as `jobs/train.py` builds them (a recipe stage's
-  `train_examples` sample is drawn from them on the GPU machine);
+  `train_examples` sample is drawn from them on the GPU machine); with `--silver-docs`/`--case-augment`
+  also silver and case-variant documents, as `jobs/train.py --silver-docs N --silver-exclude DATA_DIR` adds;
 - kb.jsonl.gz: the evaluation KB (DESIGN section 4 lines);
 - redirects.tsv: the title redirects, so that mined negatives (`mine_negatives`, stage 6 of the recipe)
   never hold a redirect of the gold entity;
@@ -51,15 +52,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="data bundle (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per training example (default: %(default)s)")
     parser.add_argument("--limit-docs", type=int, default=None, help="keep this many documents per eval set (smoke runs)")
+    parser.add_argument("--silver-docs", type=int, default=0,
+                        help="also this many KB descriptions as training documents, none sharing text with an "
+                             "evaluation set of --data-dir (onegen.silver; default: none)")
+    parser.add_argument("--case-augment", type=float, default=0.0,
+                        help="also this share of the training documents upper- or lower-cased (default: none)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     kb_file = args.data_dir / "kb" / "entities.jsonl"
     config = TrainConfig(train=str(args.data_dir / AIDA_FILE), kb=str(kb_file), output="adapter",
                          aliases=str(args.data_dir / "kb" / "aida_train_aliases.tsv"),
-                         redirects=str(args.data_dir / "kb" / "redirects.tsv"), max_length=args.max_length)
+                         redirects=str(args.data_dir / "kb" / "redirects.tsv"), max_length=args.max_length,
+                         silver_docs=args.silver_docs, silver_exclude=str(args.data_dir), case_augment=args.case_augment)
     onegen = OneGen.from_pretrained(DEFAULT_MODEL_NAME, device="cpu")
-    data = prepare_data(config, load_dataset_file(config.train, config.split), onegen.tokenizer, onegen.token_ids)
+    evaluation = [name for name in dataset_names(args.data_dir) if name not in EVAL_DATASETS_SKIPPED]
+    held_out = [doc.text for name in evaluation for doc in load_dataset(name, args.data_dir)] if args.silver_docs else []
+    data = prepare_data(config, load_dataset_file(config.train, config.split), onegen.tokenizer, onegen.token_ids,
+                        held_out=held_out)
     write_jsonl_gz(args.out / "train.jsonl.gz", map(asdict, data.examples))
     with kb_file.open("rb") as src, gzip.open(args.out / "kb.jsonl.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
@@ -71,9 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         return len(onegen.tokenizer(s, add_special_tokens=False).input_ids)
 
     def eval_rows():
-        for name in dataset_names(args.data_dir):
-            if name in EVAL_DATASETS_SKIPPED:
-                continue
+        for name in evaluation:
             docs = load_dataset(name, args.data_dir)[: args.limit_docs]
             data.sizes[f"eval_docs_{name}"] = len(docs)
             for doc in docs:
