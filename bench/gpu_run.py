@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.corpora import DEV_SETS
 from kb.jsonl import read_kb
 from onegen.chunking import Window
 from onegen.data import OneGenExample
@@ -47,7 +48,6 @@ from onegen.training.recipe import parse_stages
 LOG = logging.getLogger("gpu_run")
 TOP_K = 10
 SEARCH_ROWS = 4096  # queries scored against the KB at once (a (4096, N) float32 block on the GPU)
-TUNE_SET = "aida-testa"
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
 
@@ -104,12 +104,12 @@ def exact_search(kb_ids: list[str], kb_vectors: torch.Tensor):
 
 
 def in_scoring_order(docs: list[dict]) -> list[list[dict]]:
-    """The documents grouped by dataset: AIDA testa (the tuning set) first, then testb, then the rest."""
+    """The documents grouped by dataset: the dev sets the settings are tuned on first, then AIDA testb, then the rest."""
     groups: dict[str, list[dict]] = {}
     for doc in docs:
         groups.setdefault(doc["dataset"], []).append(doc)
-    first = [TUNE_SET, "aida-testb"]
-    return sorted(groups.values(), key=lambda g: first.index(g[0]["dataset"]) if g[0]["dataset"] in first else 2)
+    first = [*DEV_SETS, "aida-testb"]
+    return sorted(groups.values(), key=lambda g: first.index(g[0]["dataset"]) if g[0]["dataset"] in first else len(first))
 
 
 def write_candidates(onegen: OneGen, docs: list[dict], search, path: Path, batch_size: int) -> dict:

@@ -1,17 +1,19 @@
 """Score the candidates `bench/gpu_run.py` wrote on a GPU machine, here, with the eval/ scorer.
 
-    python bench/gpu_score.py --candidates DIR [--run main] [--json results.json] [--write-config MODEL_DIR]
+    python bench/gpu_score.py --candidates DIR [--run main] [--tune-sets aida-testa,oke-2015-train]
+                              [--json results.json] [--write-config MODEL_DIR]
 
 On a CPU, `eval/run_gerbil.py run --linker onegen --candidates DIR/candidates-main.jsonl.gz` writes the
-same file (it must include aida-testa, the set the settings are picked on).
+same file (it must include the dev sets the settings are picked on).
 
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
 alias table and a popularity prior from the KB's `popularity` field re-rank the candidates, and a
 mention whose chosen cosine is under the NIL threshold is left unlinked. The three settings are picked
-on AIDA testa (best InKB micro-F1 over a grid); every dataset of `--run` is then scored with them
-(A2KB, strong match, InKB, redirects applied), and every run with testa candidates (the ablations) gets
-its testa F1, tuned the same way, and its F1 with no prior and no NIL.
+on the dev sets (best mean InKB micro-F1 over a grid; by default AIDA testa and OKE15 train, news and
+encyclopedic text, so that no one genre decides); every dataset of `--run` is then scored with them
+(A2KB, strong match, InKB, redirects applied), and every run with candidates for the dev sets (the
+ablations) gets its dev F1, tuned the same way, and its F1 with no prior and no NIL.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import json
 import math
 from pathlib import Path
 
-from eval.corpora import DEFAULT_DATA_DIR, load_dataset
+from eval.corpora import DEFAULT_DATA_DIR, DEV_SETS, load_dataset
 from eval.mention_errors import read_candidates
 from kb.ids import Redirects
 from eval.run_gerbil import format_table, pct
@@ -31,7 +33,6 @@ from onegen.linker import decide_mentions
 from onegen.linker_config import CONFIG_NAME, model_config
 from onegen.spans import Mention
 
-TUNE_SET = "aida-testa"
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
 PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 POPULARITY_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.5]
@@ -50,15 +51,21 @@ def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popula
             PopularityPrior(popularity.scores, popularity_weight) if popularity_weight else None)
 
 
-def tune(gold, docs, redirects, table, popularity) -> tuple[float, float, float, float]:
-    """(threshold, prior weight, popularity weight, InKB micro-F1) with the best F1 on these documents."""
+def tune(dev: list[tuple], redirects, table, popularity) -> tuple[float, float, float, float]:
+    """(threshold, prior weight, popularity weight, mean InKB micro-F1) with the best mean F1 over the dev
+    sets, given as (gold documents, candidates by doc id) pairs."""
     best = (-math.inf, 0.0, 0.0, -1.0)
     for weight, popularity_weight, threshold in itertools.product(PRIOR_WEIGHTS, POPULARITY_WEIGHTS, THRESHOLDS):
-        f1 = score(gold, link(docs, threshold, *priors(table, popularity, weight, popularity_weight)),
-                   redirects=redirects).inkb.micro.f1
+        chosen = priors(table, popularity, weight, popularity_weight)
+        f1 = mean_f1(dev, redirects, lambda docs: link(docs, threshold, *chosen))
         if f1 > best[3]:
             best = (threshold, weight, popularity_weight, f1)
     return best
+
+
+def mean_f1(dev: list[tuple], redirects, decide_docs) -> float:
+    """Mean over the dev sets of the InKB micro-F1 of `decide_docs(candidates)`."""
+    return sum(score(gold, decide_docs(docs), redirects=redirects).inkb.micro.f1 for gold, docs in dev) / len(dev)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", type=Path, required=True, help="folder of candidates-RUN.jsonl.gz files")
     parser.add_argument("--run", default="main",
                         help="the run scored on every dataset (default: %(default)s; before 2026-11-27 it was lora-bpr)")
+    parser.add_argument("--tune-sets", default=",".join(DEV_SETS),
+                        help="comma-separated dev sets the settings are picked on (best mean micro-F1; default: %(default)s); "
+                             "never the sets you report")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--kb", type=Path, help="KB JSONL with the popularity field (default: DATA_DIR/kb/entities.jsonl)")
     parser.add_argument("--json", type=Path, help="write the chosen settings and every score here")
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"write the chosen settings as MODEL_DIR/{CONFIG_NAME} (its other settings, such as the "
                              "mention bias the candidates were made with, are kept), so the model links with them")
     args = parser.parse_args(argv)
+    tune_sets = [name.strip() for name in args.tune_sets.split(",") if name.strip()]
     redirects = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv")
     table = AliasPrior.from_tsv(args.data_dir / "kb" / "aida_train_aliases.tsv")
     popularity = PopularityPrior.from_kb(args.kb or args.data_dir / "kb" / "entities.jsonl")
@@ -80,19 +91,23 @@ def main(argv: list[str] | None = None) -> None:
             for p in sorted(args.candidates.glob("candidates-*.jsonl.gz"))}
     if args.run not in runs:
         raise SystemExit(f"no candidates-{args.run}.jsonl.gz in {args.candidates}; found runs {sorted(runs)}")
+    if missing := [name for name in tune_sets if name not in runs[args.run]]:
+        raise SystemExit(f"candidates-{args.run}.jsonl.gz has no documents of the dev set(s) {', '.join(missing)} "
+                         f"(--tune-sets); it holds {', '.join(runs[args.run])}")
     gold = {name: load_dataset(name, args.data_dir) for name in runs[args.run]}
     report = {"runs": {}, "datasets": {}}
 
     ablation_rows = []
     for run, data in runs.items():
-        if TUNE_SET not in data:
+        if any(name not in data for name in tune_sets):
             continue
-        threshold, weight, popularity_weight, f1 = tune(gold[TUNE_SET], data[TUNE_SET], redirects, table, popularity)
-        raw = score(gold[TUNE_SET], link(data[TUNE_SET], -math.inf, None), redirects=redirects).inkb.micro.f1
+        dev = [(gold[name], data[name]) for name in tune_sets]
+        threshold, weight, popularity_weight, f1 = tune(dev, redirects, table, popularity)
+        raw = mean_f1(dev, redirects, lambda docs: link(docs, -math.inf, None))
         report["runs"][run] = {"nil_threshold": threshold, "prior_weight": weight, "popularity_weight": popularity_weight,
-                               "testa_f1": f1, "testa_f1_raw": raw}
+                               "tune_sets": tune_sets, "dev_f1": f1, "dev_f1_raw": raw}
         ablation_rows.append([run, pct(raw), pct(f1), threshold, weight, popularity_weight])
-    print("AIDA testa, A2KB strong InKB micro-F1 (percent)")
+    print(f"mean over {', '.join(tune_sets)}: A2KB strong InKB micro-F1 (percent)")
     print(format_table(["run", "no prior, no NIL", "tuned", "NIL threshold", "prior weight", "popularity weight"],
                        ablation_rows))
 
@@ -105,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([name, len(gold[name]), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1), pct(r.inkb.macro.f1)])
         report["datasets"][name] = r.to_dict()
     print(f"\nrun {args.run}: NIL threshold {chosen['nil_threshold']}, prior weight {chosen['prior_weight']}, "
-          f"popularity weight {chosen['popularity_weight']} (tuned on {TUNE_SET}); A2KB strong InKB (percent)")
+          f"popularity weight {chosen['popularity_weight']} (tuned on {', '.join(tune_sets)}); A2KB strong InKB (percent)")
     print(format_table(["dataset", "docs", "gold InKB", "P", "R", "micro-F1", "macro-F1"], rows))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))

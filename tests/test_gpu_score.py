@@ -1,4 +1,4 @@
-"""bench/gpu_score.py --write-config: the settings picked on AIDA testa become the model's linker_config.json."""
+"""bench/gpu_score.py: the settings are picked on the dev sets and --write-config makes them the model's linker_config.json."""
 import importlib.util
 from pathlib import Path
 
@@ -14,3 +14,29 @@ def test_write_config_saves_the_picked_settings_and_keeps_the_others(tmp_path):
     gpu_score.write_config(tmp_path, {"nil_threshold": 0.6, "prior_weight": 0.3, "popularity_weight": 0.0})
     assert model_config(str(tmp_path)) == LinkerConfig(nil_threshold=0.6, alias_weight=0.3, popularity_weight=0.0,
                                                        mention_bias=1.5, top_k=7)
+
+
+def test_the_settings_are_picked_by_the_mean_f1_over_the_dev_sets():
+    """A threshold that suits one dev set alone loses to the one with the best mean over both."""
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+
+    text = "Paris Rome"
+
+    def dev_set(*found: tuple[int, int, str, float]) -> tuple[list[Document], dict[str, list[Mention]]]:
+        """One document whose gold link is Paris at (0, 5), and mentions retrieved with one candidate each."""
+        gold = [Document("d", text, [Mention(0, 5, "Paris", "Paris")])]
+        return gold, {"d": [Mention(s, e, text[s:e], candidates=[Candidate(entity, cosine)]) for s, e, entity, cosine in found]}
+
+    weak_gold = dev_set((0, 5, "Paris", 0.42))  # alone: best with a NIL threshold under 0.42
+    spurious = dev_set((0, 5, "Paris", 0.63), (6, 10, "Rome", 0.47))  # alone: best between 0.47 and 0.63
+
+    def threshold(*dev):
+        found = gpu_score.tune(list(dev), Redirects.empty(), AliasPrior(AliasTable({})), PopularityPrior({}))
+        return found[0], round(found[3], 4)
+
+    assert threshold(weak_gold) == (float("-inf"), 1.0)
+    assert threshold(spurious) == (0.5, 1.0)
+    assert threshold(weak_gold, spurious) == (float("-inf"), round((1 + 2 / 3) / 2, 4))  # 0.5 would give (0 + 1) / 2
