@@ -2,8 +2,8 @@
 
 A linker maps texts to annotations with code-point offsets and canonical entity ids (None = NIL).
 `get_linker("baseline")` is spaCy NER + an alias prior from AIDA train + exact KB-title match;
-`get_linker("onegen")` is `onegen.Linker`, imported on demand; with `mentions="ner"|"union"` it also
-links the baseline's NER spans.
+`get_linker("onegen")` is `onegen.Linker`, imported on demand (its `mentions` "ner" and "union" link the
+baseline's NER spans too, `onegen.ner`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from onegen.spans import Mention
 from kb.aliases import AliasTable
 from kb.entity import Entity
 from kb.jsonl import iter_kb
-from onegen.ner import MENTION_SOURCES, NAME_LABELS, SPACY_MODEL, NerSpans
+from onegen.ner import NAME_LABELS, SPACY_MODEL, NerSpans
 
 DEFAULT_ALIASES = DEFAULT_DATA_DIR / "kb" / "aida_train_aliases.tsv"  # mention<TAB>entity<TAB>count, AIDA train gold
 DEFAULT_KB = DEFAULT_DATA_DIR / "kb" / "entities.jsonl"  # {id, title, description, popularity} per line
@@ -65,42 +65,16 @@ class BaselineLinker:
                 for text, spans in zip(texts, self.ner(texts))]
 
 
-class SpansLinker:
-    """An `onegen.Linker` that also links the spans `spans(texts)` gives (an NER's): "ner" links only
-    those, "union" adds them to the model's own mentions where they overlap none (`Linker.link`)."""
-
-    def __init__(self, linker, spans: Callable[[list[str]], list[list[tuple[int, int]]]], mentions: str):
-        self.linker = linker  # onegen.Linker
-        self.spans = spans  # texts -> (start, end) spans per text
-        self.mentions = MENTION_SOURCES[mentions]  # the Linker's name for it
-
-    def link(self, texts: list[str]) -> list[list[Mention]]:
-        return [self.decide(mentions) for mentions in self.retrieve(texts)]
-
-    def retrieve(self, texts: list[str]) -> list[list[Mention]]:
-        """The mentions with their top-k candidates, before NIL and the priors (for `--candidates`)."""
-        return self.linker.retrieve(texts, spans=self.spans(texts), mentions=self.mentions)
-
-    def decide(self, mentions: list[Mention]) -> list[Mention]:
-        return self.linker.decide(mentions)
-
-
-def _onegen_linker(model: str | None = None, kb: str | None = None, mentions: str = "model",
-                   ner_model: str = SPACY_MODEL, **options) -> TextLinker:
+def _onegen_linker(model: str | None = None, kb: str | None = None, **options) -> TextLinker:
     """`onegen.Linker.from_pretrained(model, kb=kb, **options)`, imported only when asked for; a big KB's
-    index is built into the cache (with Ray) on first use. `mentions` "ner" or "union" adds the
-    `ner_model`'s name spans (`NerSpans`)."""
-    if mentions not in MENTION_SOURCES:
-        raise ValueError(f"mentions must be one of {', '.join(MENTION_SOURCES)}, got {mentions!r}")
-    ner = NerSpans(ner_model, tidy=True) if mentions != "model" else None  # before the model: a missing spaCy model fails fast
+    index is built into the cache (with Ray) on first use."""
     try:
         module = importlib.import_module("onegen.linker")
         cls = module.Linker
     except (ImportError, AttributeError) as e:
         raise ImportError(f"the 'onegen' linker needs onegen.Linker, which cannot be imported ({e}); "
                           f"use --linker baseline until the OneGen linker is installed") from e
-    linker = cls.from_pretrained(model, kb=kb, build_index=True, **options)
-    return linker if ner is None else SpansLinker(linker, ner, mentions)
+    return cls.from_pretrained(model, kb=kb, build_index=True, **options)
 
 
 # linker name -> factory taking the linker's keyword options

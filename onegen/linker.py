@@ -9,10 +9,12 @@ left NIL by `onegen.decide` (DESIGN section 3). A built index folder is loaded a
 the index cached for it by the link job when there is one, else a small KB (up to SMALL_KB_ENTITIES) is
 encoded here and searched in memory (`ExactSearch`); a bigger one needs an index built first
 (`python jobs/build_index.py`).
-Mentions: by default the model's own ("model"); a caller with spans of its own (e.g. an NER's entities)
-links exactly those ("given") or adds those that overlap none of the model's ("union"). A given span gets
-the model's own [LK] vector by teacher forcing (onegen.teacher_forcing): the window is written as the
-model would write it with the span marked, in one forward pass, no decoding.
+Mentions (`mentions`, by default the model's linker_config.json): the model's own ("model"), the name
+spans of the linker's spaCy NER ("ner", onegen.ner) or both ("union": the NER's spans that overlap none of
+the model's); a caller with spans of its own links exactly those ("given") or adds them to the model's
+("union" with `spans`). A span the model did not mark gets the model's own [LK] vector by teacher forcing
+(onegen.teacher_forcing): the window is written as the model would write it with the span marked, in
+one forward pass, no decoding.
 The functions below are the shared core: training scores a model through `link_texts`, and the link
 job's replicas run `Linker.embed`.
 """
@@ -33,7 +35,7 @@ from onegen.spans import Annotated, Candidate, Document, EmbeddedMention, Mentio
 LOG = logging.getLogger(__name__)
 
 SMALL_KB_ENTITIES = 50_000  # a KB up to this size is encoded in process and searched in memory
-MENTIONS = ("model", "given", "union")  # which mentions a Linker links (module docstring)
+MENTIONS = ("model", "ner", "given", "union")  # which mentions a Linker links (module docstring)
 
 
 class ExactSearch:
@@ -106,11 +108,11 @@ class Linker:
     """A OneGen model over an entity index: `linker(texts)` -> documents with linked mentions.
 
     Build it with `Linker.from_pretrained`; `save_pretrained(dir)` writes what loads it back.
-    `mentions` ("model", "given" or "union"; see the module docstring) is the default of `link`'s.
+    `mentions` (see the module docstring; None: `config.mentions`) is the default of `link`'s.
     """
 
     def __init__(self, onegen, search, config: LinkerConfig, *, popularity: PopularityPrior | None = None,
-                 batch_size: int = 8, model: str | None = None, mentions: str = "model"):
+                 batch_size: int = 8, model: str | None = None, mentions: str | None = None):
         self.onegen = onegen  # onegen.model.OneGen
         self.search = search  # ExactSearch or kb.index.EntityIndex: search(vectors (Q, D), k) -> (D, I); None: embed only
         self.config = config  # decision settings (config.index / .kb / .aliases: what is searched)
@@ -118,12 +120,13 @@ class Linker:
         self.popularity = popularity  # KB-popularity prior, weighted by config.popularity_weight (None: off)
         self.batch_size = batch_size  # texts per model batch
         self.model = model  # the model reference it was loaded from (None: the trained default)
-        self.mentions = _check_mentions(mentions)  # which mentions `link` links unless told
+        self.mentions = _check_mentions(mentions or config.mentions)  # which mentions `link` links unless told
+        self._ner = None  # the NER of mentions "ner" and "union" without spans (onegen.ner.NerSpans), loaded on first use
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, index: str | None = None, kb: str | None = None,
                         device: str | None = None, *, batch_size: int = 8, build_index: bool = False,
-                        mentions: str = "model", **overrides) -> Linker:
+                        **overrides) -> Linker:
         """Load a model (None: the trained default; a folder written by `save_pretrained`; any name
         `OneGen.from_pretrained` takes) and the entities it links to.
 
@@ -134,13 +137,18 @@ class Linker:
                 refused (`build_index=True` builds it into the cache with Ray, once).
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
-            mentions: which mentions `link` links by default: "model", "given" or "union" (module docstring).
             overrides: LinkerConfig settings (nil_threshold, alias_weight, popularity_weight, mention_bias,
-                top_k, aliases) that win over the model's linker_config.json; None values are ignored.
+                top_k, aliases, mentions, ner_model) that win over the model's linker_config.json; None values
+                are ignored. `mentions` ("model", "ner" or "union") is what `link` links by default.
         """
         from onegen.model import OneGen
+        from onegen.ner import check_ner_model
 
         config = model_config(model).replace(**overrides)
+        if _check_mentions(config.mentions) == "given":
+            raise ValueError("mentions='given' links the spans a call passes: pass it to the call, not to from_pretrained")
+        if config.mentions != "model":
+            check_ner_model(config.ner_model)  # before the model loads: a missing spaCy model fails fast
         if index is not None or kb is not None:  # the one given replaces what the model's config recorded
             config.index, config.kb = index, kb
         # absolute, so that save_pretrained records files that load from anywhere
@@ -153,7 +161,7 @@ class Linker:
             kb_file = Path(config.kb) if config.kb else SAMPLE_KB
             search, popularity = _kb_search(onegen, kb_file, model, config.popularity_weight, build_index)
         LOG.info("linking with %s against %d entities", onegen.fingerprint()["model"], len(search))
-        return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model, mentions=mentions)
+        return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model as OneGen saves it and linker_config.json (settings, index or KB, alias table)
@@ -180,8 +188,9 @@ class Linker:
         Args:
             spans: per text, (start, end) char spans to link as well (e.g. an NER's entities); the surface
                 of one is text[start:end]. A span outside its text, empty or overlapping another is a ValueError.
-            mentions: "model" (the model's own; no spans), "given" (only `spans`) or "union" (the model's
-                plus the spans that overlap none of them); None: this linker's `mentions`.
+            mentions: "model" (the model's own; no spans), "ner" (the linker's NER's spans), "given" (only
+                `spans`) or "union" (the model's plus `spans`, else the NER's, that overlap none of them);
+                None: this linker's `mentions`.
         """
         return [self.decide(found) for found in self.retrieve(texts, spans, mentions)]
 
@@ -194,12 +203,14 @@ class Linker:
 
         mentions = _check_mentions(self.mentions if mentions is None else mentions)
         batch_size = batch_size or self.batch_size
+        if spans is not None and mentions in ("model", "ner"):
+            raise ValueError(f"spans are linked only with mentions='given' or 'union', not {mentions!r}")
         if mentions == "model":
-            if spans is not None:
-                raise ValueError("spans are linked only with mentions='given' or 'union', not 'model'")
             return self._decode(texts, batch_size)
         if spans is None:
-            raise ValueError(f"mentions={mentions!r} links the spans you pass: give spans (one list per text)")
+            if mentions == "given":
+                raise ValueError("mentions='given' links the spans you pass: give spans (one list per text)")
+            spans = self.ner(texts)
         check_spans(texts, spans)
         spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
         out = self._decode(texts, batch_size) if mentions == "union" else [Annotated(text) for text in texts]
@@ -211,6 +222,14 @@ class Linker:
             forced = [EmbeddedMention(s, e, annotated.text[s:e], v) for (s, e), v in zip(text_spans, text_vectors)]
             annotated.mentions = sorted(annotated.mentions + forced, key=lambda m: m.start)
         return out
+
+    def ner(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """The name spans of `config.ner_model` in each text (onegen.ner.NerSpans, tidied), loaded on first use."""
+        if self._ner is None:
+            from onegen.ner import NerSpans
+
+            self._ner = NerSpans(self.config.ner_model, tidy=True)
+        return self._ner(texts)
 
     def _decode(self, texts: list[str], batch_size: int) -> list[Annotated]:
         """The model's own mentions, decoded with this linker's mention bias."""

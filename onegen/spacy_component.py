@@ -87,7 +87,7 @@ class LinkerPipe:
         as given spans unless `mentions` is "model"."""
         texts = [doc.text for doc in docs]
         if self.mentions == "model":
-            return self.linker.link(texts)
+            return self.linker.link(texts, mentions="model")
         spans = [[(e.start_char, e.end_char) for e in doc.ents] for doc in docs]
         return self.linker.link(texts, spans=spans, mentions=MENTION_SOURCES[self.mentions])
 

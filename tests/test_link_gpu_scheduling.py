@@ -136,6 +136,32 @@ def test_the_ner_of_mentions_union_runs_on_cpus_beside_the_gpu_replicas(cluster,
     assert {tuple(m["surface"] for m in r["mentions"]) for r in rows} == {("Doc", "Paris", "Rome", "and", "Berlin", "lie", "Europe")}
 
 
+def test_mentions_union_with_a_cpu_replica_and_an_index_shard_fits_two_cpus(cluster, tmp_path):
+    """`make demo` on a 2-core machine: --mentions union (the default model's setting), a replica on CPUs with
+    the default reservation, the NER actor, an index-shard actor, reads and links share 2 CPUs. The
+    reservations must leave a read its half CPU (an NER reserving half a CPU stalled this job for good)."""
+    from kb.serving import RayIndexClient
+    from onegen.pipeline.model_and_index import SHARD_CPUS
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    EntityIndex.build(tmp_path / "index", ENTITIES, FakeIndex().vectors, fingerprint=FINGERPRINT)
+    client = finished(lambda: RayIndexClient(tmp_path / "index", FINGERPRINT, num_cpus=SHARD_CPUS))  # placed as the job does
+    linking = Linking(make_fake_annotator, client, "fake@sha256:0", index_id((tmp_path / "index" / "manifest.json").read_bytes()),
+                      make_span_finder=partial(recording_ner, str(marks)))
+    config = JobConfig(input=str(write_docs(tmp_path / "in.jsonl", DOCS)), output=str(tmp_path / "out"), mentions="union",
+                       gpus_per_replica=0, nil_threshold=0.9)  # the default CPUs per replica (1)
+    try:
+        summary = finished(lambda: run_job(config, linking))
+    finally:
+        client.close()
+    assert (summary.documents, summary.errors) == (len(DOCS), 0)
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert all([(m["surface"], m["entity_id"]) for m in r["mentions"]] == [
+        ("Doc", None), ("Paris", "Paris"), ("Rome", "Rome"), ("and", None), ("Berlin", "Berlin"), ("lie", None),
+        ("Europe", "Europe")] for r in rows)
+
+
 def test_a_model_given_gpu_ids_without_cuda_loads_whole_on_the_cpu_in_float32(tiny, monkeypatch):
     import torch
 

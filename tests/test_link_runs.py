@@ -38,7 +38,8 @@ FOREIGN_LOCK = {"run_id": "0123abcd", "host": "worker-7", "pid": 4242, "started_
 
 
 def config(input, output, **overrides) -> JobConfig:
-    options = dict(cpus_per_replica=0.5, batch_size=1, nil_threshold=0.9) | overrides
+    # mentions: the fake model's own (not the default model's setting), as the fake linking has no NER
+    options = dict(cpus_per_replica=0.5, batch_size=1, nil_threshold=0.9, mentions="model") | overrides
     return JobConfig(input=str(input), output=str(output), **options)
 
 
@@ -198,9 +199,9 @@ def test_an_output_written_before_mentions_were_recorded_continues_with_the_mode
     """Manifests from before --mentions lack the option: their runs linked the model's own mentions."""
     from onegen.pipeline.job import JobConfig, option_changes, result_options
 
-    before = {key: value for key, value in result_options(JobConfig("in", "out")).items()
+    before = {key: value for key, value in result_options(JobConfig("in", "out", mentions="model")).items()
               if key not in ("mentions", "ner_model")}
-    assert option_changes(before, result_options(JobConfig("in", "out"))) == ""
+    assert option_changes(before, result_options(JobConfig("in", "out", mentions="model"))) == ""
     assert option_changes(before, result_options(JobConfig("in", "out", mentions="ner"))).startswith(
         "--mentions model (this run: ner)")
 

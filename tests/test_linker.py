@@ -197,10 +197,12 @@ def test_bad_spans_and_mentions_are_clear_errors(tiny_linker):
         tiny_linker.link(TEXTS, spans=[[(0, 5), (4, 9)], [], []], mentions="given")
     with pytest.raises(ValueError, match="one list per text"):
         tiny_linker.link(TEXTS, spans=[[]], mentions="given")
-    with pytest.raises(ValueError, match=r"mentions must be one of \('model', 'given', 'union'\), got 'ner'"):
-        tiny_linker.link(TEXTS, mentions="ner")
+    with pytest.raises(ValueError, match=r"mentions must be one of \('model', 'ner', 'given', 'union'\), got 'spacy'"):
+        tiny_linker.link(TEXTS, mentions="spacy")
     with pytest.raises(ValueError, match="not 'model'"):
         tiny_linker.link(TEXTS, spans=SPANS)
+    with pytest.raises(ValueError, match="not 'ner'"):  # "ner" is the linker's own NER's spans
+        tiny_linker.link(TEXTS, spans=SPANS, mentions="ner")
     with pytest.raises(ValueError, match="give spans"):
         tiny_linker.link(TEXTS, mentions="given")
 
@@ -240,7 +242,7 @@ def test_an_unknown_setting_is_a_one_line_error(tmp_path):
 def test_the_default_adapter_ships_its_tuned_settings():
     from onegen.linker_config import model_config
 
-    assert model_config(None) == LinkerConfig(nil_threshold=0.75, alias_weight=0.2, popularity_weight=0.1,
+    assert model_config(None) == LinkerConfig(nil_threshold=0.75, alias_weight=0.1, popularity_weight=0.0, mentions="union",
                                               mention_bias=1.0, top_k=10)
     assert LinkerConfig().mention_bias == 0.0  # a model nobody tuned decodes with its own choice
 
@@ -301,32 +303,51 @@ def test_the_eval_linker_builds_the_index_of_a_big_kb_once_starting_ray_itself(t
 
 
 @pytest.mark.parametrize("mentions", ["ner", "union"])
-def test_the_eval_linker_links_the_baselines_ner_spans_on_request(tiny, mentions):
-    """`onegen-gerbil run --linker onegen --mentions ner|union`: spaCy's name spans (the baseline's NER) are
-    linked with the model's teacher-forced vectors; "union" keeps the model's own mentions too."""
+def test_the_linker_links_its_ners_spans_when_asked_or_when_its_config_says(tiny, tmp_path, mentions):
+    """`mentions="ner"|"union"` without spans: spaCy's name spans (the baseline's NER) are linked with the
+    model's teacher-forced vectors; "union" keeps the model's own mentions too. The same from the model's
+    linker_config.json, from a keyword and from `onegen-gerbil run --linker onegen --mentions`."""
+    import shutil
+
     from eval.linkers import get_linker
     from onegen.ner import NerSpans
 
     text = "Angela Merkel met Emmanuel Macron in Paris."
     ner = NerSpans(tidy=True)([text])[0]
     assert [text[s:e] for s, e in ner] == ["Angela Merkel", "Emmanuel Macron", "Paris"]
-    linker = get_linker("onegen", model=str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0,
-                        mentions=mentions)
-    (linked,) = linker.link([text])
+    shutil.copytree(tiny / "model", tmp_path / "model")
+    LinkerConfig(nil_threshold=-1.0, mentions=mentions).save(tmp_path / "model")
+    configured = Linker.from_pretrained(str(tmp_path / "model"), kb=str(tiny / "kb.jsonl"))
+    asked = get_linker("onegen", model=str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0,
+                       mentions=mentions)
+    (linked,) = configured.link([text])
     spans = [(m.start, m.end) for m in linked]
-    own = [(m.start, m.end) for m in linker.linker.link([text])[0]]  # the model's own mentions
+    own = [(m.start, m.end) for m in configured.link([text], mentions="model")[0]]  # the model's own mentions
     if mentions == "ner":
         assert spans == ner
     else:
         assert set(own) <= set(spans) and set(spans) - set(own) == {s for s in ner if not any(
             s[0] < e and b < s[1] for b, e in own)}
     assert all(m.entity_id in {"Paris", "Rome", "Berlin"} and m.candidates for m in linked)
-    (retrieved,) = linker.retrieve([text])  # what --candidates writes
+    assert asked.link([text]) == [linked]
+    assert Linker.from_pretrained(str(tmp_path / "model"), kb=str(tiny / "kb.jsonl"), mentions="model").link([text]) == [
+        configured.link([text], mentions="model")[0]]  # a keyword wins over the config
+    (retrieved,) = asked.retrieve([text])  # what --candidates writes
     assert [(m.start, m.end) for m in retrieved] == spans and all(m.entity_id is None for m in retrieved)
+
+
+def test_a_missing_ner_model_is_refused_before_the_model_loads(tiny, monkeypatch):
+    import onegen.model
+
+    monkeypatch.setattr(onegen.model.OneGen, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match="spaCy model 'no_such_model' is not installed"):
+        Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), mentions="union", ner_model="no_such_model")
+    with pytest.raises(ValueError, match="mentions='given' links the spans a call passes"):
+        Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), mentions="given")
 
 
 def test_the_eval_linker_refuses_an_unknown_mention_source(tiny):
     from eval.linkers import get_linker
 
-    with pytest.raises(ValueError, match="mentions must be one of model, ner, union, got 'spacy'"):
+    with pytest.raises(ValueError, match=r"mentions must be one of \('model', 'ner', 'given', 'union'\), got 'spacy'"):
         get_linker("onegen", model=str(tiny / "model"), kb=str(tiny / "kb.jsonl"), mentions="spacy")

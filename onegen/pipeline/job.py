@@ -31,7 +31,7 @@ from onegen.pipeline.inputs import DocumentSource, InputSet, Limits, Scan, conte
 from onegen.pipeline.outputs import (MANIFEST_FILE, METRICS_FILE, AtomicParquetSink, Output, RunManifest, done_rows,
                                      drop_sources, locked, part_origins)
 from onegen.pipeline.progress import LinkingProgress, stage
-from onegen.ner import MENTION_SOURCES, SPACY_MODEL, check_ner_model
+from onegen.ner import MENTION_SOURCES, check_ner_model
 from onegen.pipeline.stages import Annotate, AnnotateStage, FindSpans, LinkStep, NerStage, Retriever
 from onegen.pipeline.uris import redact_uri
 
@@ -39,6 +39,7 @@ LOG = logging.getLogger(__name__)
 # Documents per replica call = this x --batch-size. A call decodes its windows in length order, so
 # larger calls pad less; 16 against 4 took the bench/link.py job from 0.73 to 0.79 of the model alone.
 MODEL_BATCHES_PER_CALL = 16
+NER_CPUS = 0.25  # CPUs reserved per NER actor (--mentions ner|union)
 STAGES = 3  # logged as they start: input checked, model and index ready, linking (onegen.pipeline.progress)
 
 
@@ -64,8 +65,8 @@ class JobConfig:
     alias_weight: float | None = None  # weight of the alias prior
     popularity_weight: float | None = None  # weight of the KB-popularity prior (0: off)
     mention_bias: float | None = None  # logits added to opening a mention while decoding (0: the model's own)
-    mentions: str = "model"  # what is linked: the model's own, an NER's name spans ("ner") or both ("union")
-    ner_model: str = SPACY_MODEL  # spaCy model of the NER (--mentions ner|union)
+    mentions: str | None = None  # what is linked: the model's own ("model"), an NER's name spans ("ner") or both ("union")
+    ner_model: str | None = None  # spaCy model of the NER (--mentions ner|union)
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run
@@ -154,10 +155,6 @@ def check_sources(config: JobConfig) -> None:
     if config.aliases and not Path(config.aliases).is_file():
         raise FileNotFoundError(f"alias table {config.aliases} not found: pass --aliases FILE "
                                 f"(mention<TAB>entity<TAB>count lines)")
-    if config.mentions not in MENTION_SOURCES:
-        raise ValueError(f"--mentions must be one of {', '.join(MENTION_SOURCES)}, got {config.mentions!r}")
-    if config.mentions != "model":
-        check_ner_model(config.ner_model)
 
 
 def without_output(inputs: InputSet, output: Output) -> InputSet:
@@ -179,14 +176,20 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
     return {f.uri: {"size": f.size, "sha256": content_hash(inputs.filesystem, f.path)} for f in inputs.files}
 
 
-DECISION_SETTINGS = ("top_k", "nil_threshold", "alias_weight", "popularity_weight", "mention_bias")
+DECISION_SETTINGS = ("top_k", "nil_threshold", "alias_weight", "popularity_weight", "mention_bias", "mentions", "ner_model")
 
 
 def with_model_settings(config: JobConfig) -> JobConfig:
     """The config with each decision setting left None taken from the model's linker_config.json (read
-    from the model's folder, without loading the model); a flag given wins."""
+    from the model's folder, without loading the model); a flag given wins. A --mentions that needs an NER
+    whose spaCy model is not installed is refused here, before Ray starts."""
     saved = model_config(config.model)
-    return replace(config, **{name: getattr(saved, name) for name in DECISION_SETTINGS if getattr(config, name) is None})
+    config = replace(config, **{name: getattr(saved, name) for name in DECISION_SETTINGS if getattr(config, name) is None})
+    if config.mentions not in MENTION_SOURCES:
+        raise ValueError(f"--mentions must be one of {', '.join(MENTION_SOURCES)}, got {config.mentions!r}")
+    if config.mentions != "model":
+        check_ner_model(config.ner_model)
+    return config
 
 
 def result_options(config: JobConfig) -> dict:
@@ -336,10 +339,11 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
     # Reads are light (parse + validate): half a CPU each, so they never starve the replicas.
     dataset = ray.data.read_datasource(source, num_cpus=0.5)
     if linking.make_span_finder is not None:
-        # spaCy on CPUs, one actor per replica at most: a small NER keeps pace with a replica's decoding. Half a
-        # CPU reserved (spaCy runs one thread): on a 2-CPU machine the reads, a CPU replica and the NER all fit.
+        # spaCy on CPUs, one actor per replica at most: a small NER keeps pace with a replica's decoding. A quarter
+        # CPU reserved (spaCy runs one thread, mostly waiting on the replicas): on a 2-CPU machine an index shard
+        # (0.25), a CPU replica (1) and the NER leave the half CPU a read needs; with 0.5 the job would stall.
         dataset = dataset.map_batches(NerStage, fn_constructor_args=(linking.make_span_finder,), batch_format="pyarrow",
-                                      batch_size=config.batch_size * MODEL_BATCHES_PER_CALL, num_cpus=0.5,
+                                      batch_size=config.batch_size * MODEL_BATCHES_PER_CALL, num_cpus=NER_CPUS,
                                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=replicas.most))
     dataset = dataset.map_batches(
         AnnotateStage,

@@ -15,7 +15,7 @@ import ray
 
 from onegen.indexes import SAMPLE_KB, ensure_index, popularity_prior
 from onegen.ner import NerSpans
-from onegen.pipeline.job import JobConfig, Linking, index_id, model_id, replica_gpus
+from onegen.pipeline.job import JobConfig, Linking, index_id, model_id, replica_gpus, with_model_settings
 from onegen.pipeline.stages import onegen_annotator
 
 LOG = logging.getLogger(__name__)
@@ -39,11 +39,13 @@ def shard_gpus(config: JobConfig, shards: int) -> float:
 
 
 def prepare_linking(config: JobConfig) -> Linking:
-    """Model identity, index (given, or built and cached) served by shard actors, and the replica factory."""
+    """Model identity, index (given, or built and cached) served by shard actors, and the replica factory
+    (decision settings left None: the model's linker_config.json)."""
     from kb.manifest import MANIFEST_NAME, Manifest
     from kb.serving import RayIndexClient
     from onegen.index_build import model_identity
 
+    config = with_model_settings(config)
     fingerprint, dim = model_identity(config.model)  # in a Ray task: the driver never holds the model
     kb_file = None if config.index else Path(config.kb) if config.kb else SAMPLE_KB  # the cached index's KB file
     directory = Path(config.index) if config.index else ensure_index(kb_file, config.model, fingerprint)
