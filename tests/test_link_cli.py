@@ -15,12 +15,13 @@ def test_decision_options_default_to_the_models_settings_and_can_be_changed(tmp_
     assert (config.nil_threshold, config.popularity_weight, config.mention_bias) == (None, None, None)
     resolved = with_model_settings(config)  # the trained default: its bundled linker_config.json
     assert (resolved.nil_threshold, resolved.popularity_weight, resolved.alias_weight, resolved.mention_bias,
-            resolved.top_k) == (0.75, 0.1, 0.2, 1.0, 10)
+            resolved.top_k, resolved.mentions) == (0.75, 0.0, 0.1, 1.0, 10, "union")
     config = link_cli.parse_args(["--input", "in.jsonl", "--output", "out", "--popularity-weight", "0",
-                                  "--mention-bias", "1.5", "--nil-threshold", "0.6", "--alias-weight", "0.3"])
+                                  "--mention-bias", "1.5", "--nil-threshold", "0.6", "--alias-weight", "0.3",
+                                  "--mentions", "model"])
     resolved = with_model_settings(config)
-    assert (resolved.nil_threshold, resolved.popularity_weight, resolved.alias_weight, resolved.mention_bias) == (
-        0.6, 0.0, 0.3, 1.5)
+    assert (resolved.nil_threshold, resolved.popularity_weight, resolved.alias_weight, resolved.mention_bias,
+            resolved.mentions) == (0.6, 0.0, 0.3, 1.5, "model")
 
 
 def test_a_model_folder_without_settings_gets_the_generic_defaults(tmp_path):

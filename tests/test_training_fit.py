@@ -94,7 +94,7 @@ def test_default_recipe_runs_every_stage_from_the_last_and_skips_finished_ones(t
     assert "python jobs/train.py --config" in last and "mention_bias 1.0" in last and "mined_gold_first" in last
     assert "Training continued from `" in last
     # the recipe's [linker] settings travel with the finished model; the stages before get the generic ones
-    assert LinkerConfig.load(stages[-1]) == LinkerConfig(nil_threshold=0.75, alias_weight=0.2, popularity_weight=0.1,
+    assert LinkerConfig.load(stages[-1]) == LinkerConfig(nil_threshold=0.75, alias_weight=0.1, popularity_weight=0.0, mentions="union",
                                                          mention_bias=1.0, top_k=10)
     assert all(LinkerConfig.load(s) == LinkerConfig() for s in stages[:-1])
     for stage in stages:

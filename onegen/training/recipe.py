@@ -20,7 +20,8 @@ from pathlib import Path
 from onegen.training.config import TrainConfig
 
 TABLES = ("train", "stage", "linker")
-LINKER_KEYS = ("nil_threshold", "alias_weight", "popularity_weight", "mention_bias", "top_k")  # onegen.LinkerConfig
+LINKER_KEYS = ("nil_threshold", "alias_weight", "popularity_weight", "mention_bias", "top_k", "mentions",  # onegen.LinkerConfig
+               "ner_model")
 NOT_IN_RECIPE = ("output", "resume", "storage")  # where and whether to resume: the command line's
 STAGE_DIR = "stage-{}"  # a stage's output folder inside the recipe's output
 
