@@ -78,7 +78,12 @@ def _mark(path: Path) -> bool:
 
 
 def make_fake_annotator(**options):
-    """Factory the AnnotateStage calls once per replica."""
+    """Factory the AnnotateStage calls once per replica; with `node_dir`, the replica's node is recorded here
+    too, so a replica placed on a node counts even when the other replicas take every batch."""
+    if options.get("node_dir"):
+        import ray
+
+        (Path(options["node_dir"]) / ray.get_runtime_context().get_node_id()).touch()
     return partial(fake_annotate, **options)
 
 

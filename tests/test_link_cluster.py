@@ -34,7 +34,7 @@ def rows_of(folder) -> list[dict]:
 
 def link(tmp_path, name: str, replicas: int, cpus: float, shard_gpus: float = 0) -> tuple[list[dict], list[str], set[str]]:
     """Run the job with the fake model and the real sharded index served by shard actors;
-    returns the rows, the nodes of the shard actors and the nodes the replicas ran on."""
+    returns the rows, the nodes of the shard actors and the nodes the replicas were placed on."""
     from kb.serving import RayIndexClient
 
     nodes = tmp_path / f"nodes-{name}"
@@ -44,7 +44,7 @@ def link(tmp_path, name: str, replicas: int, cpus: float, shard_gpus: float = 0)
     linking = Linking(partial(make_fake_annotator, node_dir=str(nodes), delay=0.05), client, "fake@sha256:0",
                       index_id((tmp_path / "index" / "manifest.json").read_bytes()))
     config = JobConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / name), num_replicas=replicas,
-                       gpus_per_replica=0, cpus_per_replica=cpus, batch_size=1, nil_threshold=0.9)  # 6 replica calls
+                       gpus_per_replica=0, cpus_per_replica=cpus, batch_size=1, nil_threshold=0.9)  # 2 replica calls
     run_job(config, linking)
     client.close()
     return rows_of(tmp_path / name), shard_nodes, {p.name for p in nodes.iterdir()}
