@@ -2,6 +2,7 @@
 files, and the popularity prior stored with an index. Shared by `onegen.Linker` and the link job."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 from pathlib import Path
@@ -36,9 +37,14 @@ def ensure_index(kb: Path, model: str | None, fingerprint: dict) -> Path:
 
     require_kb(kb)
     directory = cached_index_dir(fingerprint, sha256_file(kb), kb.stem)
-    if not (directory / MANIFEST_NAME).is_file():
-        LOG.info("building the index of %s for %s into %s (once)", kb, fingerprint["model"], directory)
-        build_index(BuildConfig(kb=kb, out=directory, model=model, resume=(directory / ".build").is_dir()))
+    if (directory / MANIFEST_NAME).is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this index: wait for it, then use its build
+        if not (directory / MANIFEST_NAME).is_file():
+            LOG.info("building the index of %s for %s into %s (once)", kb, fingerprint["model"], directory)
+            build_index(BuildConfig(kb=kb, out=directory, model=model, resume=(directory / ".build").is_dir()))
     return directory
 
 
