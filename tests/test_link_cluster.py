@@ -118,7 +118,7 @@ def ray_head(tmp_path):
     finally:
         head.terminate()  # `ray start --block` stops its raylet, GCS and dashboard on SIGTERM
         try:
-            head.wait(timeout=10)
+            head.wait(timeout=3)  # it often takes longer: the process group's SIGKILL below ends the rest
         except subprocess.TimeoutExpired:
             pass
         try:

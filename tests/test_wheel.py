@@ -34,7 +34,7 @@ def run(command: list, cwd: Path, env: dict, timeout: int = 600) -> subprocess.C
 def installed(tmp_path_factory) -> tuple[Path, dict]:
     """(bin folder of a fresh venv holding the built wheel, environment to run it in)."""
     work = tmp_path_factory.mktemp("wheel")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")}
     env.update(HF_HUB_OFFLINE="1", ONEGEN_CACHE=str(work / "cache"), PIP_DISABLE_PIP_VERSION_CHECK="1")
     source = work / "source"  # a copy, so the build leaves nothing in the checkout
     shutil.copytree(REPO, source, ignore=SOURCE_IGNORE)
@@ -45,6 +45,10 @@ def installed(tmp_path_factory) -> tuple[Path, dict]:
     into = [*pip, "--python", str(work / "venv" / "bin" / "python"), "install", "-q", "--no-compile"]
     run([*into, f"torch=={torch.__version__.split('+')[0]}"], work, env)
     run([*into, f"{wheel}[cpu]"], work, env)
+    # installed --no-compile (quicker), then the modules a link job imports compiled once, here, not in each of
+    # its processes (and in every one of them when the environment says PYTHONDONTWRITEBYTECODE)
+    run([str(work / "venv" / "bin" / "python"), "-c", "import onegen.model, onegen.pipeline.job, kb.index, ray.data, spacy"],
+        work, env)
     return work / "venv" / "bin", env
 
 
