@@ -51,8 +51,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     import ray
 
+    from onegen.sources import check_model
+
+    kb = Path(args.update or args.kb)
+    try:  # what needs no model, checked before Ray starts
+        check_model(args.model)
+        if not kb.is_file():
+            raise FileNotFoundError(f"KB {kb} not found: pass {'--update' if args.update else '--kb'} FILE (JSONL, DESIGN section 4)")
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
     config = BuildConfig(
-        kb=args.update or args.kb,
+        kb=kb,
         out=args.out,
         model=args.model,
         shards=args.shards,
@@ -67,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(logging_level=logging.getLogger().getEffectiveLevel())  # the cluster in RAY_ADDRESS, else a local one
     try:
         index = update_index(config) if args.update else build_index(config)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # an index already there, a KB that does not fit: one line
+        sys.exit(f"error: {err}")
     finally:
         ray.shutdown()
     manifest = index.manifest

@@ -52,14 +52,29 @@ def resolve(name_or_path: str | None = None, adapter: str | None = None) -> Mode
     return ModelSource(base, adapter_dir)
 
 
-def model_folder(name: str, download: bool = True) -> Path:
-    """Local folder of a model given as a folder path or a Hugging Face hub id: its snapshot in the local cache,
-    downloaded when missing unless `download` is False or HF_HUB_OFFLINE is set."""
+def local_folder(name: str) -> Path | None:
+    """The folder that `name` is, or None for a hub id; a path that is no folder is refused (nothing loaded)."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
     if path.exists() or not _HUB_ID.match(name) or name.startswith("."):
         raise FileNotFoundError(f"No model folder at {name!r}: {EXPECTED}.")
+    return None
+
+
+def check_model(name_or_path: str | None) -> None:
+    """Refuse a model named by a path that holds no model folder or adapter, before anything loads it."""
+    source = resolve(name_or_path)
+    if source.base != DEFAULT_MODEL_NAME:
+        local_folder(source.base)
+
+
+def model_folder(name: str, download: bool = True) -> Path:
+    """Local folder of a model given as a folder path or a Hugging Face hub id: its snapshot in the local cache,
+    downloaded when missing unless `download` is False or HF_HUB_OFFLINE is set."""
+    folder = local_folder(name)
+    if folder is not None:
+        return folder
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

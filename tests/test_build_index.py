@@ -20,6 +20,21 @@ def test_cli_runs_as_a_script():
         assert option in result.stdout
 
 
+def test_cli_refuses_a_missing_kb_or_model_in_one_line_before_ray_starts(tmp_path):
+    import ray
+
+    from jobs.build_index import main
+
+    write_kb(kb_entities(3), tmp_path / "kb.jsonl")
+    for argv, message in ((["--kb", str(tmp_path / "nope.jsonl")], "KB .*nope.jsonl not found"),
+                          (["--kb", str(tmp_path / "kb.jsonl"), "--model", str(tmp_path / "no-model")],
+                           "No model folder at .*no-model")):
+        with pytest.raises(SystemExit, match=f"^error: {message}") as exit_:
+            main([*argv, "--out", str(tmp_path / "index")])
+        assert "\n" not in str(exit_.value.code)
+    assert not ray.is_initialized() and not (tmp_path / "index").exists()
+
+
 def kb_entities(n, start=0, tag=""):
     return [Entity(id=f"Entity_{i}", title=f"Entity {i}", description=f"thing number {i}{tag}" if i % 3 else "",
                    popularity=i) for i in range(start, start + n)]

@@ -34,6 +34,7 @@ from onegen.pipeline.progress import LinkingProgress, stage
 from onegen.ner import MENTION_SOURCES, check_ner_model
 from onegen.pipeline.stages import Annotate, AnnotateStage, FindSpans, LinkStep, NerStage, Retriever
 from onegen.pipeline.uris import redact_uri
+from onegen.sources import check_model
 
 LOG = logging.getLogger(__name__)
 # Documents per replica call = this x --batch-size. A call decodes its windows in length order, so
@@ -141,8 +142,10 @@ def check_output(config: JobConfig, output: Output) -> None:
 
 
 def check_sources(config: JobConfig) -> None:
-    """Refuse a missing --index, --kb or --aliases, a missing FAISS (an extra) or NER model, before Ray starts."""
+    """Refuse a missing --model folder, --index, --kb or --aliases, a missing FAISS (an extra) or NER model,
+    before Ray starts."""
     importlib.import_module("kb.index")  # the shard actors search with FAISS; without it: ImportError saying what to install
+    check_model(config.model)
 
     if config.index:
         from kb.manifest import Manifest
