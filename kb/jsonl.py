@@ -27,7 +27,7 @@ MAX_EXAMPLES = 20  # line numbers kept per problem kind in a report
 
 
 class KbError(ValueError):
-    """A KB file that breaks the contract where the caller asked for strictness."""
+    """A KB file that breaks the contract where the caller asked for strictness, or that holds no entity."""
 
 
 @dataclass
@@ -114,6 +114,8 @@ def iter_kb(
             "error" raises KbError at the second occurrence.
         strict: raise KbError at the first bad JSON line or line without id instead of skipping it.
         report: filled while iterating (pass one in to read the counts afterwards).
+
+    A file in which no line is an entity raises KbError once it is read through.
     """
     if on_duplicate not in DUPLICATE_POLICIES:
         raise ValueError(f"on_duplicate must be one of {DUPLICATE_POLICIES}, got {on_duplicate!r}")
@@ -164,6 +166,10 @@ def iter_kb(
             report.entities += 1
             report.empty_descriptions += not entity.description
             yield entity
+    if not report.entities:  # a wrong file given as the KB (a corpus, a TSV): linking against it would link nothing
+        problems = f"; first problems: {'; '.join(report.examples[:3])}" if report.examples else ""
+        raise KbError(f"{path} holds no KB entity ({report.lines} lines{problems}): expected JSON lines with a string "
+                      '"id" and "title" (DESIGN section 4)')
     if not report.ok:
         LOG.warning("%s; first problems: %s", report.summary(), "; ".join(report.examples[:5]))
 

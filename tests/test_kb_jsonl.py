@@ -57,6 +57,18 @@ def test_duplicate_error_and_strict_mode(kb_file, tmp_path):
         read_kb(tmp_path / "missing.jsonl")
 
 
+def test_a_file_with_no_entity_is_refused_as_a_kb(tmp_path):
+    """A corpus passed as the KB (every line without "id") or an empty file: an error naming the file, not an
+    empty index that links nothing."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"doc_id": "d1", "text": "Paris."}\n{"doc_id": "d2", "text": "Rome."}\n', encoding="utf-8")
+    with pytest.raises(KbError, match=r"corpus.jsonl holds no KB entity \(2 lines; first problems: line 1: missing id"):
+        read_kb(corpus)
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(KbError, match=r"empty.jsonl holds no KB entity \(0 lines\)"):
+        list(iter_kb(tmp_path / "empty.jsonl"))
+
+
 def test_iter_kb_streams_and_fills_the_report(kb_file):
     from kb.jsonl import KbReport
 
