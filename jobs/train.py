@@ -21,6 +21,7 @@ from onegen.cli_logging import add_log_level, setup_logging
 from onegen.default_model import DEFAULT_MODEL_NAME
 from onegen.linker_config import LinkerConfig
 from onegen.loss import RETRIEVAL_KINDS
+from onegen.sources import check_model
 from onegen.training import (
     RUN_NAME, STRATEGIES, TrainConfig, fit, is_finished, load_recipe, prepare_data, train,
 )
@@ -191,6 +192,16 @@ def save_linker_settings(output: str, values: dict) -> None:
         LinkerConfig().replace(**values).save(output)
 
 
+def check_inputs(config: TrainConfig) -> None:
+    """Refuse a missing data file or base model folder before Ray starts (nothing is loaded)."""
+    check_model(config.base)
+    for flag, path in (("--train", config.train), ("--kb", config.kb), ("--eval", config.eval),
+                       ("--aliases", config.aliases), ("--redirects", config.redirects),
+                       ("--silver-exclude", config.silver_exclude)):
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{flag} {path}: no such file or folder")
+
+
 def fail(message: str) -> None:
     """Print `error: MESSAGE` on stderr and exit with status 2."""
     print(f"error: {message}", file=sys.stderr)
@@ -208,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
             if "stages" in args:
                 raise ValueError("--stages picks stages of a recipe: give --config too")
             runs = [(None, config_from_args(args), f"Made by `{command}`.", {})]
-    except (ValueError, FileNotFoundError) as e:  # a bad setting (--epochs 0, an unknown key): one line
+        for _, config, _, _ in runs:
+            check_inputs(config)
+    except (ValueError, FileNotFoundError) as e:  # a bad setting (--epochs 0, an unknown key), a missing file: one line
         fail(str(e))
     setup_logging(args.log_level)
     no_ray = getattr(args, "no_ray", False)

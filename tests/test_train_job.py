@@ -356,6 +356,24 @@ def test_cli_refuses_an_init_folder_that_does_not_exist(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: --init {tmp_path / 'missing'}: no such folder (a saved model: an adapter or full weights)"
 
 
+@pytest.mark.parametrize("flag", ["--train", "--kb", "--base"])
+def test_cli_refuses_a_missing_file_or_model_in_one_line_before_ray_starts(files, tmp_path, capsys, monkeypatch, flag):
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the inputs were checked")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    cli = load_train_cli()
+    given = {"--train": files["train"], "--kb": files["kb"], "--base": files["base"], flag: str(tmp_path / "missing")}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*(part for pair in given.items() for part in pair), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and str(tmp_path / "missing") in error and "\n" not in error
+    assert not (tmp_path / "out").exists()
+
+
 def load_train_cli():
     """jobs/train.py as a module (it is a script, not a package member)."""
     spec = importlib.util.spec_from_file_location("train_cli", REPO / "jobs" / "train.py")
