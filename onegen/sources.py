@@ -63,10 +63,15 @@ def local_folder(name: str) -> Path | None:
 
 
 def check_model(name_or_path: str | None) -> None:
-    """Refuse a model named by a path that holds no model folder or adapter, before anything loads it."""
+    """Refuse a model named by a path that holds no model folder or adapter, or, while downloads are off
+    (HF_HUB_OFFLINE), by a hub id not in the local cache (a mistyped relative path such as `out/model`),
+    before anything loads it."""
     source = resolve(name_or_path)
-    if source.base != DEFAULT_MODEL_NAME:
-        local_folder(source.base)
+    if source.base != DEFAULT_MODEL_NAME and local_folder(source.base) is None:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            model_folder(source.base, download=False)
 
 
 def model_folder(name: str, download: bool = True) -> Path:

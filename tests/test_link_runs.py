@@ -67,12 +67,16 @@ def no_ray():
 
 # ---- fast: no Ray --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["missing input", "missing KB", "output is a file", "missing NER model", "missing model"])
+@pytest.mark.parametrize("case", ["missing input", "missing KB", "output is a file", "missing NER model", "missing model",
+                                  "missing relative model"])
 def test_cheap_checks_fail_before_ray_starts(tmp_path, no_ray, case):
     corpus = write_jsonl(tmp_path / "in.jsonl", DOCS_B)
     if case == "missing model":  # a mistyped --model path
         run, error, message = (config(corpus, tmp_path / "out", model=str(tmp_path / "no-model")), FileNotFoundError,
                                "No model folder at .*no-model")
+    elif case == "missing relative model":  # reads as a hub id; downloads are off (HF_HUB_OFFLINE) and it is not cached
+        run, error, message = (config(corpus, tmp_path / "out", model="out/no-model"), FileNotFoundError,
+                               "'out/no-model' is neither a local folder nor a hub id in the local Hugging Face cache")
     elif case == "missing NER model":
         run, error, message = (config(corpus, tmp_path / "out", mentions="union", ner_model="no_such_model"), ValueError,
                                "spaCy model 'no_such_model' is not installed")
