@@ -20,13 +20,9 @@ from pathlib import Path
 from onegen.cli_logging import add_log_level, setup_logging
 from onegen.default_model import DEFAULT_MODEL_NAME
 from onegen.linker_config import LinkerConfig
-from onegen.loss import RETRIEVAL_KINDS
 from onegen.sources import check_model
-from onegen.training import (
-    RUN_NAME, STRATEGIES, TrainConfig, fit, is_finished, load_recipe, prepare_data, train,
-)
-from onegen.training.card import command_line, portable
-from onegen.training.recipe import parse_stages
+from onegen.training.config import RETRIEVAL_KINDS, STRATEGIES, TrainConfig
+from onegen.training.recipe import load_recipe, parse_stages
 
 LOG = logging.getLogger("train")
 DEFAULTS = TrainConfig(train="", kb="", output="")
@@ -142,6 +138,8 @@ def stage_configs(args: argparse.Namespace, command: str) -> list[tuple[int, Tra
     """(stage number, config, model card line) of the recipe stages to run, in order: `--stages` of `--config`.
 
     The last stage's card line also gives the recipe's [linker] settings, which are saved beside its weights."""
+    from onegen.training.card import portable
+
     recipe = load_recipe(args.config)
     given = overrides(args)
     output = given.pop("output")
@@ -160,6 +158,7 @@ def run(config: TrainConfig, no_ray: bool, made_by: str):
     """One training run: read the documents, build the data and the evaluation, train; returns the Progress."""
     from eval.corpora import load_dataset_file
     from eval.epoch_eval import EpochEvaluation
+    from onegen.training import fit, prepare_data, train
     from onegen.training.trainable import tokenizer_with_tokens
 
     tokenizer, token_ids = tokenizer_with_tokens(config.base)
@@ -210,9 +209,12 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)  # --help answers here, before torch is imported
+    from onegen.training import RUN_NAME, is_finished
+    from onegen.training.card import command_line
+
     command = command_line("jobs/train.py", argv)
     try:
-        args = parse_args(argv)
         if "config" in args:
             runs = stage_configs(args, command)
         else:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from onegen.training.config import RETRIEVAL_KINDS
+
 IGNORE_INDEX = -100  # label value that takes no loss (prompt tokens, the token after [LK], padding)
-RETRIEVAL_KINDS = ("bpr", "infonce")
 
 
 @dataclass

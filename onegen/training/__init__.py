@@ -12,16 +12,23 @@
 Evaluation is injected (`evaluate=`: the model -> metrics), so that training imports nothing from eval/;
 jobs/train.py wires up eval.epoch_eval.
 """
-from onegen.training.card import CARD_FILE, is_finished, write_model_card
-from onegen.training.checkpoints import ARGS_FILE, RUN_NAME, Progress
-from onegen.training.config import SCORE, STRATEGIES, TrainConfig
-from onegen.training.data import TrainData, prepare_data
-from onegen.training.loop import Evaluate, Runtime, fit
-from onegen.training.ray_train import TrainResult, train
-from onegen.training.recipe import Recipe, load_recipe
+import importlib
 
-__all__ = [
-    "ARGS_FILE", "CARD_FILE", "RUN_NAME", "SCORE", "STRATEGIES", "Evaluate", "Progress", "Recipe", "Runtime",
-    "TrainConfig", "TrainData", "TrainResult", "fit", "is_finished", "load_recipe", "prepare_data", "train",
-    "write_model_card",
-]
+_MODULE_OF = {  # public name -> the module of this package that defines it
+    "CARD_FILE": "card", "is_finished": "card", "write_model_card": "card",
+    "ARGS_FILE": "checkpoints", "RUN_NAME": "checkpoints", "Progress": "checkpoints",
+    "RETRIEVAL_KINDS": "config", "SCORE": "config", "STRATEGIES": "config", "TrainConfig": "config",
+    "TrainData": "data", "prepare_data": "data",
+    "Evaluate": "loop", "Runtime": "loop", "fit": "loop",
+    "TrainResult": "ray_train", "train": "ray_train",
+    "Recipe": "recipe", "load_recipe": "recipe",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """A public name, its module imported on first use: the config and the recipe load without torch, so that
+    `onegen-train --help` and its input checks answer at once."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)

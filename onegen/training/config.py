@@ -5,8 +5,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from onegen.default_model import DEFAULT_MODEL_NAME
-from onegen.loss import RETRIEVAL_KINDS
-
+RETRIEVAL_KINDS = ("bpr", "infonce")  # the retrieval losses (onegen.loss)
 STRATEGIES = ("ddp", "fsdp")
 SCORE = "eval_inkb_f1"  # checkpoint score: InKB micro F1 on the eval split (what the injected evaluation returns)
 
