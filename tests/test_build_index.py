@@ -187,19 +187,13 @@ def test_model_identity_is_cached_by_the_model_files(tmp_path, monkeypatch):
 
     import onegen.index_build
     from onegen.model import OneGen
-    from tiny import tiny_model, tiny_tokenizer
+    from tiny import identify_in_process, tiny_model, tiny_tokenizer
 
     tokenizer, folder = tiny_tokenizer(), tmp_path / "model"
     OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(folder)
     monkeypatch.setenv("ONEGEN_CACHE", str(tmp_path / "cache"))
-    loads = []
-
-    def identify(model):  # what the Ray task runs, in this process
-        loads.append(model)
-        onegen = OneGen.from_pretrained(model, device="cpu")
-        return onegen.fingerprint(), onegen.hidden_size
-
-    monkeypatch.setattr(onegen.index_build, "_identify_in_ray", identify)
+    loads = []  # the models loaded to identify them (in this process, not in the Ray task)
+    monkeypatch.setattr(onegen.index_build, "_identify_in_ray", lambda model: loads.append(model) or identify_in_process(model))
     first = onegen.index_build.model_identity(str(folder))
     assert onegen.index_build.model_identity(str(folder)) == first and len(loads) == 1
     [cached] = (tmp_path / "cache" / "identities").iterdir()

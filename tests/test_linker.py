@@ -278,13 +278,16 @@ def test_the_eval_linker_builds_the_index_of_a_big_kb_once_starting_ray_itself(t
     import onegen.index_build
     import onegen.linker
     from eval.linkers import get_linker
+    from tiny import identify_in_process
 
     monkeypatch.setenv("ONEGEN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(onegen.linker, "SMALL_KB_ENTITIES", 2)
     model, kb_file = str(tiny / "model"), str(tiny / "kb.jsonl")
+    with monkeypatch.context() as patch:  # the identity cached by the model's files, as after an earlier run (whose
+        patch.setattr(onegen.index_build, "_identify_in_ray", identify_in_process)  # Ray task found it; here, in-process)
+        onegen.index_build.model_identity(model)
+    assert not ray.is_initialized()
     try:
-        onegen.index_build.model_identity(model)  # cached by the model's files, as after an earlier run
-        ray.shutdown()  # the identity came from a Ray task
         linker = get_linker("onegen", model=model, kb=kb_file, nil_threshold=-1.0, popularity_weight=0.3)
         assert isinstance(linker.search, EntityIndex) and len(linker.search) == 3
         assert linker.popularity.score("Paris") == pytest.approx(1.0) and linker.popularity.score("Berlin") == 0.0

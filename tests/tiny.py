@@ -49,3 +49,11 @@ def annotated_document(doc_id: str, text: str, spans) -> Document:
         annotations.append(Mention(start, start + len(surface), surface, entity))
         pos = start + len(surface)
     return Document(doc_id, text, annotations)
+
+
+def identify_in_process(model: str) -> tuple[dict, int]:
+    """What onegen.index_build's Ray task returns for a model folder (fingerprint, hidden size), computed here."""
+    from onegen.model import OneGen
+
+    onegen = OneGen.from_pretrained(model, device="cpu")
+    return onegen.fingerprint(), onegen.hidden_size
