@@ -68,7 +68,11 @@ def prepare_work_dir(work: Path, kb: Path, fingerprint: dict, resume: bool) -> d
         )
     shutil.rmtree(work, ignore_errors=True)
     (work / CHUNK_DIR).mkdir(parents=True)
-    report = stage_kb(kb, work)
+    try:
+        report = stage_kb(kb, work)
+    except BaseException:  # a refused KB (no entity in it) or an interrupted staging: nothing encoded, nothing left
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     state["rows"] = report.entities
     state["kb_report"] = report.summary()
     with atomic_output(state_file) as f:

@@ -40,6 +40,18 @@ def kb_entities(n, start=0, tag=""):
                    popularity=i) for i in range(start, start + n)]
 
 
+def test_a_kb_with_no_entity_is_refused_leaving_no_work_folder(tmp_path):
+    from kb.build import prepare_work_dir
+    from kb.jsonl import KbError
+
+    kb = tmp_path / "corpus.jsonl"  # a corpus given as the KB
+    kb.write_text('{"doc_id": "d1", "text": "Paris."}\n', encoding="utf-8")
+    fingerprint = {"model": "m", "weights_sha256": "a" * 64, "tokenizer_sha256": "b" * 64}
+    with pytest.raises(KbError, match="holds no KB entity"):
+        prepare_work_dir(tmp_path / "index" / ".build", kb, fingerprint, resume=False)
+    assert not (tmp_path / "index" / ".build").exists()
+
+
 def test_work_folder_stages_the_kb_and_resumes_only_the_same_build(tmp_path):
     from kb.build import assemble, encoded_rows, prepare_work_dir, write_chunk
 
