@@ -52,6 +52,12 @@ def installed(tmp_path_factory) -> tuple[Path, dict]:
     return work / "venv" / "bin", env
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(model dir, KB, index dir) of a random tiny OneGen model, made in this (the checkout's) environment."""
+    return tiny_model_and_index(tmp_path_factory.mktemp("tiny"))
+
+
 def test_installed_commands_explain_themselves(installed, tmp_path):
     bin_dir, env = installed
     helps = {command: run([str(bin_dir / command), *args, "--help"], tmp_path, env).stdout
@@ -73,10 +79,10 @@ def test_installed_package_carries_its_data_outside_the_checkout(installed, tmp_
     assert present == [True, True, True]
 
 
-def test_installed_link_command_links_a_corpus_and_writes_the_page(installed, tmp_path):
+def test_installed_link_command_links_a_corpus_and_writes_the_page(installed, tiny, tmp_path):
     """`onegen-link ... --html` run from another folder, with a tiny model and its index."""
     bin_dir, env = installed
-    model_dir, _, index_dir = tiny_model_and_index(tmp_path)
+    model_dir, _, index_dir = tiny
     texts = ["Marie Curie was born in Warsaw.", "Paris is the capital of France.", "The Amazon flows east."]
     (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"doc_id": f"d{i}", "text": t}) + "\n"
                                                    for i, t in enumerate(texts)), encoding="utf-8")
@@ -88,9 +94,9 @@ def test_installed_link_command_links_a_corpus_and_writes_the_page(installed, tm
     assert " INFO " not in proc.stderr  # --log-level WARNING holds back the info lines
 
 
-def test_installed_spacy_finds_the_component_by_entry_point(installed, tmp_path):
+def test_installed_spacy_finds_the_component_by_entry_point(installed, tiny, tmp_path):
     bin_dir, env = installed
-    model_dir, kb, _ = tiny_model_and_index(tmp_path)
+    model_dir, kb, _ = tiny
     config = {"model": str(model_dir), "kb": str(kb), "mention_bias": 20.0, "nil_threshold": -1.0}  # random model:
     # made to mark mentions and link each to its best candidate
     code = ("import spacy, json; nlp = spacy.blank('en'); "
