@@ -17,8 +17,7 @@ import sys
 from onegen.cli_logging import add_log_level, setup_logging
 from onegen.indexes import SAMPLE_CORPUS
 from onegen.ner import MENTION_SOURCES, SPACY_MODEL
-from onegen.pipeline.html_view import write_html
-from onegen.pipeline.job import JobConfig, run_job
+from onegen.pipeline.config import JobConfig
 
 CLI_ONLY = ("sample", "html", "log_level")  # options of this command that do not change results: not in JobConfig
 
@@ -101,7 +100,10 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help answers here, before Ray is imported
+    from onegen.pipeline.html_view import write_html
+    from onegen.pipeline.job import run_job
+
     setup_logging(args.log_level)
     config = job_config(args)
     try:

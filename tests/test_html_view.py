@@ -113,7 +113,7 @@ def test_a_large_output_gets_pages_for_the_first_documents_only(finished):
 def test_html_flag_writes_the_view_after_the_run_and_stays_out_of_the_job_config(finished, monkeypatch, capsys):
     assert not hasattr(link_cli.parse_args(["--input", "i.jsonl", "--output", "o", "--html"]), "html")
     summary = SimpleNamespace(output=str(finished), text=lambda: "3 documents")
-    monkeypatch.setattr(link_cli, "run_job", lambda config: summary)
+    monkeypatch.setattr("onegen.pipeline.job.run_job", lambda config: summary)  # what main() runs
     link_cli.main(["--input", "i.jsonl", "--output", str(finished), "--html"])
     assert f"html: {finished}/{HTML_FOLDER}/index.html" in capsys.readouterr().out
     assert (finished / HTML_FOLDER / "index.html").is_file()
