@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Test processes (pytest-xdist; a test file stays on one): the slow tests use about 1.25 cores each, so two
+# fill a 2-core machine. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install test test-fast demo clean
 
@@ -21,10 +25,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q -rs
+	$(PYTEST) -rs
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 demo: install
 	rm -rf out/demo  # the job refuses to overwrite a finished run; the demo starts clean
