@@ -66,7 +66,8 @@ class ExactSearch:
 def with_candidates(spans: Sequence, scores: np.ndarray, ids: np.ndarray) -> list[Mention]:
     """Undecided mentions (entity_id None) from spans (anything with start, end, surface) and their search
     results: scores (M, k), ids (M, k), best first; index padding (empty ids) dropped."""
-    return [Mention(s.start, s.end, s.surface, candidates=[Candidate(e, float(c)) for e, c in zip(row_ids, row_scores) if e])
+    return [Mention(s.start, s.end, s.surface, candidates=[Candidate(e, float(c)) for e, c in zip(row_ids, row_scores) if e],
+                    source=getattr(s, "source", None))
             for s, row_ids, row_scores in zip(spans, ids, scores)]
 
 
@@ -92,7 +93,8 @@ def decide_mentions(mentions: list[Mention], *, nil_threshold: float, alias_prio
     for m in mentions:
         entity_id, cosine = decide([c.entity_id for c in m.candidates], [c.score for c in m.candidates], m.surface,
                                    nil_threshold=nil_threshold, alias_prior=alias_prior, popularity=popularity)
-        out.append(Mention(m.start, m.end, m.surface, entity_id, cosine if np.isfinite(cosine) else None, m.candidates))
+        out.append(Mention(m.start, m.end, m.surface, entity_id, cosine if np.isfinite(cosine) else None, m.candidates,
+                           m.source))
     return out
 
 
@@ -195,10 +197,11 @@ class Linker:
         return [self.decide(found) for found in self.retrieve(texts, spans, mentions)]
 
     def embed(self, texts: list[str], spans: Sequence[Sequence[tuple[int, int]]] | None = None,
-              mentions: str | None = None, batch_size: int | None = None) -> list[Annotated]:
+              mentions: str | None = None, batch_size: int | None = None, span_source: str = "given") -> list[Annotated]:
         """The model side: each text's mentions with their [LK] vectors, in text order (`spans` and
         `mentions` as `link`'s). The model's own are decoded with this linker's mention bias; a given span
-        is embedded by teacher forcing. The link job's replicas run this."""
+        is embedded by teacher forcing and recorded with `span_source` as its source (the link job's NER
+        stage: "ner"). The link job's replicas run this."""
         from onegen.teacher_forcing import check_spans, embed_spans
 
         mentions = _check_mentions(self.mentions if mentions is None else mentions)
@@ -207,10 +210,11 @@ class Linker:
             raise ValueError(f"spans are linked only with mentions='given' or 'union', not {mentions!r}")
         if mentions == "model":
             return self._decode(texts, batch_size)
+        source = span_source
         if spans is None:
             if mentions == "given":
                 raise ValueError("mentions='given' links the spans you pass: give spans (one list per text)")
-            spans = self.ner(texts)
+            spans, source = self.ner(texts), "ner"
         check_spans(texts, spans)
         spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
         out = self._decode(texts, batch_size) if mentions == "union" else [Annotated(text) for text in texts]
@@ -219,7 +223,7 @@ class Linker:
         vectors = embed_spans(self.onegen, texts, given, batch_size=batch_size,
                               also_marked=[[(m.start, m.end) for m in annotated.mentions] for annotated in out])
         for annotated, text_spans, text_vectors in zip(out, given, vectors):
-            forced = [EmbeddedMention(s, e, annotated.text[s:e], v) for (s, e), v in zip(text_spans, text_vectors)]
+            forced = [EmbeddedMention(s, e, annotated.text[s:e], v, source) for (s, e), v in zip(text_spans, text_vectors)]
             annotated.mentions = sorted(annotated.mentions + forced, key=lambda m: m.start)
         return out
 

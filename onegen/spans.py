@@ -31,24 +31,27 @@ class Mention:
     entity_id: str | None = None  # canonical KB id (Wikipedia title in URL form), None for NIL
     score: float | None = None  # cosine of the chosen candidate (of the best one for NIL); None: not linked by a model
     candidates: list[Candidate] = field(default_factory=list)  # top-k retrieved, best first
+    source: str | None = None  # who marked the span: "model" (decoded), "ner" or "given" (teacher-forced); None: gold
 
     def to_dict(self) -> dict:
         """The mention as a row of a candidates file (`eval/run_gerbil.py run --candidates`, read by
-        `bench/gpu_score.py` and `eval/mention_errors.py`): span, the run's decision (entity id or None)
-        and candidates as [entity id, cosine] pairs."""
-        return {"start": self.start, "end": self.end, "surface": self.surface, "entity_id": self.entity_id,
-                "candidates": [[c.entity_id, round(c.score, 6)] for c in self.candidates]}
+        `bench/gpu_score.py` and `eval/mention_errors.py`): span, who marked it, the run's decision (entity
+        id or None) and candidates as [entity id, cosine] pairs."""
+        return {"start": self.start, "end": self.end, "surface": self.surface, "source": self.source,
+                "entity_id": self.entity_id, "candidates": [[c.entity_id, round(c.score, 6)] for c in self.candidates]}
 
     @classmethod
     def from_dict(cls, row: dict) -> Mention:
-        """A mention read back from a row of a candidates file (entity_id None in files without decisions)."""
+        """A mention read back from a row of a candidates file (entity_id None in files without decisions,
+        source None in files older than the field)."""
         return cls(row["start"], row["end"], row["surface"], row.get("entity_id"),
-                   candidates=[Candidate(e, float(c)) for e, c in row["candidates"]])
+                   candidates=[Candidate(e, float(c)) for e, c in row["candidates"]], source=row.get("source"))
 
     def to_row(self) -> dict:
         """The mention as a row of the link job's `mentions` column (onegen.pipeline.outputs.MENTION_TYPE)."""
         return {"start": self.start, "end": self.end, "surface": self.surface, "entity_id": self.entity_id,
-                "score": self.score, "candidates": [{"entity_id": c.entity_id, "score": c.score} for c in self.candidates]}
+                "score": self.score, "candidates": [{"entity_id": c.entity_id, "score": c.score} for c in self.candidates],
+                "source": self.source}
 
 
 @dataclass
@@ -70,6 +73,7 @@ class EmbeddedMention:
     end: int  # one past the last character; text[start:end] == surface always
     surface: str
     vector: np.ndarray  # (D,) float32, L2-normalised hidden state at the mention's [LK] token
+    source: str = "model"  # who marked the span: "model" (decoded), "ner" or "given" (teacher-forced)
 
 
 @dataclass

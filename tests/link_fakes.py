@@ -56,7 +56,7 @@ def fake_annotate(texts: list[str], spans: list[list[tuple[int, int]]] | None = 
     out = []
     for text, given in zip(texts, spans or [[] for _ in texts]):
         mentions = [EmbeddedMention(m.start(), m.end(), m.group(), vector(m.group())) for m in WORD.finditer(text)]
-        mentions += [EmbeddedMention(s, e, text[s:e], vector(text[s:e])) for s, e in given
+        mentions += [EmbeddedMention(s, e, text[s:e], vector(text[s:e]), "ner") for s, e in given
                      if not any(s < m.end and m.start < e for m in mentions)]
         out.append(Annotated(text, sorted(mentions, key=lambda m: m.start), marked=text, generated_tokens=len(text.split())))
     return out

@@ -128,6 +128,9 @@ def test_the_job_links_the_ner_spans_on_request(tmp_path, mentions):
     linker = Linker.from_pretrained(str(model_dir), index=str(index_dir))
     expected = linker.link([texts[0], texts[2]], spans=ner, mentions={"ner": "given", "union": "union"}[mentions])
     assert found == [[(m.start, m.end) for m in doc] for doc in expected]
+    own = [[(m.start, m.end) for m in doc] for doc in linker.link([texts[0], texts[2]], mentions="model")]
+    assert [[m["source"] for m in r["mentions"]] for r in rows if r["status"] == "ok"] == [
+        ["model" if span in doc_own else "ner" for span in doc] for doc, doc_own in zip(found, own)]
 
 
 def test_missing_index_says_how_to_build_it(tmp_path):

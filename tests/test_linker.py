@@ -11,7 +11,7 @@ from link_fakes import ENTITIES, fake_annotate, vector
 from onegen.decide import AliasPrior
 from onegen.linker import ExactSearch, Linker, link_texts
 from onegen.linker_config import CONFIG_NAME, LinkerConfig
-from onegen.spans import Document
+from onegen.spans import Document, Mention
 
 
 class FakeOneGen:
@@ -170,6 +170,7 @@ def test_given_spans_are_linked_with_teacher_forced_vectors(tiny_linker):
             assert [c.entity_id for c in m.candidates] == list(ids[0][:3])
             assert [c.score for c in m.candidates] == pytest.approx(scores[0][:3], abs=1e-5)
             assert m.entity_id == ids[0][0]  # no NIL at -1
+    assert {m.source for ms in given for m in ms} == {"given"}
     by_default = Linker(tiny_linker.onegen, tiny_linker.search, tiny_linker.config, mentions="given")
     assert [d.mentions for d in by_default(TEXTS, spans=SPANS)] == given
 
@@ -184,6 +185,8 @@ def test_union_adds_the_given_spans_that_overlap_none_of_the_model_s_mentions(ti
         linked = [m for m in ms_union if (m.start, m.end) not in kept]  # the model's own, linked as before
         assert [(m.start, m.end, m.entity_id) for m in linked] == [(m.start, m.end, m.entity_id) for m in ms_own]
         assert [m.score for m in linked] == pytest.approx([m.score for m in ms_own], abs=1e-5)  # float noise
+        assert [m.source for m in ms_union] == ["given" if (m.start, m.end) in kept else "model" for m in ms_union]
+        assert {m.source for m in ms_own} <= {"model"}
         added += len(kept)
     assert added  # some given span was not the model's
 
@@ -326,6 +329,8 @@ def test_the_linker_links_its_ners_spans_when_asked_or_when_its_config_says(tiny
     (linked,) = configured.link([text])
     spans = [(m.start, m.end) for m in linked]
     own = [(m.start, m.end) for m in configured.link([text], mentions="model")[0]]  # the model's own mentions
+    assert [m.source for m in linked] == ["model" if mentions == "union" and (m.start, m.end) in own else "ner"
+                                          for m in linked]
     if mentions == "ner":
         assert spans == ner
     else:
@@ -335,8 +340,11 @@ def test_the_linker_links_its_ners_spans_when_asked_or_when_its_config_says(tiny
     assert asked.link([text]) == [linked]
     assert Linker.from_pretrained(str(tmp_path / "model"), kb=str(tiny / "kb.jsonl"), mentions="model").link([text]) == [
         configured.link([text], mentions="model")[0]]  # a keyword wins over the config
-    (retrieved,) = asked.retrieve([text])  # what --candidates writes
+    (retrieved,) = asked.retrieve([text])  # what --candidates writes, who marked each span included
     assert [(m.start, m.end) for m in retrieved] == spans and all(m.entity_id is None for m in retrieved)
+    read_back = [Mention.from_dict(m.to_dict()) for m in retrieved]
+    assert [(m.start, m.end, m.source, [c.entity_id for c in m.candidates]) for m in read_back] == [
+        (m.start, m.end, m.source, [c.entity_id for c in m.candidates]) for m in retrieved]
 
 
 def test_a_missing_ner_model_is_refused_before_the_model_loads(tiny, monkeypatch):

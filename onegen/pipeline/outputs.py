@@ -47,6 +47,7 @@ _MENTION_FIELD_TYPES = {
     "entity_id": pa.string(),  # canonical entity id, null for NIL
     "score": pa.float32(),  # cosine of the chosen candidate (of the best one for NIL)
     "candidates": pa.list_(CANDIDATE_TYPE),  # global top-k, best first
+    "source": pa.string(),  # who marked the span: "model" (decoded) or "ner" (the NER stage's, teacher-forced)
 }
 MENTION_TYPE = pa.struct([(f.name, _MENTION_FIELD_TYPES[f.name]) for f in fields(Mention)])
 MENTIONS_TYPE = pa.list_(MENTION_TYPE)

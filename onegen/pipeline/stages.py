@@ -11,6 +11,7 @@ becomes an error row instead of failing the batch, so one bad input never stops 
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ LOG = logging.getLogger(__name__)
 # texts (and, with --mentions ner|union, the spans to link in each) -> one Annotated per text, in order
 Annotate = Callable[..., list[Annotated]]
 FindSpans = Callable[[list[str]], list[list[tuple[int, int]]]]  # texts -> (start, end) name spans per text
-SPAN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string())])
+SPAN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("surface", pa.string()), ("source", pa.string())])
 GIVEN_TYPE = pa.struct([("start", pa.int64()), ("end", pa.int64())])
 ATTEMPTS = 2  # tries of a batch, then of each of its documents, before a document is an error row
 SPANS, VECTORS = "_spans", "_vectors"  # columns passed from annotate to link, not written
@@ -54,7 +55,8 @@ def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool =
                      mention_bias: float = 0.0, mentions: str = "model") -> Annotate:
     """Load OneGen once (in the replica; on its GPU when it has one, its layers spread over its GPUs with
     `split_over_gpus`) and return `onegen.Linker.embed` of a Linker with no index (the job searches the shards),
-    linking `mentions` ("model", "ner" or "union": onegen.ner.MENTION_SOURCES)."""
+    linking `mentions` ("model", "ner" or "union": onegen.ner.MENTION_SOURCES); the spans it is given are the
+    NER stage's, so their mentions' source is "ner"."""
     from onegen.linker import Linker
     from onegen.linker_config import LinkerConfig
     from onegen.model import OneGen
@@ -62,7 +64,7 @@ def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool =
     onegen = OneGen.from_pretrained(model, split_over_gpus=split_over_gpus)
     linker = Linker(onegen, None, LinkerConfig(mention_bias=mention_bias), batch_size=batch_size, model=model,
                     mentions=MENTION_SOURCES[mentions])
-    return linker.embed
+    return functools.partial(linker.embed, span_source="ner")
 
 
 def vectors_column(rows: list[list[np.ndarray]]) -> pa.ListArray:
@@ -159,7 +161,7 @@ class AnnotateStage:
             if error is not None:
                 statuses[i], errors[i] = ERROR, error
                 continue
-            spans[i] = [{"start": m.start, "end": m.end, "surface": m.surface} for m in annotated.mentions]
+            spans[i] = [{"start": m.start, "end": m.end, "surface": m.surface, "source": m.source} for m in annotated.mentions]
             vectors[i] = [np.asarray(m.vector, np.float32) for m in annotated.mentions]
             tokens[i] = annotated.generated_tokens
         batch = _with_statuses(batch, statuses, errors)
