@@ -92,8 +92,12 @@ def test_cheap_checks_fail_before_ray_starts(tmp_path, no_ray, case):
     assert not ray.is_initialized()
 
 
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n", b"[1, 2]", b'{"files": {}, "model": null, "index": null, "other": 1}'],
-                         ids=["not JSON", "a JSON list", "unknown keys"])
+PREVIOUS_LAYOUT = (b'{"run_id": "r", "complete": true, "model": "m", "index": "i", "options": {}, "input": "in.jsonl", '
+                   b'"files": {}, "pending": {}, "version": 2}')  # parts without the mentions' source
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n", b"[1, 2]", b'{"files": {}, "model": null, "index": null, "other": 1}',
+                                     PREVIOUS_LAYOUT], ids=["not JSON", "a JSON list", "unknown keys", "previous layout"])
 def test_a_corrupt_or_foreign_manifest_gets_one_line_naming_it(tmp_path, no_ray, content):
     corpus = write_jsonl(tmp_path / "in.jsonl", DOCS_B)
     (tmp_path / "out").mkdir()

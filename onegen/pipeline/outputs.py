@@ -33,7 +33,7 @@ from onegen.spans import Mention
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 MANIFEST_FILE = "_manifest.json"
-MANIFEST_VERSION = 2  # layout of _manifest.json; 1 (files/model/index, written at the end) is refused
+MANIFEST_VERSION = 3  # layout of OUT; 2 (parts whose mentions have no `source`) and 1 (a manifest written at the end) are refused
 LOCK_FILE = "_lock.json"
 METRICS_FILE = "_metrics.json"
 TOKENS_COLUMN = "_generated_tokens"  # per-row count of generated tokens; summed for the metrics, not written
