@@ -9,15 +9,17 @@ same file (it must include the dev sets the settings are picked on).
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
 alias table and a popularity prior from the KB's `popularity` field re-rank the candidates, and a
-mention whose chosen cosine is under the NIL threshold is left unlinked. The three settings are picked
-on the dev sets (best mean InKB micro-F1 over a grid; by default AIDA testa and OKE15 train, news and
-encyclopedic text, so that no one genre decides); every dataset of `--run` is then scored with them
+mention whose chosen cosine is under the NIL threshold (given NER spans: their own threshold) is left
+unlinked; short forms of a document's linked mentions may then be linked (`onegen.decide.short_form_links`).
+The settings are picked on the dev sets (best mean InKB micro-F1 over a grid, `tune`; by default AIDA testa
+and OKE15 train, news and encyclopedic text, so that no one genre decides); every dataset of `--run` is then scored with them
 (A2KB, strong match, InKB, redirects applied), and every run with candidates for the dev sets (the
 ablations) gets its dev F1, tuned the same way, and its F1 with no prior and no NIL.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -36,12 +38,19 @@ from onegen.spans import Mention
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
 PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 POPULARITY_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.5]
+SETTING_NAMES = ("nil_threshold", "given_nil_threshold", "short_forms", "prior_weight", "popularity_weight")
 
 
-def link(docs: dict[str, list[Mention]], threshold: float, prior: AliasPrior | None,
-         popularity: PopularityPrior | None = None) -> dict[str, list[Mention]]:
-    """Mentions of every document: each mention's decided entity, or None (NIL)."""
-    return {doc_id: decide_mentions(mentions, nil_threshold=threshold, alias_prior=prior, popularity=popularity)
+RAW = {"nil_threshold": -math.inf, "prior_weight": 0.0, "popularity_weight": 0.0, "given_nil_threshold": None,
+       "short_forms": False}  # every retrieved mention linked to its best candidate
+
+
+def link(docs: dict[str, list[Mention]], settings: dict, table: AliasPrior, popularity: PopularityPrior) -> dict[str, list[Mention]]:
+    """Mentions of every document decided with `settings` (RAW's keys): each one's entity, or None (NIL)."""
+    alias_prior, popularity_prior = priors(table, popularity, settings["prior_weight"], settings["popularity_weight"])
+    return {doc_id: decide_mentions(mentions, nil_threshold=settings["nil_threshold"], alias_prior=alias_prior,
+                                    popularity=popularity_prior, given_nil_threshold=settings["given_nil_threshold"],
+                                    short_forms=settings["short_forms"])
             for doc_id, mentions in docs.items()}
 
 
@@ -51,16 +60,25 @@ def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popula
             PopularityPrior(popularity.scores, popularity_weight) if popularity_weight else None)
 
 
-def tune(dev: list[tuple], redirects, table, popularity) -> tuple[float, float, float, float]:
-    """(threshold, prior weight, popularity weight, mean InKB micro-F1) with the best mean F1 over the dev
-    sets, given as (gold documents, candidates by doc id) pairs."""
-    best = (-math.inf, 0.0, 0.0, -1.0)
+def tune(dev: list[tuple], redirects, table, popularity) -> dict:
+    """The settings (RAW's keys, plus "dev_f1") with the best mean InKB micro-F1 over the dev sets, given as
+    (gold documents, candidates by doc id) pairs. First one NIL threshold and the two prior weights over the
+    grid; then, at those weights, the NIL thresholds of the model's and of given (NER) spans apart and short
+    forms on or off, kept only where they gain."""
+    def f1(settings: dict) -> float:
+        return mean_f1(dev, redirects, lambda docs: link(docs, settings, table, popularity))
+
+    best, best_f1 = None, -1.0
     for weight, popularity_weight, threshold in itertools.product(PRIOR_WEIGHTS, POPULARITY_WEIGHTS, THRESHOLDS):
-        chosen = priors(table, popularity, weight, popularity_weight)
-        f1 = mean_f1(dev, redirects, lambda docs: link(docs, threshold, *chosen))
-        if f1 > best[3]:
-            best = (threshold, weight, popularity_weight, f1)
-    return best
+        settings = RAW | {"nil_threshold": threshold, "prior_weight": weight, "popularity_weight": popularity_weight}
+        if (found := f1(settings)) > best_f1:
+            best, best_f1 = settings, found
+    weights = {k: best[k] for k in ("prior_weight", "popularity_weight")}
+    for short_forms, threshold, given in itertools.product((False, True), THRESHOLDS, THRESHOLDS):
+        settings = RAW | weights | {"nil_threshold": threshold, "given_nil_threshold": given, "short_forms": short_forms}
+        if (found := f1(settings)) > best_f1:
+            best, best_f1 = settings, found
+    return best | {"dev_f1": best_f1}
 
 
 def mean_f1(dev: list[tuple], redirects, decide_docs) -> float:
@@ -102,25 +120,22 @@ def main(argv: list[str] | None = None) -> None:
         if any(name not in data for name in tune_sets):
             continue
         dev = [(gold[name], data[name]) for name in tune_sets]
-        threshold, weight, popularity_weight, f1 = tune(dev, redirects, table, popularity)
-        raw = mean_f1(dev, redirects, lambda docs: link(docs, -math.inf, None))
-        report["runs"][run] = {"nil_threshold": threshold, "prior_weight": weight, "popularity_weight": popularity_weight,
-                               "tune_sets": tune_sets, "dev_f1": f1, "dev_f1_raw": raw}
-        ablation_rows.append([run, pct(raw), pct(f1), threshold, weight, popularity_weight])
+        chosen = tune(dev, redirects, table, popularity)
+        raw = mean_f1(dev, redirects, lambda docs: link(docs, RAW, table, popularity))
+        report["runs"][run] = chosen | {"tune_sets": tune_sets, "dev_f1_raw": raw}
+        ablation_rows.append([run, pct(raw), pct(chosen["dev_f1"]), *(chosen[k] for k in SETTING_NAMES)])
     print(f"mean over {', '.join(tune_sets)}: A2KB strong InKB micro-F1 (percent)")
-    print(format_table(["run", "no prior, no NIL", "tuned", "NIL threshold", "prior weight", "popularity weight"],
-                       ablation_rows))
+    print(format_table(["run", "no prior, no NIL", "tuned", *SETTING_NAMES], ablation_rows))
 
     chosen = report["runs"][args.run]
-    chosen_priors = priors(table, popularity, chosen["prior_weight"], chosen["popularity_weight"])
     rows = []
     for name, docs in runs[args.run].items():
-        r = score(gold[name], link(docs, chosen["nil_threshold"], *chosen_priors), redirects=redirects)
+        r = score(gold[name], link(docs, chosen, table, popularity), redirects=redirects)
         m = r.inkb.micro
         rows.append([name, len(gold[name]), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1), pct(r.inkb.macro.f1)])
         report["datasets"][name] = r.to_dict()
-    print(f"\nrun {args.run}: NIL threshold {chosen['nil_threshold']}, prior weight {chosen['prior_weight']}, "
-          f"popularity weight {chosen['popularity_weight']} (tuned on {', '.join(tune_sets)}); A2KB strong InKB (percent)")
+    print(f"\nrun {args.run}: " + ", ".join(f"{k} {chosen[k]}" for k in SETTING_NAMES)
+          + f" (tuned on {', '.join(tune_sets)}); A2KB strong InKB (percent)")
     print(format_table(["dataset", "docs", "gold InKB", "P", "R", "micro-F1", "macro-F1"], rows))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
@@ -129,9 +144,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_config(model_dir: Path, chosen: dict) -> Path:
-    """Save the chosen NIL threshold and prior weights into the model folder's linker_config.json."""
-    config = model_config(str(model_dir)).replace(nil_threshold=chosen["nil_threshold"], alias_weight=chosen["prior_weight"],
-                                                  popularity_weight=chosen["popularity_weight"])
+    """Save the chosen settings (RAW's keys) into the model folder's linker_config.json, its others kept."""
+    config = dataclasses.replace(model_config(str(model_dir)), nil_threshold=chosen["nil_threshold"],
+                                 given_nil_threshold=chosen["given_nil_threshold"], short_forms=chosen["short_forms"],
+                                 alias_weight=chosen["prior_weight"], popularity_weight=chosen["popularity_weight"])
     path = config.save(model_dir)
     print(f"settings written to {path}")
     return path

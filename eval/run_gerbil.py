@@ -76,7 +76,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def linker_from_args(args: argparse.Namespace) -> TextLinker:
     """Build --linker with the options given on the command line (the rest stay at the linker's defaults)."""
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size,
-                      nil_threshold=args.nil_threshold, alias_weight=args.alias_weight,
+                      nil_threshold=args.nil_threshold, given_nil_threshold=args.given_nil_threshold,
+                      short_forms=args.short_forms, alias_weight=args.alias_weight,
                       popularity_weight=args.popularity_weight, mention_bias=args.mention_bias, mentions=args.mentions)
 
 
@@ -178,7 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json(args.json, {
             "linker": args.linker,
             "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold",
-                                                           "alias_weight", "popularity_weight", "mention_bias", "mentions")},
+                                                           "given_nil_threshold", "short_forms", "alias_weight",
+                                                           "popularity_weight", "mention_bias", "mentions")},
             "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
             "load_seconds": load_seconds, "total_seconds": total, "datasets": results,
         })
@@ -204,6 +206,12 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aliases", help="alias prior mention<TAB>entity<TAB>count (default: DATA_DIR/kb/aida_train_aliases.tsv)")
     parser.add_argument("--batch-size", type=int, help="texts per model batch (default: the linker's)")
     parser.add_argument("--nil-threshold", type=float, help="onegen: minimum score to link, else NIL (default: the model's linker_config.json)")
+    parser.add_argument("--given-nil-threshold", type=float,
+                        help="onegen: the same for NER spans (--mentions ner|union), embedded by teacher forcing "
+                             "(default: the model's linker_config.json; unset there: --nil-threshold)")
+    parser.add_argument("--short-forms", action=argparse.BooleanOptionalAction,
+                        help="onegen: link a NIL mention whose words are part of a longer linked mention of the same "
+                             "document to that entity when retrieval found it (default: the model's linker_config.json)")
     parser.add_argument("--alias-weight", type=float,
                         help="onegen: weight of the --aliases prior (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,

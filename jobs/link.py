@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=None, help="candidates kept per mention (default: the model's)")
     parser.add_argument("--nil-threshold", type=float, default=None,
                         help="cosine below which a mention is NIL (default: the model's)")
+    parser.add_argument("--given-nil-threshold", type=float, default=None,
+                        help="the same for the NER's spans of --mentions ner|union, which the model embeds by teacher "
+                             "forcing (default: the model's; 0.8 for the trained default; unset: --nil-threshold)")
+    parser.add_argument("--short-forms", action=argparse.BooleanOptionalAction, default=None,
+                        help="link a NIL mention whose words are part of a longer linked mention of the same document "
+                             "('Yeltsin' after 'Boris Yeltsin') to that entity when it is among its candidates "
+                             "(default: the model's; on for the trained default)")
     parser.add_argument("--aliases", default=None, help="alias prior table: mention<TAB>entity<TAB>count")
     parser.add_argument("--alias-weight", type=float, default=None, help="weight of the alias prior (default: the model's)")
     parser.add_argument("--popularity-weight", type=float, default=None,

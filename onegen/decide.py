@@ -8,11 +8,13 @@ did not find:
   JSONL's `popularity` field (e.g. Wikipedia in-links), which the index stores: between close
   candidates, the better known entity is the likelier referent.
 NIL is decided on the cosine of the chosen candidate, so the threshold keeps one meaning
-with or without priors.
+with or without priors. Then, within one text, `short_form_links` gives a NIL mention whose words are part
+of a longer linked mention ("Yeltsin" after "Boris Yeltsin") that mention's entity, when retrieval found it.
 """
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from kb.jsonl import iter_kb
 DEFAULT_NIL_THRESHOLD = 0.75
 DEFAULT_PRIOR_WEIGHT = 0.2
 DEFAULT_POPULARITY_WEIGHT = 0.1
+WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -103,3 +106,20 @@ def decide(
     if best_id is None or best_cosine < nil_threshold:
         return None, best_cosine
     return best_id, best_cosine
+
+
+def short_form_links(surfaces: Sequence[str], entity_ids: Sequence[str | None],
+                     candidates: Sequence[Sequence[str]]) -> list[str | None]:
+    """The entity ids of one text's mentions after linking short forms: a NIL mention whose words (case
+    folded) are a contiguous part of a longer mention's takes that mention's entity when all such longer
+    linked mentions agree on it and it is among the NIL mention's own candidates; the others are kept."""
+    words = [[w.casefold() for w in WORD.findall(surface)] for surface in surfaces]
+    out = list(entity_ids)
+    for i, (short, entity_id) in enumerate(zip(words, entity_ids)):
+        if entity_id is not None or not short:
+            continue
+        longer = {e for long, e in zip(words, entity_ids) if e is not None and len(long) > len(short)
+                  and any(long[j:j + len(short)] == short for j in range(len(long) - len(short) + 1))}
+        if len(longer) == 1 and (found := next(iter(longer))) in candidates[i]:
+            out[i] = found
+    return out

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onegen.decide import AliasPrior, PopularityPrior, decide
+from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
 from onegen.spans import Annotated, Candidate, Document, EmbeddedMention, Mention
@@ -86,13 +86,26 @@ def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batc
 
 
 def decide_mentions(mentions: list[Mention], *, nil_threshold: float, alias_prior: AliasPrior | None = None,
-                    popularity: PopularityPrior | None = None) -> list[Mention]:
-    """Each retrieved mention with its entity chosen by `decide` (None: NIL) and the cosine of the chosen
-    (for NIL, the best) candidate as its score; candidates kept."""
-    out = []
+                    popularity: PopularityPrior | None = None, given_nil_threshold: float | None = None,
+                    short_forms: bool = False) -> list[Mention]:
+    """One text's retrieved mentions, each with its entity chosen by `decide` (None: NIL) and the cosine of
+    the chosen (for NIL, the best) candidate as its score; candidates kept. A span the model was given
+    (source "ner" or "given") is NIL under `given_nil_threshold` (None: `nil_threshold`); with `short_forms`,
+    NIL short forms of linked mentions are linked (`onegen.decide.short_form_links`)."""
+    decided = []
     for m in mentions:
-        entity_id, cosine = decide([c.entity_id for c in m.candidates], [c.score for c in m.candidates], m.surface,
-                                   nil_threshold=nil_threshold, alias_prior=alias_prior, popularity=popularity)
+        given = given_nil_threshold is not None and m.source in ("ner", "given")
+        threshold = given_nil_threshold if given else nil_threshold
+        decided.append(decide([c.entity_id for c in m.candidates], [c.score for c in m.candidates], m.surface,
+                              nil_threshold=threshold, alias_prior=alias_prior, popularity=popularity))
+    entity_ids = [entity_id for entity_id, _ in decided]
+    if short_forms:
+        entity_ids = short_form_links([m.surface for m in mentions], entity_ids,
+                                      [[c.entity_id for c in m.candidates] for m in mentions])
+    out = []
+    for m, entity_id, (own, cosine) in zip(mentions, entity_ids, decided):
+        if entity_id != own:  # linked as a short form: the score is that candidate's cosine
+            cosine = next(c.score for c in m.candidates if c.entity_id == entity_id)
         out.append(Mention(m.start, m.end, m.surface, entity_id, cosine if np.isfinite(cosine) else None, m.candidates,
                            m.source))
     return out
@@ -139,8 +152,8 @@ class Linker:
                 refused (`build_index=True` builds it into the cache with Ray, once).
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
-            overrides: LinkerConfig settings (nil_threshold, alias_weight, popularity_weight, mention_bias,
-                top_k, aliases, mentions, ner_model) that win over the model's linker_config.json; None values
+            overrides: LinkerConfig settings (nil_threshold, given_nil_threshold, short_forms, alias_weight,
+                popularity_weight, mention_bias, top_k, aliases, mentions, ner_model) that win over the model's linker_config.json; None values
                 are ignored. `mentions` ("model", "ner" or "union") is what `link` links by default.
         """
         from onegen.model import OneGen
@@ -252,7 +265,8 @@ class Linker:
     def decide(self, mentions: list[Mention]) -> list[Mention]:
         """One text's retrieved mentions linked with this linker's NIL threshold and priors."""
         return decide_mentions(mentions, nil_threshold=self.config.nil_threshold, alias_prior=self.alias_prior,
-                               popularity=self.popularity)
+                               popularity=self.popularity, given_nil_threshold=self.config.given_nil_threshold,
+                               short_forms=self.config.short_forms)
 
 
 def _check_mentions(mentions: str) -> str:

@@ -24,6 +24,9 @@ class LinkerConfig:
     """How a linker decodes, ranks and decides (onegen.decide); `None` references mean "not recorded"."""
 
     nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine of the chosen candidate below which a mention is NIL
+    # the same for spans the model was given (an NER's or a caller's, embedded by teacher forcing); None: nil_threshold
+    given_nil_threshold: float | None = None
+    short_forms: bool = False  # link a NIL mention that is part of a longer linked one to its entity (onegen.decide)
     alias_weight: float = DEFAULT_PRIOR_WEIGHT  # weight of p(entity | surface) when an alias table is given
     popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
     mention_bias: float = 0.0  # logits added to opening a mention while decoding (0: the model's own choice)

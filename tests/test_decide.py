@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from onegen.decide import AliasPrior, PopularityPrior, decide
+from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
 
 
 def prior(tmp_path, rows: str, weight=0.2) -> AliasPrior:
@@ -80,3 +80,25 @@ def test_popularity_prior_reranks_close_candidates_but_nil_stays_on_the_cosine(t
     assert decide(["Paris_Hilton", "Paris"], [0.9, 0.3], "Paris", nil_threshold=0.5, popularity=prior)[0] == "Paris_Hilton"
     assert decide(ids, scores, "Paris", nil_threshold=0.71, popularity=prior) == (None, pytest.approx(0.70))
     assert decide(["Lyon"], [0.6], "Paris", nil_threshold=0.5, popularity=prior)[0] == "Lyon"  # never adds Paris
+
+
+def test_a_nil_short_form_takes_its_long_forms_entity_when_retrieval_found_it():
+    surfaces = ["Boris Yeltsin", "YELTSIN", "Yeltsin", "Boris", "Lebed", "Boris Yeltsin's"]
+    linked = ["Boris_Yeltsin", None, None, None, None, "Boris_Yeltsin"]
+    candidates = [["Boris_Yeltsin"], ["Yeltsin_(film)", "Boris_Yeltsin"], ["Yeltsin_(film)"], ["Boris_Yeltsin"],
+                  ["Boris_Yeltsin"], ["Boris_Yeltsin"]]
+    assert short_form_links(surfaces, linked, candidates) == [
+        "Boris_Yeltsin",  # linked mentions are kept
+        "Boris_Yeltsin",  # words compared case-folded
+        None,  # the long form's entity was not retrieved for it
+        "Boris_Yeltsin",  # any contiguous part
+        None,  # not part of a longer linked mention
+        "Boris_Yeltsin"]
+
+
+def test_a_short_form_of_two_entities_stays_nil_and_a_linked_one_keeps_its_entity():
+    surfaces = ["George Washington", "Washington", "Washington Post", "Post"]
+    linked = ["George_Washington", None, "The_Washington_Post", "Postage"]
+    candidates = [["George_Washington"], ["George_Washington", "The_Washington_Post"], ["The_Washington_Post"],
+                  ["Postage", "The_Washington_Post"]]
+    assert short_form_links(surfaces, linked, candidates) == linked

@@ -11,9 +11,13 @@ SPEC.loader.exec_module(gpu_score)
 
 def test_write_config_saves_the_picked_settings_and_keeps_the_others(tmp_path):
     LinkerConfig(mention_bias=1.5, top_k=7).save(tmp_path)  # how the candidates were made
-    gpu_score.write_config(tmp_path, {"nil_threshold": 0.6, "prior_weight": 0.3, "popularity_weight": 0.0})
+    LinkerConfig(mention_bias=1.5, top_k=7, given_nil_threshold=0.9).save(tmp_path / "given")
+    gpu_score.write_config(tmp_path, gpu_score.RAW | {"nil_threshold": 0.6, "prior_weight": 0.3, "given_nil_threshold": 0.7,
+                                                      "short_forms": True})
     assert model_config(str(tmp_path)) == LinkerConfig(nil_threshold=0.6, alias_weight=0.3, popularity_weight=0.0,
-                                                       mention_bias=1.5, top_k=7)
+                                                       mention_bias=1.5, top_k=7, given_nil_threshold=0.7, short_forms=True)
+    gpu_score.write_config(tmp_path / "given", gpu_score.RAW | {"nil_threshold": 0.6})  # None: the NER's spans as the model's
+    assert model_config(str(tmp_path / "given")).given_nil_threshold is None
 
 
 def test_the_settings_are_picked_by_the_mean_f1_over_the_dev_sets():
@@ -35,8 +39,35 @@ def test_the_settings_are_picked_by_the_mean_f1_over_the_dev_sets():
 
     def threshold(*dev):
         found = gpu_score.tune(list(dev), Redirects.empty(), AliasPrior(AliasTable({})), PopularityPrior({}))
-        return found[0], round(found[3], 4)
+        assert found["given_nil_threshold"] is None and not found["short_forms"]  # no NER spans, nothing to gain
+        return found["nil_threshold"], round(found["dev_f1"], 4)
 
     assert threshold(weak_gold) == (float("-inf"), 1.0)
     assert threshold(spurious) == (0.5, 1.0)
     assert threshold(weak_gold, spurious) == (float("-inf"), round((1 + 2 / 3) / 2, 4))  # 0.5 would give (0 + 1) / 2
+
+
+def test_the_ner_spans_get_their_own_threshold_and_short_forms_are_linked_only_where_they_gain():
+    """Teacher-forced NER spans whose cosines run higher than the model's own get a threshold of their own;
+    a NIL surname of a linked full name is linked to it when that gains on the dev sets."""
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+
+    text = "Boris Yeltsin met Lebed . Yeltsin spoke ."
+    spans = {"Boris Yeltsin": (0, 13), "Lebed": (18, 23), "Yeltsin": (26, 33)}
+    gold = [Document("d", text, [Mention(*spans["Boris Yeltsin"], "Boris Yeltsin", "Boris_Yeltsin"),
+                                 Mention(*spans["Yeltsin"], "Yeltsin", "Boris_Yeltsin")])]
+    found = {"d": [Mention(*spans["Boris Yeltsin"], "Boris Yeltsin", candidates=[Candidate("Boris_Yeltsin", 0.6)], source="model"),
+                   Mention(*spans["Lebed"], "Lebed", candidates=[Candidate("Alexander_Lebed", 0.7)], source="ner"),
+                   Mention(*spans["Yeltsin"], "Yeltsin", candidates=[Candidate("Yeltsin_(film)", 0.5),
+                                                                     Candidate("Boris_Yeltsin", 0.3)], source="model")]}
+    chosen = gpu_score.tune([(gold, found)], Redirects.empty(), AliasPrior(AliasTable({})), PopularityPrior({}))
+    assert chosen["dev_f1"] == 1.0 and chosen["short_forms"]
+    # Yeltsin's best candidate (0.5) is NIL, Boris Yeltsin (0.6) is not, and Lebed (an NER span at 0.7) is NIL
+    assert 0.5 < chosen["nil_threshold"] <= 0.6 and 0.7 < chosen["given_nil_threshold"]
+    linked = gpu_score.link(found, chosen, AliasPrior(AliasTable({})), PopularityPrior({}))["d"]
+    assert [(m.surface, m.entity_id, m.source) for m in linked] == [
+        ("Boris Yeltsin", "Boris_Yeltsin", "model"), ("Lebed", None, "ner"), ("Yeltsin", "Boris_Yeltsin", "model")]
+    assert linked[2].score == 0.3  # the cosine of the candidate it took

@@ -14,14 +14,15 @@ def test_decision_options_default_to_the_models_settings_and_can_be_changed(tmp_
     config = link_cli.parse_args(["--input", "in.jsonl", "--output", "out"])
     assert (config.nil_threshold, config.popularity_weight, config.mention_bias) == (None, None, None)
     resolved = with_model_settings(config)  # the trained default: its bundled linker_config.json
-    assert (resolved.nil_threshold, resolved.popularity_weight, resolved.alias_weight, resolved.mention_bias,
-            resolved.top_k, resolved.mentions) == (0.75, 0.0, 0.1, 1.0, 10, "union")
+    assert (resolved.nil_threshold, resolved.given_nil_threshold, resolved.short_forms, resolved.popularity_weight,
+            resolved.alias_weight, resolved.mention_bias, resolved.top_k, resolved.mentions) == (
+        0.75, 0.8, True, 0.0, 0.1, 1.0, 10, "union")
     config = link_cli.parse_args(["--input", "in.jsonl", "--output", "out", "--popularity-weight", "0",
                                   "--mention-bias", "1.5", "--nil-threshold", "0.6", "--alias-weight", "0.3",
-                                  "--mentions", "model"])
+                                  "--mentions", "model", "--given-nil-threshold", "0.7", "--no-short-forms"])
     resolved = with_model_settings(config)
-    assert (resolved.nil_threshold, resolved.popularity_weight, resolved.alias_weight, resolved.mention_bias,
-            resolved.mentions) == (0.6, 0.0, 0.3, 1.5, "model")
+    assert (resolved.nil_threshold, resolved.given_nil_threshold, resolved.short_forms, resolved.popularity_weight,
+            resolved.alias_weight, resolved.mention_bias, resolved.mentions) == (0.6, 0.7, False, 0.0, 0.3, 1.5, "model")
 
 
 def test_a_model_folder_without_settings_gets_the_generic_defaults(tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from link_fakes import FakeIndex, fake_annotate, lowercase_words, vector
+from link_fakes import ENTITIES, FakeIndex, fake_annotate, lowercase_words, vector
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.pipeline.inputs import Limits, RawRow, rows_to_table
 from onegen.pipeline.stages import AnnotateStage, LinkStep, NerStage, column_vectors, vectors_column
@@ -77,6 +77,25 @@ def test_link_step_links_above_threshold_nil_below_and_keeps_top_k():
     assert paris["score"] == pytest.approx(1.0, abs=1e-5) and [c["entity_id"] for c in paris["candidates"]][0] == "Paris"
     assert len(paris["candidates"]) == 3 and normandy["entity_id"] is None and normandy["score"] < 0.9
     assert out.column("model").to_pylist() == ["m", "m"] and out.column("index").to_pylist() == ["i", "i"]
+
+
+def test_link_step_gives_the_ner_spans_their_own_threshold_and_links_short_forms():
+    text = "Loire joins the loire valley near paris."
+
+    def ner(texts):  # "loire valley", "paris"
+        return [[(16, 28), (34, 39)] for _ in texts]
+
+    annotated = AnnotateStage(lambda: fake_annotate)(NerStage(lambda: ner)(batch([text])))
+    index = FakeIndex(ENTITIES + ["Loire valley"])
+
+    def linked(**options):
+        out = LinkStep(index, len(index.ids), 0.9, "m", "i", **options)(annotated)
+        return [(m["surface"], m["entity_id"], m["source"]) for m in out.column("mentions").to_pylist()[0]]
+
+    assert linked() == [("Loire", None, "model"), ("loire valley", "Loire valley", "ner"), ("paris", "Paris", "ner")]
+    assert linked(given_nil_threshold=1.5) == [("Loire", None, "model"), ("loire valley", None, "ner"), ("paris", None, "ner")]
+    assert linked(short_forms=True) == [("Loire", "Loire valley", "model"), ("loire valley", "Loire valley", "ner"),
+                                        ("paris", "Paris", "ner")]
 
 
 def test_alias_prior_changes_the_choice_among_retrieved_candidates(tmp_path):

@@ -245,8 +245,8 @@ def test_an_unknown_setting_is_a_one_line_error(tmp_path):
 def test_the_default_adapter_ships_its_tuned_settings():
     from onegen.linker_config import model_config
 
-    assert model_config(None) == LinkerConfig(nil_threshold=0.75, alias_weight=0.1, popularity_weight=0.0, mentions="union",
-                                              mention_bias=1.0, top_k=10)
+    assert model_config(None) == LinkerConfig(nil_threshold=0.75, given_nil_threshold=0.8, short_forms=True, alias_weight=0.1,
+                                              popularity_weight=0.0, mentions="union", mention_bias=1.0, top_k=10)
     assert LinkerConfig().mention_bias == 0.0  # a model nobody tuned decodes with its own choice
 
 
@@ -338,6 +338,10 @@ def test_the_linker_links_its_ners_spans_when_asked_or_when_its_config_says(tiny
             s[0] < e and b < s[1] for b, e in own)}
     assert all(m.entity_id in {"Paris", "Rome", "Berlin"} and m.candidates for m in linked)
     assert asked.link([text]) == [linked]
+    strict = get_linker("onegen", model=str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0,
+                        given_nil_threshold=2.0, mentions=mentions)  # what --given-nil-threshold 2 gives
+    assert [(m.start, m.end, m.entity_id) for m in strict.link([text])[0]] == [
+        (m.start, m.end, m.entity_id if m.source == "model" else None) for m in linked]
     assert Linker.from_pretrained(str(tmp_path / "model"), kb=str(tiny / "kb.jsonl"), mentions="model").link([text]) == [
         configured.link([text], mentions="model")[0]]  # a keyword wins over the config
     (retrieved,) = asked.retrieve([text])  # what --candidates writes, who marked each span included

@@ -149,7 +149,8 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
     return {f.uri: {"size": f.size, "sha256": content_hash(inputs.filesystem, f.path)} for f in inputs.files}
 
 
-DECISION_SETTINGS = ("top_k", "nil_threshold", "alias_weight", "popularity_weight", "mention_bias", "mentions", "ner_model")
+DECISION_SETTINGS = ("top_k", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "popularity_weight",
+                     "mention_bias", "mentions", "ner_model")
 
 
 def with_model_settings(config: JobConfig) -> JobConfig:
@@ -168,7 +169,8 @@ def with_model_settings(config: JobConfig) -> JobConfig:
 def result_options(config: JobConfig) -> dict:
     """The options that change output rows, as the manifest records them (the alias table by its content)."""
     aliases = content_hash(pafs.LocalFileSystem(), os.path.abspath(config.aliases)) if config.aliases else None
-    return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "popularity_weight": config.popularity_weight,
+    return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
+            "short_forms": config.short_forms, "popularity_weight": config.popularity_weight,
             "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
             "aliases_sha256": aliases, "mentions": config.mentions,
             "ner_model": config.ner_model if config.mentions != "model" else None}
@@ -332,7 +334,7 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
         num_cpus=config.cpus_per_replica,  # small on GPU nodes so reads are not starved
     )
     linker = LinkStep(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id,
-                    alias_prior, linking.popularity)
+                      alias_prior, linking.popularity, config.given_nil_threshold, config.short_forms)
     # Retrieval is remote calls to the index-shard actors plus numpy: a quarter CPU per task.
     return dataset.map_batches(linker, batch_format="pyarrow", num_cpus=0.25)
 

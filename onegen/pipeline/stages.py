@@ -189,6 +189,8 @@ class LinkStep:
     index_id: str  # index manifest hash, written to every row
     alias_prior: AliasPrior | None = None  # p(entity | surface) re-ranking
     popularity: PopularityPrior | None = None  # KB-popularity re-ranking
+    given_nil_threshold: float | None = None  # NIL threshold of the NER's spans (None: nil_threshold)
+    short_forms: bool = False  # link NIL short forms of a document's linked mentions
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         spans = [[Mention(**span) for span in row] for row in batch.column(SPANS).to_pylist()]
@@ -199,6 +201,7 @@ class LinkStep:
         for row in spans:
             retrieved = with_candidates(row, scores[q:q + len(row)], ids[q:q + len(row)]) if row else []
             decided = decide_mentions(retrieved, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
+                                      given_nil_threshold=self.given_nil_threshold, short_forms=self.short_forms,
                                       popularity=self.popularity)
             mentions.append([m.to_row() for m in decided])
             q += len(row)
