@@ -75,8 +75,9 @@ def recording(make_annotator, marks: str):
     annotate = make_annotator()
     seen = {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    # the OneGen instance of the onegen.Linker whose `embed` onegen_annotator returns
-    onegen = getattr(getattr(annotate, "__self__", None), "onegen", None)
+    # the OneGen instance of the onegen.Linker whose `embed` onegen_annotator returns (bound in a partial)
+    embed = getattr(annotate, "func", annotate)
+    onegen = getattr(getattr(embed, "__self__", None), "onegen", None)
     if isinstance(onegen, OneGen):
         weights = next(onegen.model.parameters())
         seen.update(device=str(onegen.device), weights=f"{weights.device} {weights.dtype}")
