@@ -9,8 +9,8 @@ same file (it must include the dev sets the settings are picked on).
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
 alias table and a popularity prior from the KB's `popularity` field re-rank the candidates, and a
-mention whose chosen cosine is under the NIL threshold (given NER spans: their own threshold) is left
-unlinked; short forms of a document's linked mentions may then be linked (`onegen.decide.short_form_links`).
+mention whose chosen cosine (plus the name bonus, when the mention is written as the entity's title) is
+under the NIL threshold (given NER spans: their own threshold) is left unlinked; short forms of a document's linked mentions may then be linked (`onegen.decide.short_form_links`).
 The settings are picked on the dev sets (best mean InKB micro-F1 over a grid, `tune`; by default AIDA testa
 and OKE15 train, news and encyclopedic text, so that no one genre decides); every dataset of `--run` is then scored with them
 (A2KB, strong match, InKB, redirects applied), and every run with candidates for the dev sets (the
@@ -38,11 +38,12 @@ from onegen.spans import Mention
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
 PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 POPULARITY_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.5]
-SETTING_NAMES = ("nil_threshold", "given_nil_threshold", "short_forms", "prior_weight", "popularity_weight")
+NAME_WEIGHTS = [0.0, 0.05, 0.1, 0.15, 0.2]
+SETTING_NAMES = ("nil_threshold", "given_nil_threshold", "short_forms", "prior_weight", "popularity_weight", "name_weight")
 
 
 RAW = {"nil_threshold": -math.inf, "prior_weight": 0.0, "popularity_weight": 0.0, "given_nil_threshold": None,
-       "short_forms": False}  # every retrieved mention linked to its best candidate
+       "short_forms": False, "name_weight": 0.0}  # every retrieved mention linked to its best candidate
 
 
 def link(docs: dict[str, list[Mention]], settings: dict, table: AliasPrior, popularity: PopularityPrior) -> dict[str, list[Mention]]:
@@ -50,7 +51,7 @@ def link(docs: dict[str, list[Mention]], settings: dict, table: AliasPrior, popu
     alias_prior, popularity_prior = priors(table, popularity, settings["prior_weight"], settings["popularity_weight"])
     return {doc_id: decide_mentions(mentions, nil_threshold=settings["nil_threshold"], alias_prior=alias_prior,
                                     popularity=popularity_prior, given_nil_threshold=settings["given_nil_threshold"],
-                                    short_forms=settings["short_forms"])
+                                    short_forms=settings["short_forms"], name_weight=settings["name_weight"])
             for doc_id, mentions in docs.items()}
 
 
@@ -63,8 +64,8 @@ def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popula
 def tune(dev: list[tuple], redirects, table, popularity) -> dict:
     """The settings (RAW's keys, plus "dev_f1") with the best mean InKB micro-F1 over the dev sets, given as
     (gold documents, candidates by doc id) pairs. First one NIL threshold and the two prior weights over the
-    grid; then, at those weights, the NIL thresholds of the model's and of given (NER) spans apart and short
-    forms on or off, kept only where they gain."""
+    grid; then, at those weights, the NIL thresholds of the model's and of given (NER) spans apart, the name
+    weight and short forms on or off, kept only where they gain."""
     def f1(settings: dict) -> float:
         return mean_f1(dev, redirects, lambda docs: link(docs, settings, table, popularity))
 
@@ -74,8 +75,9 @@ def tune(dev: list[tuple], redirects, table, popularity) -> dict:
         if (found := f1(settings)) > best_f1:
             best, best_f1 = settings, found
     weights = {k: best[k] for k in ("prior_weight", "popularity_weight")}
-    for short_forms, threshold, given in itertools.product((False, True), THRESHOLDS, THRESHOLDS):
-        settings = RAW | weights | {"nil_threshold": threshold, "given_nil_threshold": given, "short_forms": short_forms}
+    for short_forms, name_weight, threshold, given in itertools.product((False, True), NAME_WEIGHTS, THRESHOLDS, THRESHOLDS):
+        settings = RAW | weights | {"nil_threshold": threshold, "given_nil_threshold": given, "short_forms": short_forms,
+                                    "name_weight": name_weight}
         if (found := f1(settings)) > best_f1:
             best, best_f1 = settings, found
     return best | {"dev_f1": best_f1}
@@ -147,7 +149,8 @@ def write_config(model_dir: Path, chosen: dict) -> Path:
     """Save the chosen settings (RAW's keys) into the model folder's linker_config.json, its others kept."""
     config = dataclasses.replace(model_config(str(model_dir)), nil_threshold=chosen["nil_threshold"],
                                  given_nil_threshold=chosen["given_nil_threshold"], short_forms=chosen["short_forms"],
-                                 alias_weight=chosen["prior_weight"], popularity_weight=chosen["popularity_weight"])
+                                 alias_weight=chosen["prior_weight"], popularity_weight=chosen["popularity_weight"],
+                                 name_weight=chosen["name_weight"])
     path = config.save(model_dir)
     print(f"settings written to {path}")
     return path

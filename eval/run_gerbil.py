@@ -78,7 +78,8 @@ def linker_from_args(args: argparse.Namespace) -> TextLinker:
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size,
                       nil_threshold=args.nil_threshold, given_nil_threshold=args.given_nil_threshold,
                       short_forms=args.short_forms, alias_weight=args.alias_weight,
-                      popularity_weight=args.popularity_weight, mention_bias=args.mention_bias, mentions=args.mentions)
+                      popularity_weight=args.popularity_weight, name_weight=args.name_weight,
+                      mention_bias=args.mention_bias, mentions=args.mentions)
 
 
 def resolve_linker_paths(args: argparse.Namespace) -> None:
@@ -180,7 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "linker": args.linker,
             "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold",
                                                            "given_nil_threshold", "short_forms", "alias_weight",
-                                                           "popularity_weight", "mention_bias", "mentions")},
+                                                           "popularity_weight", "name_weight", "mention_bias",
+                                                           "mentions")},
             "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
             "load_seconds": load_seconds, "total_seconds": total, "datasets": results,
         })
@@ -216,6 +218,9 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                         help="onegen: weight of the --aliases prior (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
+    parser.add_argument("--name-weight", type=float,
+                        help="onegen: evidence added to a candidate's cosine, for ranking and NIL, when the mention is "
+                             "written as the entity's title (0: off; default: the model's linker_config.json)")
     parser.add_argument("--mentions", choices=MENTION_SOURCES,
                         help="onegen: which mentions are linked: the model's own ('model'), the baseline's spaCy NER "
                              "name spans ('ner'), or both, NER spans where they overlap none of the model's ('union'); "

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--popularity-weight", type=float, default=None,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "
                              "(default: the model's; 0 turns it off)")
+    parser.add_argument("--name-weight", type=float, default=None,
+                        help="evidence added to a candidate's cosine, for ranking and for NIL, when the mention is "
+                             "written as the entity's title (its id, e.g. 'Paris' for Paris_(band)), case aside "
+                             "(default: the model's; 0 turns it off)")
     parser.add_argument("--mention-bias", type=float, default=None,
                         help="logits added to opening a mention while decoding: above 0 the model marks more mentions "
                              "(recall for precision; slower); 0 is the model's own choice (default: the model's, "

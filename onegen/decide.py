@@ -8,7 +8,10 @@ did not find:
   JSONL's `popularity` field (e.g. Wikipedia in-links), which the index stores: between close
   candidates, the better known entity is the likelier referent.
 NIL is decided on the cosine of the chosen candidate, so the threshold keeps one meaning
-with or without priors. Then, within one text, `short_form_links` gives a NIL mention whose words are part
+with or without priors. One piece of evidence counts for both: a name bonus, added when the mention's
+surface is the candidate's own name (`is_title_of`: the Wikipedia title its canonical id spells, with or
+without a parenthesised qualifier, case-insensitively), is added to the cosine that NIL is decided on as
+well as to the ranking: a mention written as an entity's title is likelier to be that entity, and to be in the KB. Then, within one text, `short_form_links` gives a NIL mention whose words are part
 of a longer linked mention ("Yeltsin" after "Boris Yeltsin") that mention's entity, when retrieval found it.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kb.aliases import AliasTable
+from kb.aliases import AliasTable, normalise_surface
 from kb.jsonl import iter_kb
 
 # Generic defaults (onegen.linker_config.LinkerConfig) of the NIL threshold (cosine below: NIL) and the
@@ -30,6 +33,7 @@ DEFAULT_NIL_THRESHOLD = 0.75
 DEFAULT_PRIOR_WEIGHT = 0.2
 DEFAULT_POPULARITY_WEIGHT = 0.1
 WORD = re.compile(r"\w+")
+QUALIFIER = re.compile(r"(.+?) \([^()]*\)")  # "Paris (band)": the title before its parenthesised qualifier
 
 
 @dataclass
@@ -75,6 +79,15 @@ class PopularityPrior:
         return self.scores.get(entity_id, 0.0)
 
 
+def is_title_of(surface: str, entity_id: str) -> bool:
+    """Whether the surface (case and spacing aside) is the title a canonical id spells ("Paris_(band)":
+    "Paris (band)"), or that title without its parenthesised qualifier ("Paris")."""
+    title = entity_id.replace("_", " ")
+    key = normalise_surface(surface)
+    return key == normalise_surface(title) or (
+        (qualified := QUALIFIER.fullmatch(title)) is not None and key == normalise_surface(qualified.group(1)))
+
+
 def decide(
     candidate_ids: Sequence[str | None],
     candidate_scores: Sequence[float],
@@ -83,27 +96,31 @@ def decide(
     nil_threshold: float,
     alias_prior: AliasPrior | None = None,
     popularity: PopularityPrior | None = None,
+    name_weight: float = 0.0,
 ) -> tuple[str | None, float]:
     """Pick the linked entity of one mention, or None (NIL).
 
     Candidates are ranked by cosine (+ weight * p(entity | surface) with an alias prior, + weight *
-    popularity score with a popularity prior); the best one is returned with its cosine, or None with that cosine when the cosine is below
-    `nil_threshold`. Empty ids (padding from a short index) are skipped; no candidate -> (None, -inf).
+    popularity score with a popularity prior, + `name_weight` when the surface is the candidate's title,
+    `is_title_of`); the best one is returned with its cosine, or None with that cosine when its cosine plus
+    its name bonus is below `nil_threshold`. Empty ids (padding from a short index) are skipped; no
+    candidate -> (None, -inf).
     """
     if len(candidate_ids) != len(candidate_scores):
         raise ValueError(f"candidate_ids and candidate_scores differ in length: {len(candidate_ids)} != {len(candidate_scores)}")
-    best_id, best_cosine, best_rank = None, -math.inf, -math.inf
+    best_id, best_cosine, best_evidence, best_rank = None, -math.inf, -math.inf, -math.inf
     for entity_id, cosine in zip(candidate_ids, candidate_scores):
         if not entity_id:
             continue
-        rank = float(cosine)
+        evidence = float(cosine) + (name_weight if name_weight and is_title_of(surface, entity_id) else 0.0)
+        rank = evidence
         if alias_prior:
             rank += alias_prior.weight * alias_prior.probability(surface, entity_id)
         if popularity:
             rank += popularity.weight * popularity.score(entity_id)
         if rank > best_rank:
-            best_id, best_cosine, best_rank = entity_id, float(cosine), rank
-    if best_id is None or best_cosine < nil_threshold:
+            best_id, best_cosine, best_evidence, best_rank = entity_id, float(cosine), evidence, rank
+    if best_id is None or best_evidence < nil_threshold:
         return None, best_cosine
     return best_id, best_cosine
 

@@ -87,17 +87,19 @@ def retrieve_texts(onegen, texts: list[str], retriever, *, top_k: int = 10, batc
 
 def decide_mentions(mentions: list[Mention], *, nil_threshold: float, alias_prior: AliasPrior | None = None,
                     popularity: PopularityPrior | None = None, given_nil_threshold: float | None = None,
-                    short_forms: bool = False) -> list[Mention]:
+                    short_forms: bool = False, name_weight: float = 0.0) -> list[Mention]:
     """One text's retrieved mentions, each with its entity chosen by `decide` (None: NIL) and the cosine of
     the chosen (for NIL, the best) candidate as its score; candidates kept. A span the model was given
-    (source "ner" or "given") is NIL under `given_nil_threshold` (None: `nil_threshold`); with `short_forms`,
-    NIL short forms of linked mentions are linked (`onegen.decide.short_form_links`)."""
+    (source "ner" or "given") is NIL under `given_nil_threshold` (None: `nil_threshold`); a surface that is a
+    candidate's title adds `name_weight` to its evidence (`onegen.decide.decide`); with `short_forms`, NIL
+    short forms of linked mentions are linked (`onegen.decide.short_form_links`)."""
     decided = []
     for m in mentions:
         given = given_nil_threshold is not None and m.source in ("ner", "given")
         threshold = given_nil_threshold if given else nil_threshold
         decided.append(decide([c.entity_id for c in m.candidates], [c.score for c in m.candidates], m.surface,
-                              nil_threshold=threshold, alias_prior=alias_prior, popularity=popularity))
+                              nil_threshold=threshold, alias_prior=alias_prior, popularity=popularity,
+                              name_weight=name_weight))
     entity_ids = [entity_id for entity_id, _ in decided]
     if short_forms:
         entity_ids = short_form_links([m.surface for m in mentions], entity_ids,
@@ -153,7 +155,8 @@ class Linker:
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
             overrides: LinkerConfig settings (nil_threshold, given_nil_threshold, short_forms, alias_weight,
-                popularity_weight, mention_bias, top_k, aliases, mentions, ner_model) that win over the model's linker_config.json; None values
+                popularity_weight, name_weight, mention_bias, top_k, aliases, mentions, ner_model) that win over the
+                model's linker_config.json; None values
                 are ignored. `mentions` ("model", "ner" or "union") is what `link` links by default.
         """
         from onegen.model import OneGen
@@ -266,7 +269,7 @@ class Linker:
         """One text's retrieved mentions linked with this linker's NIL threshold and priors."""
         return decide_mentions(mentions, nil_threshold=self.config.nil_threshold, alias_prior=self.alias_prior,
                                popularity=self.popularity, given_nil_threshold=self.config.given_nil_threshold,
-                               short_forms=self.config.short_forms)
+                               short_forms=self.config.short_forms, name_weight=self.config.name_weight)
 
 
 def _check_mentions(mentions: str) -> str:

@@ -29,6 +29,7 @@ class LinkerConfig:
     short_forms: bool = False  # link a NIL mention that is part of a longer linked one to its entity (onegen.decide)
     alias_weight: float = DEFAULT_PRIOR_WEIGHT  # weight of p(entity | surface) when an alias table is given
     popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
+    name_weight: float = 0.0  # evidence added when a mention's surface is a candidate's title (onegen.decide; 0: off)
     mention_bias: float = 0.0  # logits added to opening a mention while decoding (0: the model's own choice)
     top_k: int = 10  # candidates retrieved per mention, re-ranked by the priors
     kb_fields: list[str] = field(default_factory=lambda: ["popularity"])  # KB JSONL fields the priors read

@@ -1,10 +1,10 @@
-"""decide(): entity or NIL from retrieved candidates, with optional alias and popularity priors."""
+"""decide(): entity or NIL from retrieved candidates, with optional alias and popularity priors and a name bonus."""
 import json
 import math
 
 import pytest
 
-from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
+from onegen.decide import AliasPrior, PopularityPrior, decide, is_title_of, short_form_links
 
 
 def prior(tmp_path, rows: str, weight=0.2) -> AliasPrior:
@@ -80,6 +80,27 @@ def test_popularity_prior_reranks_close_candidates_but_nil_stays_on_the_cosine(t
     assert decide(["Paris_Hilton", "Paris"], [0.9, 0.3], "Paris", nil_threshold=0.5, popularity=prior)[0] == "Paris_Hilton"
     assert decide(ids, scores, "Paris", nil_threshold=0.71, popularity=prior) == (None, pytest.approx(0.70))
     assert decide(["Lyon"], [0.6], "Paris", nil_threshold=0.5, popularity=prior)[0] == "Lyon"  # never adds Paris
+
+
+@pytest.mark.parametrize("surface, entity_id, is_title", [
+    ("Paris", "Paris", True), ("  PARIS ", "Paris", True), ("Paris", "Paris_(band)", True),  # qualifier dropped
+    ("Paris (band)", "Paris_(band)", True), ("New  York City", "New_York_City", True),
+    ("Paris", "Paris_Hilton", False), ("band", "Paris_(band)", False), ("Hilton", "Paris_Hilton", False),
+    ("Springfield", "Springfield,_Illinois", False), ("Gore", "Al_Gore", False)])
+def test_a_surface_is_the_title_its_id_spells_with_or_without_a_qualifier(surface, entity_id, is_title):
+    assert is_title_of(surface, entity_id) is is_title
+
+
+def test_the_name_weight_ranks_the_entity_named_by_the_surface_first_and_counts_against_nil():
+    ids, scores = ["Paris_Hilton", "Paris_(band)"], [0.72, 0.70]
+    assert decide(ids, scores, "Paris", nil_threshold=0.5)[0] == "Paris_Hilton"
+    assert decide(ids, scores, "Paris", nil_threshold=0.5, name_weight=0.05) == ("Paris_(band)", pytest.approx(0.70))
+    assert decide(ids, scores, "Hilton", nil_threshold=0.5, name_weight=0.05)[0] == "Paris_Hilton"  # no title matches
+    # NIL is decided on the cosine plus the name bonus: 0.70 + 0.05 clears 0.74, 0.72 alone would not
+    assert decide(ids, scores, "Paris", nil_threshold=0.74, name_weight=0.05) == ("Paris_(band)", pytest.approx(0.70))
+    assert decide(ids, scores, "Paris", nil_threshold=0.76, name_weight=0.05) == (None, pytest.approx(0.70))
+    assert decide(ids, scores, "Hilton", nil_threshold=0.74, name_weight=0.05) == (None, pytest.approx(0.72))
+    assert decide(["Lyon"], [0.6], "Paris", nil_threshold=0.5, name_weight=1.0)[0] == "Lyon"  # never adds Paris
 
 
 def test_a_nil_short_form_takes_its_long_forms_entity_when_retrieval_found_it():

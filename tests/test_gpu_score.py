@@ -13,9 +13,10 @@ def test_write_config_saves_the_picked_settings_and_keeps_the_others(tmp_path):
     LinkerConfig(mention_bias=1.5, top_k=7).save(tmp_path)  # how the candidates were made
     LinkerConfig(mention_bias=1.5, top_k=7, given_nil_threshold=0.9).save(tmp_path / "given")
     gpu_score.write_config(tmp_path, gpu_score.RAW | {"nil_threshold": 0.6, "prior_weight": 0.3, "given_nil_threshold": 0.7,
-                                                      "short_forms": True})
+                                                      "short_forms": True, "name_weight": 0.1})
     assert model_config(str(tmp_path)) == LinkerConfig(nil_threshold=0.6, alias_weight=0.3, popularity_weight=0.0,
-                                                       mention_bias=1.5, top_k=7, given_nil_threshold=0.7, short_forms=True)
+                                                       mention_bias=1.5, top_k=7, given_nil_threshold=0.7, short_forms=True,
+                                                       name_weight=0.1)
     gpu_score.write_config(tmp_path / "given", gpu_score.RAW | {"nil_threshold": 0.6})  # None: the NER's spans as the model's
     assert model_config(str(tmp_path / "given")).given_nil_threshold is None
 
@@ -40,6 +41,7 @@ def test_the_settings_are_picked_by_the_mean_f1_over_the_dev_sets():
     def threshold(*dev):
         found = gpu_score.tune(list(dev), Redirects.empty(), AliasPrior(AliasTable({})), PopularityPrior({}))
         assert found["given_nil_threshold"] is None and not found["short_forms"]  # no NER spans, nothing to gain
+        assert found["name_weight"] == 0.0  # every gold entity already ranked first
         return found["nil_threshold"], round(found["dev_f1"], 4)
 
     assert threshold(weak_gold) == (float("-inf"), 1.0)
@@ -71,3 +73,17 @@ def test_the_ner_spans_get_their_own_threshold_and_short_forms_are_linked_only_w
     assert [(m.surface, m.entity_id, m.source) for m in linked] == [
         ("Boris Yeltsin", "Boris_Yeltsin", "model"), ("Lebed", None, "ner"), ("Yeltsin", "Boris_Yeltsin", "model")]
     assert linked[2].score == 0.3  # the cosine of the candidate it took
+
+
+def test_a_name_weight_is_picked_where_the_entity_the_surface_names_is_ranked_second():
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+
+    gold = [Document("d", "Paris", [Mention(0, 5, "Paris", "Paris_(band)")])]
+    found = {"d": [Mention(0, 5, "Paris", candidates=[Candidate("Paris_Hilton", 0.72), Candidate("Paris_(band)", 0.70)],
+                           source="model")]}
+    chosen = gpu_score.tune([(gold, found)], Redirects.empty(), AliasPrior(AliasTable({})), PopularityPrior({}))
+    assert chosen["dev_f1"] == 1.0 and chosen["name_weight"] >= 0.05  # 0.02 apart: the smallest weight above that
+    assert gpu_score.link(found, gpu_score.RAW, AliasPrior(AliasTable({})), PopularityPrior({}))["d"][0].entity_id == "Paris_Hilton"

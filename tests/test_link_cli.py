@@ -2,7 +2,7 @@
 import importlib.util
 from pathlib import Path
 
-from onegen.linker_config import LinkerConfig
+from onegen.linker_config import LinkerConfig, model_config
 from onegen.pipeline.job import with_model_settings
 
 SPEC = importlib.util.spec_from_file_location("link_cli", Path(__file__).resolve().parents[1] / "jobs" / "link.py")
@@ -16,11 +16,14 @@ def test_decision_options_default_to_the_models_settings_and_can_be_changed(tmp_
     resolved = with_model_settings(config)  # the trained default: its bundled linker_config.json
     assert (resolved.nil_threshold, resolved.given_nil_threshold, resolved.short_forms, resolved.popularity_weight,
             resolved.alias_weight, resolved.mention_bias, resolved.top_k, resolved.mentions) == (
-        0.75, 0.8, True, 0.0, 0.1, 1.0, 10, "union")
+        0.75, 0.85, True, 0.0, 0.1, 1.0, 10, "union")
+    assert resolved.name_weight == model_config(None).name_weight > 0
     config = link_cli.parse_args(["--input", "in.jsonl", "--output", "out", "--popularity-weight", "0",
                                   "--mention-bias", "1.5", "--nil-threshold", "0.6", "--alias-weight", "0.3",
-                                  "--mentions", "model", "--given-nil-threshold", "0.7", "--no-short-forms"])
+                                  "--mentions", "model", "--given-nil-threshold", "0.7", "--no-short-forms",
+                                  "--name-weight", "0"])
     resolved = with_model_settings(config)
+    assert resolved.name_weight == 0.0
     assert (resolved.nil_threshold, resolved.given_nil_threshold, resolved.short_forms, resolved.popularity_weight,
             resolved.alias_weight, resolved.mention_bias, resolved.mentions) == (0.6, 0.7, False, 0.0, 0.3, 1.5, "model")
 

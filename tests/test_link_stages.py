@@ -127,3 +127,15 @@ def test_the_mentions_column_is_onegen_spans_mention_field_for_field():
     mention = Mention(0, 5, "Paris", "Paris", 0.5, [Candidate("Paris", 0.5), Candidate("Rome", 0.25)])
     assert [f.name for f in MENTION_TYPE] == [f.name for f in fields(Mention)]
     assert pa.array([mention.to_row()], MENTION_TYPE).to_pylist() == [mention.to_row()]
+
+
+def test_link_step_links_a_mention_written_as_an_entitys_title_with_the_name_weight():
+    annotated = AnnotateStage(lambda: fake_annotate)(batch(["Loire flows past Paris."]))
+    index = FakeIndex(ENTITIES + ["Loire_(river)"])  # the fake vectors of "Loire" and "Loire_(river)" are unrelated
+
+    def linked(**options):
+        out = LinkStep(index, len(index.ids), 0.9, "m", "i", **options)(annotated)
+        return [(m["surface"], m["entity_id"]) for m in out.column("mentions").to_pylist()[0]]
+
+    assert linked() == [("Loire", None), ("Paris", "Paris")]
+    assert linked(name_weight=1.0) == [("Loire", "Loire_(river)"), ("Paris", "Paris")]

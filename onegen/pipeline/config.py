@@ -27,6 +27,7 @@ class JobConfig:
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
     alias_weight: float | None = None  # weight of the alias prior
     popularity_weight: float | None = None  # weight of the KB-popularity prior (0: off)
+    name_weight: float | None = None  # evidence added when a mention's surface is a candidate's title (0: off)
     mention_bias: float | None = None  # logits added to opening a mention while decoding (0: the model's own)
     mentions: str | None = None  # what is linked: the model's own ("model"), an NER's name spans ("ner") or both ("union")
     ner_model: str | None = None  # spaCy model of the NER (--mentions ner|union)

@@ -150,7 +150,7 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
 
 
 DECISION_SETTINGS = ("top_k", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "popularity_weight",
-                     "mention_bias", "mentions", "ner_model")
+                     "name_weight", "mention_bias", "mentions", "ner_model")
 
 
 def with_model_settings(config: JobConfig) -> JobConfig:
@@ -170,14 +170,14 @@ def result_options(config: JobConfig) -> dict:
     """The options that change output rows, as the manifest records them (the alias table by its content)."""
     aliases = content_hash(pafs.LocalFileSystem(), os.path.abspath(config.aliases)) if config.aliases else None
     return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
-            "short_forms": config.short_forms, "popularity_weight": config.popularity_weight,
+            "short_forms": config.short_forms, "popularity_weight": config.popularity_weight, "name_weight": config.name_weight,
             "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
             "aliases_sha256": aliases, "mentions": config.mentions,
             "ner_model": config.ner_model if config.mentions != "model" else None}
 
 
 # options added since manifests were first written, with what the runs before them did
-UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None}
+UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0}
 
 
 def option_changes(recorded: dict, options: dict) -> str:
@@ -334,7 +334,7 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
         num_cpus=config.cpus_per_replica,  # small on GPU nodes so reads are not starved
     )
     linker = LinkStep(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id,
-                      alias_prior, linking.popularity, config.given_nil_threshold, config.short_forms)
+                      alias_prior, linking.popularity, config.given_nil_threshold, config.short_forms, config.name_weight)
     # Retrieval is remote calls to the index-shard actors plus numpy: a quarter CPU per task.
     return dataset.map_batches(linker, batch_format="pyarrow", num_cpus=0.25)
 

@@ -191,6 +191,7 @@ class LinkStep:
     popularity: PopularityPrior | None = None  # KB-popularity re-ranking
     given_nil_threshold: float | None = None  # NIL threshold of the NER's spans (None: nil_threshold)
     short_forms: bool = False  # link NIL short forms of a document's linked mentions
+    name_weight: float = 0.0  # evidence added when a mention's surface is a candidate's title
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         spans = [[Mention(**span) for span in row] for row in batch.column(SPANS).to_pylist()]
@@ -202,7 +203,7 @@ class LinkStep:
             retrieved = with_candidates(row, scores[q:q + len(row)], ids[q:q + len(row)]) if row else []
             decided = decide_mentions(retrieved, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
                                       given_nil_threshold=self.given_nil_threshold, short_forms=self.short_forms,
-                                      popularity=self.popularity)
+                                      popularity=self.popularity, name_weight=self.name_weight)
             mentions.append([m.to_row() for m in decided])
             q += len(row)
         batch = batch.drop_columns([SPANS, VECTORS])
