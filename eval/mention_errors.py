@@ -26,7 +26,10 @@ redirects applied as the scorer does:
 - gold not retrieved: the gold entity is not among the top-k candidates.
 
 `links elsewhere` counts links on spans that are no gold link's exact span (false positives with the
-wrong entities). This half means something only for a run against the evaluation KB.
+wrong entities). This half means something only for a run against the evaluation KB. With `--redecide`
+the candidates are decided again with a model's settings (its linker_config.json, as `onegen-gerbil run
+--linker onegen --model M` decides: DATA_DIR's alias table and KB popularity), so one decoding serves
+every change of settings.
 """
 from __future__ import annotations
 
@@ -163,6 +166,20 @@ def load_redirects(path: str | None, data_dir: str) -> Redirects:
     return Redirects.from_tsv(path or default)
 
 
+def redecided(found: dict[str, dict[str, list[Mention]]], model: str | None, data_dir: str) -> dict[str, dict[str, list[Mention]]]:
+    """The candidates decided again with the settings of `model`'s linker_config.json (None: the trained
+    default's), the alias table and popularity of DATA_DIR/kb, as `onegen-gerbil run --linker onegen` decides."""
+    from onegen.decide import PopularityPrior
+    from onegen.linker import Linker
+    from onegen.linker_config import model_config
+
+    kb = Path(data_dir) / "kb"
+    config = model_config(model).replace(aliases=str(kb / "aida_train_aliases.tsv"))
+    popularity = PopularityPrior.from_kb(kb / "entities.jsonl", weight=config.popularity_weight) if config.popularity_weight else None
+    linker = Linker(None, None, config, popularity=popularity)  # deciding needs no model and no index
+    return {name: {doc_id: linker.decide(mentions) for doc_id, mentions in docs.items()} for name, docs in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", required=True, help="candidates file of `onegen-gerbil run --candidates`")
@@ -170,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ner", action="store_true", help="also class the spaCy NER spans (as --mentions ner links them: onegen.ner) and the union")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="data bundle (default: %(default)s)")
     parser.add_argument("--redirects", help="redirects table (default: DATA_DIR/kb/redirects.tsv when present)")
+    parser.add_argument("--redecide", action="store_true",
+                        help="decide the candidates again with --model's settings instead of the decisions the file records")
+    parser.add_argument("--model", help="with --redecide: the model whose linker_config.json decides (default: the trained default)")
     args = parser.parse_args(argv)
     found = read_candidates(args.candidates)
     names = args.datasets.split(",") if args.datasets else list(found)
@@ -192,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
             systems["union"] = {d.doc_id: union(systems["OneGen"].get(d.doc_id, []), ner_spans[d.doc_id]) for d in docs}
         for system, spans in systems.items():
             print(format_row(name, system, split(docs, spans)))
-    if not has_decisions(args.candidates):
-        print(f"{args.candidates} records no decisions (written before 2026-12-03): no disambiguation table", file=sys.stderr)
+    if args.redecide:
+        found = redecided(found, args.model, args.data_dir)
+    elif not has_decisions(args.candidates):
+        print(f"{args.candidates} records no decisions (written before 2026-12-03): no disambiguation table "
+              f"(--redecide decides them)", file=sys.stderr)
         return 0
     redirects = load_redirects(args.redirects, args.data_dir)
     print()

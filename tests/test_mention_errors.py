@@ -100,3 +100,19 @@ def test_a_candidates_file_cut_off_mid_run_gives_the_documents_it_holds(tmp_path
     docs = read_candidates(path)["toy"]
     assert 0 < len(docs) < 400 and docs["d0"][0].entity_id == "Paris"
     assert "ends early" in capsys.readouterr().err
+
+
+def test_redecide_decides_the_candidates_again_with_a_models_settings(tmp_path, capsys, monkeypatch):
+    from onegen.linker_config import LinkerConfig
+
+    path = toy_candidates(tmp_path, monkeypatch, [_mention(0, 5, "Paris", None, "Paris").to_dict(),  # recorded NIL
+                                                  _mention(12, 18, "France", "France", "France").to_dict()])
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "aida_train_aliases.tsv").write_text("Paris\tParis\t1\n", encoding="utf-8")
+    rows = {}
+    for name, threshold in (("low", 0.5), ("high", 0.95)):
+        LinkerConfig(nil_threshold=threshold, popularity_weight=0.0).save(tmp_path / name)  # no KB popularity to read
+        assert main(["--candidates", str(path), "--data-dir", str(tmp_path), "--redecide", "--model", str(tmp_path / name)]) == 0
+        rows[name] = capsys.readouterr().out.splitlines()[-1]
+    assert rows["low"] == "| toy | 2 | 2 (100.0%) | 2 (100.0%) | 0 (0.0%) | 0 (0.0%) | 0 (0.0%) | 0 |"  # both linked right
+    assert rows["high"] == "| toy | 2 | 2 (100.0%) | 0 (0.0%) | 0 (0.0%) | 2 (100.0%) | 0 (0.0%) | 0 |"  # both NIL
