@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "CPUs before the replicas ('ner'), or both: the NER's spans that overlap none of the model's "
                              "are added ('union'). The model embeds an NER span by teacher forcing (one forward pass). "
                              "Default: the model's ('union' for the trained default)")
+    parser.add_argument("--title-spans", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --mentions union: an NER span that is a KB entity's title ('Brigham Young "
+                             "University') replaces the model's mentions inside it ('Brigham', 'Young', 'University') "
+                             "(default: the model's)")
     parser.add_argument("--ner-model", default=None,
                         help=f"spaCy model (installed package or folder) of --mentions ner|union (default: the model's, {SPACY_MODEL})")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")

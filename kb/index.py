@@ -501,6 +501,18 @@ def read_checked_manifest(directory: Path, expect: dict | None, expect_dim: int 
     return manifest
 
 
+def stored_ids(directory: str | Path) -> list[str]:
+    """Every entity id of a built index (updates included), shard by shard. Refuses missing or changed files."""
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    ids: list[str] = []
+    for info in manifest.shards:
+        name = shard_parts(info)["ids.txt"]
+        check_files(directory, {name: info.files[name]}, manifest.rebuild_command(directory))
+        ids += (directory / name).read_text(encoding="utf-8").splitlines()
+    return ids
+
+
 def stored_popularity(directory: str | Path) -> dict[str, int] | None:
     """Entity id -> the KB popularity stored with the index (updates included); None when a shard stores
     none (an index built before popularity was stored). Refuses missing or changed files."""

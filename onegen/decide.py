@@ -79,13 +79,17 @@ class PopularityPrior:
         return self.scores.get(entity_id, 0.0)
 
 
-def is_title_of(surface: str, entity_id: str) -> bool:
-    """Whether the surface (case and spacing aside) is the title a canonical id spells ("Paris_(band)":
-    "Paris (band)"), or that title without its parenthesised qualifier ("Paris")."""
+def title_names(entity_id: str) -> tuple[str, ...]:
+    """The names a canonical id spells, normalised (kb.aliases.normalise_surface): its title ("Paris_(band)":
+    "paris (band)"), and that title without its parenthesised qualifier ("paris")."""
     title = entity_id.replace("_", " ")
-    key = normalise_surface(surface)
-    return key == normalise_surface(title) or (
-        (qualified := QUALIFIER.fullmatch(title)) is not None and key == normalise_surface(qualified.group(1)))
+    qualified = QUALIFIER.fullmatch(title)
+    return (normalise_surface(title),) + ((normalise_surface(qualified.group(1)),) if qualified else ())
+
+
+def is_title_of(surface: str, entity_id: str) -> bool:
+    """Whether the surface (case and spacing aside) is one of the names the id spells (`title_names`)."""
+    return normalise_surface(surface) in title_names(entity_id)
 
 
 def decide(

@@ -12,7 +12,8 @@ encoded here and searched in memory (`ExactSearch`); a bigger one needs an index
 Mentions (`mentions`, by default the model's linker_config.json): the model's own ("model"), the name
 spans of the linker's spaCy NER ("ner", onegen.ner) or both ("union": the NER's spans that overlap none of
 the model's); a caller with spans of its own links exactly those ("given") or adds them to the model's
-("union" with `spans`). A span the model did not mark gets the model's own [LK] vector by teacher forcing
+("union" with `spans`); with `title_spans`, a union span that is a KB title replaces the model's mentions
+inside it (onegen.titles). A span the model did not mark gets the model's own [LK] vector by teacher forcing
 (onegen.teacher_forcing): the window is written as the model would write it with the span marked, in
 one forward pass, no decoding.
 The functions below are the shared core: training scores a model through `link_texts`, and the link
@@ -31,6 +32,7 @@ from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
 from onegen.spans import Annotated, Candidate, Document, EmbeddedMention, Mention
+from onegen.titles import Titles
 
 LOG = logging.getLogger(__name__)
 
@@ -129,7 +131,8 @@ class Linker:
     """
 
     def __init__(self, onegen, search, config: LinkerConfig, *, popularity: PopularityPrior | None = None,
-                 batch_size: int = 8, model: str | None = None, mentions: str | None = None):
+                 batch_size: int = 8, model: str | None = None, mentions: str | None = None,
+                 titles: Titles | None = None):
         self.onegen = onegen  # onegen.model.OneGen
         self.search = search  # ExactSearch or kb.index.EntityIndex: search(vectors (Q, D), k) -> (D, I); None: embed only
         self.config = config  # decision settings (config.index / .kb / .aliases: what is searched)
@@ -139,6 +142,9 @@ class Linker:
         self.model = model  # the model reference it was loaded from (None: the trained default)
         self.mentions = _check_mentions(mentions or config.mentions)  # which mentions `link` links unless told
         self._ner = None  # the NER of mentions "ner" and "union" without spans (onegen.ner.NerSpans), loaded on first use
+        # the KB's titles (onegen.titles.Titles) with config.title_spans: a given span that is one replaces the
+        # model's mentions inside it; None: given spans only fill the gaps between the model's
+        self.titles = titles if config.title_spans else None
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, index: str | None = None, kb: str | None = None,
@@ -155,8 +161,8 @@ class Linker:
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
             overrides: LinkerConfig settings (nil_threshold, given_nil_threshold, short_forms, alias_weight,
-                popularity_weight, name_weight, mention_bias, top_k, aliases, mentions, ner_model) that win over the
-                model's linker_config.json; None values
+                popularity_weight, name_weight, mention_bias, top_k, aliases, mentions, ner_model, title_spans) that
+                win over the model's linker_config.json; None values
                 are ignored. `mentions` ("model", "ner" or "union") is what `link` links by default.
         """
         from onegen.model import OneGen
@@ -179,7 +185,8 @@ class Linker:
             kb_file = Path(config.kb) if config.kb else SAMPLE_KB
             search, popularity = _kb_search(onegen, kb_file, model, config.popularity_weight, build_index)
         LOG.info("linking with %s against %d entities", onegen.fingerprint()["model"], len(search))
-        return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model)
+        titles = Titles.from_ids(_search_ids(search)) if config.title_spans else None
+        return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model, titles=titles)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model as OneGen saves it and linker_config.json (settings, index or KB, alias table)
@@ -234,14 +241,29 @@ class Linker:
         check_spans(texts, spans)
         spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
         out = self._decode(texts, batch_size) if mentions == "union" else [Annotated(text) for text in texts]
-        given = [[s for s in text_spans if not any(s[0] < m.end and m.start < s[1] for m in annotated.mentions)]
-                 for text_spans, annotated in zip(spans, out)]
+        given = [self._given_spans(text_spans, annotated) for text_spans, annotated in zip(spans, out)]
         vectors = embed_spans(self.onegen, texts, given, batch_size=batch_size,
                               also_marked=[[(m.start, m.end) for m in annotated.mentions] for annotated in out])
         for annotated, text_spans, text_vectors in zip(out, given, vectors):
             forced = [EmbeddedMention(s, e, annotated.text[s:e], v, source) for (s, e), v in zip(text_spans, text_vectors)]
             annotated.mentions = sorted(annotated.mentions + forced, key=lambda m: m.start)
         return out
+
+    def _given_spans(self, spans: list[tuple[int, int]], annotated: Annotated) -> list[tuple[int, int]]:
+        """The given spans of one text to embed: those that overlap none of the model's mentions, and (with
+        `titles`) a KB title that holds model mentions whole and cuts none, which it replaces (they are
+        dropped from `annotated.mentions`)."""
+        given, replaced = [], set()
+        for start, end in spans:
+            overlapping = [m for m in annotated.mentions if start < m.end and m.start < end]
+            inside = [m for m in overlapping if start <= m.start and m.end <= end and (m.start, m.end) != (start, end)]
+            if not overlapping:
+                given.append((start, end))
+            elif self.titles is not None and len(inside) == len(overlapping) and annotated.text[start:end] in self.titles:
+                given.append((start, end))
+                replaced.update(id(m) for m in inside)
+        annotated.mentions = [m for m in annotated.mentions if id(m) not in replaced]
+        return given
 
     def ner(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """The name spans of `config.ner_model` in each text (onegen.ner.NerSpans, tidied), loaded on first use."""
@@ -270,6 +292,13 @@ class Linker:
         return decide_mentions(mentions, nil_threshold=self.config.nil_threshold, alias_prior=self.alias_prior,
                                popularity=self.popularity, given_nil_threshold=self.config.given_nil_threshold,
                                short_forms=self.config.short_forms, name_weight=self.config.name_weight)
+
+
+def _search_ids(search) -> Sequence[str]:
+    """Every entity id a search holds: an in-memory KB's, or a built index's (read from its folder)."""
+    from kb.index import stored_ids
+
+    return search.ids if isinstance(search, ExactSearch) else stored_ids(search.directory)
 
 
 def _check_mentions(mentions: str) -> str:

@@ -37,6 +37,9 @@ class LinkerConfig:
     # NER's spans that overlap none of the model's); the NER is the spaCy model `ner_model` (onegen.ner)
     mentions: str = "model"
     ner_model: str = SPACY_MODEL
+    # with "union": an NER span that is a KB title ("Brigham Young University") replaces the model's mentions
+    # inside it ("Brigham", "Young", "University"), and is embedded by teacher forcing (onegen.titles)
+    title_spans: bool = False
     # What `Linker.save_pretrained` records so that `Linker.from_pretrained(dir)` links against the same entities:
     index: str | None = None  # built index folder
     kb: str | None = None  # KB JSONL searched in memory (None with no index: the bundled sample KB)

@@ -171,3 +171,16 @@ def test_popularity_is_stored_per_shard_kept_by_updates_and_checked(tmp_path):
     assert stored_popularity(tmp_path / "legacy") is None
     legacy.update(["E_5", "New_entity"], unit_vectors(2, seed=9), popularity=[1000, 7])
     assert stored_popularity(tmp_path / "legacy") is None  # the old shards still store none
+
+
+def test_stored_ids_are_every_entity_of_every_shard_updates_included_and_checked(tmp_path):
+    from kb.index import stored_ids
+
+    index = build(tmp_path, num_shards=3)
+    assert sorted(stored_ids(tmp_path / "idx")) == sorted(ids_for(300))
+    index.update(["E_5", "New_entity"], unit_vectors(2, seed=9))
+    assert sorted(stored_ids(tmp_path / "idx")) == sorted(ids_for(300) + ["New_entity"])
+    [ids] = (tmp_path / "idx").glob("shard-00001.*.ids.txt")
+    ids.write_text("E_1\n", encoding="utf-8")
+    with pytest.raises(IndexCorruptError, match="checksum mismatch"):
+        stored_ids(tmp_path / "idx")

@@ -17,13 +17,13 @@ def test_decision_options_default_to_the_models_settings_and_can_be_changed(tmp_
     assert (resolved.nil_threshold, resolved.given_nil_threshold, resolved.short_forms, resolved.popularity_weight,
             resolved.alias_weight, resolved.mention_bias, resolved.top_k, resolved.mentions) == (
         0.75, 0.85, True, 0.0, 0.1, 1.0, 10, "union")
-    assert resolved.name_weight == model_config(None).name_weight > 0
+    assert resolved.name_weight == model_config(None).name_weight > 0 and resolved.title_spans is True
     config = link_cli.parse_args(["--input", "in.jsonl", "--output", "out", "--popularity-weight", "0",
                                   "--mention-bias", "1.5", "--nil-threshold", "0.6", "--alias-weight", "0.3",
                                   "--mentions", "model", "--given-nil-threshold", "0.7", "--no-short-forms",
-                                  "--name-weight", "0"])
+                                  "--name-weight", "0", "--no-title-spans"])
     resolved = with_model_settings(config)
-    assert resolved.name_weight == 0.0
+    assert resolved.name_weight == 0.0 and resolved.title_spans is False
     assert (resolved.nil_threshold, resolved.given_nil_threshold, resolved.short_forms, resolved.popularity_weight,
             resolved.alias_weight, resolved.mention_bias, resolved.mentions) == (0.6, 0.7, False, 0.0, 0.3, 1.5, "model")
 

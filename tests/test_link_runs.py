@@ -217,6 +217,17 @@ def test_an_output_written_before_mentions_were_recorded_continues_with_the_mode
         "--mentions model (this run: ner)")
 
 
+def test_title_spans_are_a_result_option_of_union_runs_and_absent_means_off():
+    from onegen.pipeline.job import JobConfig, option_changes, result_options
+
+    union = JobConfig("in", "out", mentions="union", title_spans=False)
+    before = {key: value for key, value in result_options(union).items() if key != "title_spans"}  # an older manifest
+    assert option_changes(before, result_options(union)) == ""
+    assert option_changes(before, result_options(JobConfig("in", "out", mentions="union", title_spans=True))) == (
+        "--title-spans False (this run: True)")
+    assert result_options(JobConfig("in", "out", mentions="ner", title_spans=True))["title_spans"] is False  # no pieces
+
+
 @pytest.mark.ray
 def test_continuing_checks_the_model_column_of_existing_parts(tmp_path, finished):
     corpus, template = finished

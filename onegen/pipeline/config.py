@@ -31,6 +31,7 @@ class JobConfig:
     mention_bias: float | None = None  # logits added to opening a mention while decoding (0: the model's own)
     mentions: str | None = None  # what is linked: the model's own ("model"), an NER's name spans ("ner") or both ("union")
     ner_model: str | None = None  # spaCy model of the NER (--mentions ner|union)
+    title_spans: bool | None = None  # --mentions union: an NER span that is a KB title replaces the model's mentions inside it
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run

@@ -150,7 +150,7 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
 
 
 DECISION_SETTINGS = ("top_k", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "popularity_weight",
-                     "name_weight", "mention_bias", "mentions", "ner_model")
+                     "name_weight", "mention_bias", "mentions", "ner_model", "title_spans")
 
 
 def with_model_settings(config: JobConfig) -> JobConfig:
@@ -173,11 +173,12 @@ def result_options(config: JobConfig) -> dict:
             "short_forms": config.short_forms, "popularity_weight": config.popularity_weight, "name_weight": config.name_weight,
             "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
             "aliases_sha256": aliases, "mentions": config.mentions,
-            "ner_model": config.ner_model if config.mentions != "model" else None}
+            "ner_model": config.ner_model if config.mentions != "model" else None,
+            "title_spans": bool(config.title_spans) and config.mentions == "union"}
 
 
 # options added since manifests were first written, with what the runs before them did
-UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0}
+UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0, "title_spans": False}
 
 
 def option_changes(recorded: dict, options: dict) -> str:

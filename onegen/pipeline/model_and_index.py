@@ -41,9 +41,11 @@ def shard_gpus(config: JobConfig, shards: int) -> float:
 def prepare_linking(config: JobConfig) -> Linking:
     """Model identity, index (given, or built and cached) served by shard actors, and the replica factory
     (decision settings left None: the model's linker_config.json)."""
+    from kb.index import stored_ids
     from kb.manifest import MANIFEST_NAME, Manifest
     from kb.serving import RayIndexClient
     from onegen.index_build import model_identity
+    from onegen.titles import Titles
 
     config = with_model_settings(config)
     fingerprint, dim = model_identity(config.model)  # in a Ray task: the driver never holds the model
@@ -55,7 +57,8 @@ def prepare_linking(config: JobConfig) -> Linking:
     return Linking(
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
         make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
-                               config.mention_bias, config.mentions),
+                               config.mention_bias, config.mentions,
+                               Titles.from_ids(stored_ids(directory)) if config.title_spans and config.mentions == "union" else None),
         make_span_finder=partial(NerSpans, config.ner_model, tidy=True) if config.mentions != "model" else None,
         retriever=client,
         model_id=model_id(fingerprint),

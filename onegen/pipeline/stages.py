@@ -52,18 +52,19 @@ class Retriever(Protocol):
 
 
 def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool = False,
-                     mention_bias: float = 0.0, mentions: str = "model") -> Annotate:
+                     mention_bias: float = 0.0, mentions: str = "model", titles=None) -> Annotate:
     """Load OneGen once (in the replica; on its GPU when it has one, its layers spread over its GPUs with
     `split_over_gpus`) and return `onegen.Linker.embed` of a Linker with no index (the job searches the shards),
     linking `mentions` ("model", "ner" or "union": onegen.ner.MENTION_SOURCES); the spans it is given are the
-    NER stage's, so their mentions' source is "ner"."""
+    NER stage's, so their mentions' source is "ner". With the KB's `titles` (onegen.titles.Titles), an NER span
+    that is a title replaces the model's mentions inside it."""
     from onegen.linker import Linker
     from onegen.linker_config import LinkerConfig
     from onegen.model import OneGen
 
     onegen = OneGen.from_pretrained(model, split_over_gpus=split_over_gpus)
-    linker = Linker(onegen, None, LinkerConfig(mention_bias=mention_bias), batch_size=batch_size, model=model,
-                    mentions=MENTION_SOURCES[mentions])
+    linker = Linker(onegen, None, LinkerConfig(mention_bias=mention_bias, title_spans=titles is not None),
+                    batch_size=batch_size, model=model, mentions=MENTION_SOURCES[mentions], titles=titles)
     return functools.partial(linker.embed, span_source="ner")
 
 

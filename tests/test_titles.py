@@ -1,0 +1,70 @@
+"""onegen.titles: the KB's titles as its ids spell them, and the union spans that are one replacing the model's pieces."""
+import numpy as np
+import pytest
+
+from onegen.linker import Linker
+from onegen.linker_config import LinkerConfig
+from onegen.spans import Annotated, EmbeddedMention
+from onegen.titles import Titles
+
+
+def test_titles_are_the_ids_titles_with_and_without_qualifier_case_aside():
+    titles = Titles.from_ids(["Brigham_Young_University", "Paris_(band)", "New_York_City"])
+    assert "Brigham Young University" in titles and "BRIGHAM  young university" in titles
+    assert "Paris" in titles and "Paris (band)" in titles and "New York City" in titles
+    assert "band" not in titles and "Brigham Young" not in titles and "" not in titles
+    assert len(Titles.from_ids(["Paris", "Paris_(band)"])) == 2  # "paris" once, "paris (band)"
+
+
+def annotated(text: str, *words: str) -> Annotated:
+    """The model's mentions: each of `words`, at its first place in `text`."""
+    spans = [(text.index(w), text.index(w) + len(w)) for w in words]
+    return Annotated(text, [EmbeddedMention(s, e, text[s:e], np.zeros(2, np.float32)) for s, e in spans])
+
+
+@pytest.mark.parametrize("title_spans", [True, False])
+def test_a_union_span_that_is_a_title_replaces_the_models_mentions_inside_it_and_no_other(title_spans):
+    text = "Brigham Young University beat Utah State in Logan Utah ."
+    found = annotated(text, "Brigham", "Young", "University", "Utah", "Logan Utah")
+    linker = Linker(None, None, LinkerConfig(title_spans=title_spans),
+                    titles=Titles.from_ids(["Brigham_Young_University", "Utah_State_University", "Logan,_Utah", "Logan"]))
+    spans = {"Brigham Young University": (0, 24), "Utah State": (30, 40), "in Logan": (41, 49)}
+    given = linker._given_spans(sorted(spans.values()), found)
+    if title_spans:  # a title holding model mentions whole replaces them
+        assert given == [spans["Brigham Young University"]]
+        assert [m.surface for m in found.mentions] == ["Utah", "Logan Utah"]
+    else:  # only spans overlapping no model mention are added
+        assert given == [] and len(found.mentions) == 5
+    # "Utah State" holds "Utah" but is no title; "in Logan" cuts "Logan Utah": neither replaces anything
+
+
+def test_the_linker_embeds_the_title_span_in_place_of_the_pieces(tmp_path):
+    """Through `Linker.embed` with the tiny model: the pieces the model marked ("Par", "is") give way to the
+    NER span "Paris", a KB title, embedded by teacher forcing and recorded with the span source."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    from onegen.model import OneGen
+
+    tokenizer = tiny_tokenizer()
+    onegen = OneGen(tiny_model(len(tokenizer) + 3), tokenizer)
+    linker = Linker(onegen, None, LinkerConfig(title_spans=True, mentions="union"),
+                    titles=Titles.from_ids(["Paris", "Rome", "Berlin"]))
+    text = "Paris and Rome."
+    linker._decode = lambda texts, batch_size: [annotated(text, "Par", "is", "Rome")]  # what the model marked
+    (out,) = linker.embed([text], [[(0, 5)]], mentions="union", span_source="ner")
+    assert [(m.surface, m.source) for m in out.mentions] == [("Paris", "ner"), ("Rome", "model")]
+    assert np.linalg.norm(out.mentions[0].vector) == pytest.approx(1.0, abs=1e-4)  # a real [LK] vector
+
+
+def test_the_link_jobs_replica_gets_the_titles_it_is_given(tmp_path):
+    from tiny import tiny_model, tiny_tokenizer
+
+    from onegen.model import OneGen
+    from onegen.pipeline.stages import onegen_annotator
+
+    tokenizer = tiny_tokenizer()
+    OneGen(tiny_model(len(tokenizer) + 3), tokenizer).save_pretrained(tmp_path / "model")
+    titles = Titles.from_ids(["Paris"])
+    with_titles = onegen_annotator(str(tmp_path / "model"), 2, mentions="union", titles=titles)
+    assert with_titles.func.__self__.titles is titles and with_titles.keywords == {"span_source": "ner"}
+    assert onegen_annotator(str(tmp_path / "model"), 2, mentions="union").func.__self__.titles is None
