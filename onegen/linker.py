@@ -220,11 +220,13 @@ class Linker:
         return [self.decide(found) for found in self.retrieve(texts, spans, mentions)]
 
     def embed(self, texts: list[str], spans: Sequence[Sequence[tuple[int, int]]] | None = None,
-              mentions: str | None = None, batch_size: int | None = None, span_source: str = "given") -> list[Annotated]:
+              mentions: str | None = None, batch_size: int | None = None, span_source: str = "given",
+              windows: Sequence[Sequence] | None = None) -> list[Annotated]:
         """The model side: each text's mentions with their [LK] vectors, in text order (`spans` and
         `mentions` as `link`'s). The model's own are decoded with this linker's mention bias; a given span
         is embedded by teacher forcing and recorded with `span_source` as its source (the link job's NER
-        stage: "ner"). The link job's replicas run this."""
+        stage: "ner"). The link job's replicas run this. `windows`: each text's windows (onegen.chunking.
+        Window) cut beforehand, for decoding and teacher forcing alike (a machine without spaCy)."""
         from onegen.teacher_forcing import check_spans, embed_spans
 
         mentions = _check_mentions(self.mentions if mentions is None else mentions)
@@ -232,7 +234,7 @@ class Linker:
         if spans is not None and mentions in ("model", "ner"):
             raise ValueError(f"spans are linked only with mentions='given' or 'union', not {mentions!r}")
         if mentions == "model":
-            return self._decode(texts, batch_size)
+            return self._decode(texts, batch_size, windows)
         source = span_source
         if spans is None:
             if mentions == "given":
@@ -240,9 +242,9 @@ class Linker:
             spans, source = self.ner(texts), "ner"
         check_spans(texts, spans)
         spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
-        out = self._decode(texts, batch_size) if mentions == "union" else [Annotated(text) for text in texts]
+        out = self._decode(texts, batch_size, windows) if mentions == "union" else [Annotated(text) for text in texts]
         given = [self._given_spans(text_spans, annotated) for text_spans, annotated in zip(spans, out)]
-        vectors = embed_spans(self.onegen, texts, given, batch_size=batch_size,
+        vectors = embed_spans(self.onegen, texts, given, batch_size=batch_size, windows=windows,
                               also_marked=[[(m.start, m.end) for m in annotated.mentions] for annotated in out])
         for annotated, text_spans, text_vectors in zip(out, given, vectors):
             forced = [EmbeddedMention(s, e, annotated.text[s:e], v, source) for (s, e), v in zip(text_spans, text_vectors)]
@@ -273,9 +275,11 @@ class Linker:
             self._ner = NerSpans(self.config.ner_model, tidy=True)
         return self._ner(texts)
 
-    def _decode(self, texts: list[str], batch_size: int) -> list[Annotated]:
-        """The model's own mentions, decoded with this linker's mention bias."""
+    def _decode(self, texts: list[str], batch_size: int, windows: Sequence[Sequence] | None = None) -> list[Annotated]:
+        """The model's own mentions, decoded with this linker's mention bias (over `windows` when given)."""
         options = {"mention_bias": self.config.mention_bias} if self.config.mention_bias else {}
+        if windows is not None:
+            options["windows"] = windows
         return self.onegen(texts, batch_size=batch_size, **options)
 
     def retrieve(self, texts: list[str], spans: Sequence[Sequence[tuple[int, int]]] | None = None,

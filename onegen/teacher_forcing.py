@@ -66,6 +66,7 @@ def embed_spans(
     also_marked: Sequence[Sequence[Span]] | None = None,
     batch_size: int = 8,
     max_window_tokens: int | None = None,
+    windows: Sequence[Sequence[Window]] | None = None,
 ) -> list[np.ndarray]:
     """The teacher-forced [LK] vector of each given span (module docstring).
 
@@ -77,10 +78,14 @@ def embed_spans(
             not embedded; none of all these may overlap.
         batch_size: windows per forward pass (right-padded).
         max_window_tokens: source tokens per window (default: `default_window_tokens(onegen)`, as annotate).
+        windows: the windows of each text, computed beforehand as `annotate` takes them (a machine without
+            spaCy); None: cut here by `sentence_windows`.
     Returns:
         Per text, (len(spans[t]), D) float32 L2-normalised vectors, in the order of spans[t].
     """
     also_marked = also_marked if also_marked is not None else [[] for _ in texts]
+    if windows is not None and len(windows) != len(texts):
+        raise ValueError(f"windows must give one list per text: {len(windows)} lists for {len(texts)} texts")
     check_spans(texts, [list(s) + list(m) for s, m in zip(spans, also_marked)])
     tokenizer = onegen.tokenizer
     window_tokens = max_window_tokens or default_window_tokens(onegen)
@@ -91,8 +96,9 @@ def embed_spans(
     jobs: list[_Forced] = []
     for t, text in enumerate(texts):
         if spans[t]:
+            text_windows = list(windows[t]) if windows is not None else sentence_windows(text, window_tokens, count_tokens)
             jobs += _text_jobs(onegen, t, text, [tuple(s) for s in spans[t]], [tuple(s) for s in also_marked[t]],
-                               sentence_windows(text, window_tokens, count_tokens) or [Window(0, len(text))])
+                               text_windows or [Window(0, len(text))])
     out = [np.zeros((len(s), onegen.hidden_size), dtype=np.float32) for s in spans]
     jobs.sort(key=lambda j: len(j.input_ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked everywhere: any id works

@@ -191,6 +191,34 @@ def test_union_adds_the_given_spans_that_overlap_none_of_the_model_s_mentions(ti
     assert added  # some given span was not the model's
 
 
+def test_windows_cut_beforehand_embed_as_cut_here_with_no_sentence_splitter(tiny_linker, monkeypatch):
+    """A machine without spaCy (the lent GPU's) passes each text's windows; union links as it does here."""
+    import onegen.inference
+    import onegen.teacher_forcing
+    from onegen.chunking import sentence_windows
+    from onegen.inference import default_window_tokens
+
+    budget = default_window_tokens(tiny_linker.onegen)
+    windows = [sentence_windows(t, budget, lambda s: len(tiny_linker.onegen.tokenizer(s, add_special_tokens=False).input_ids))
+               for t in TEXTS]
+    here = tiny_linker.embed(TEXTS, SPANS, mentions="union")
+
+    def no_splitter(*args, **kwargs):
+        raise AssertionError("sentences split although the windows were given")
+
+    for module in (onegen.inference, onegen.teacher_forcing):
+        monkeypatch.setattr(module, "sentence_windows", no_splitter)
+    given = tiny_linker.embed(TEXTS, SPANS, mentions="union", windows=windows)
+    assert [[(m.start, m.end, m.source) for m in a.mentions] for a in given] == \
+        [[(m.start, m.end, m.source) for m in a.mentions] for a in here]
+    assert any(m.source == "given" for a in given for m in a.mentions)
+    for a, b in zip(given, here):
+        for m, n in zip(a.mentions, b.mentions):
+            np.testing.assert_allclose(m.vector, n.vector, atol=1e-5)
+    with pytest.raises(ValueError, match="one list per text"):
+        tiny_linker.embed(TEXTS, SPANS, mentions="given", windows=windows[:1])
+
+
 def test_bad_spans_and_mentions_are_clear_errors(tiny_linker):
     with pytest.raises(ValueError, match=r"text 1: span \(0, 99\) is not a \(start, end\) with 0 <= start < end <= 14"):
         tiny_linker.link(TEXTS, spans=[[], [(0, 99)], []], mentions="given")

@@ -50,7 +50,7 @@ def test_the_linker_embeds_the_title_span_in_place_of_the_pieces(tmp_path):
     linker = Linker(onegen, None, LinkerConfig(title_spans=True, mentions="union"),
                     titles=Titles.from_ids(["Paris", "Rome", "Berlin"]))
     text = "Paris and Rome."
-    linker._decode = lambda texts, batch_size: [annotated(text, "Par", "is", "Rome")]  # what the model marked
+    linker._decode = lambda texts, batch_size, windows: [annotated(text, "Par", "is", "Rome")]  # what the model marked
     (out,) = linker.embed([text], [[(0, 5)]], mentions="union", span_source="ner")
     assert [(m.surface, m.source) for m in out.mentions] == [("Paris", "ner"), ("Rome", "model")]
     assert np.linalg.norm(out.mentions[0].vector) == pytest.approx(1.0, abs=1e-4)  # a real [LK] vector
