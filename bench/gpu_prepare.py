@@ -12,8 +12,9 @@ Writes into OUT (a folder git ignores: it holds Reuters-derived AIDA text, which
 - kb.jsonl.gz: the evaluation KB (DESIGN section 4 lines);
 - redirects.tsv: the title redirects, so that mined negatives (`mine_negatives`, stage 6 of the recipe)
   never hold a redirect of the gold entity;
-- eval.jsonl.gz: {"dataset", "doc_id", "text", "windows": [[start, end], ...]} per evaluation document,
-  windows as `onegen.inference.annotate` would cut them for the default model;
+- eval.jsonl.gz: {"dataset", "doc_id", "text", "windows": [[start, end], ...], "ner_spans": [[start, end], ...]}
+  per evaluation document, windows as `onegen.inference.annotate` would cut them for the default model, name
+  spans as the linker's NER finds them (`--mentions ner|union`: `Linker.ner`, the default spaCy model);
 - config.json: the TrainConfig of the main run (paths as on this machine, for the model card) and sizes.
 """
 from __future__ import annotations
@@ -30,7 +31,9 @@ from eval.corpora import AIDA_FILE, DEFAULT_DATA_DIR, dataset_names, load_datase
 from onegen.chunking import sentence_windows
 from onegen.default_model import DEFAULT_MODEL_NAME
 from onegen.inference import default_window_tokens
+from onegen.linker_config import LinkerConfig
 from onegen.model import OneGen
+from onegen.ner import NerSpans
 from onegen.training import TrainConfig, prepare_data
 
 EVAL_DATASETS_SKIPPED = ("aida-train",)  # trained on
@@ -80,14 +83,16 @@ def main(argv: list[str] | None = None) -> None:
     def count_tokens(s: str) -> int:
         return len(onegen.tokenizer(s, add_special_tokens=False).input_ids)
 
+    ner = NerSpans(LinkerConfig().ner_model, tidy=True)  # as Linker.ner finds them
+
     def eval_rows():
         for name in evaluation:
             docs = load_dataset(name, args.data_dir)[: args.limit_docs]
             data.sizes[f"eval_docs_{name}"] = len(docs)
-            for doc in docs:
+            for doc, names in zip(docs, ner([doc.text for doc in docs])):
                 windows = sentence_windows(doc.text, window_tokens, count_tokens) if doc.text.strip() else []
                 yield {"dataset": name, "doc_id": doc.doc_id, "text": doc.text,
-                       "windows": [[w.start, w.end] for w in windows]}
+                       "windows": [[w.start, w.end] for w in windows], "ner_spans": [list(span) for span in names]}
 
     write_jsonl_gz(args.out / "eval.jsonl.gz", eval_rows())
     (args.out / "config.json").write_text(json.dumps({"train_config": asdict(config), "sizes": data.sizes,

@@ -7,14 +7,17 @@ write the candidates of every evaluation document.
 It runs where Ray, spaCy and FAISS are absent: it reads what `bench/gpu_prepare.py` built (training
 examples, KB, evaluation documents with their windows) and trains in this one process, each stage as
 `jobs/train.py --config ... --no-ray` would (the same `fit`; stage N into OUT/stage-N from stage N-1's
-folder, or from `--init` for the first stage run; a finished stage is skipped). Flags override the
-recipe's values for every stage run, as on jobs/train.py. Then the last stage's model, loaded back from
-what was saved, finds the candidates as `eval/run_gerbil.py run --linker onegen` does
-(onegen.inference.annotate over the given windows, then exact cosine top-k over every KB entity's [SE]
-vector), in float32 (TF32 matrix products), written as OUT/candidates-main.jsonl.gz:
-{"dataset", "doc_id", "mentions": [{"start", "end", "surface", "candidates": [[entity_id, cosine], ...]}]}.
-`bench/gpu_score.py` then picks the NIL threshold on testa and scores every set there. OUT/results.json
-records what ran, the timings and the losses.
+folder, or from `--init` for the first stage run; a finished stage is skipped; the recipe's last stage gets
+its [linker] settings). Flags override the recipe's values for every stage run, as on jobs/train.py. Then
+the last stage's model, loaded back from what was saved, finds the candidates as `eval/run_gerbil.py run
+--linker onegen` does: `Linker.embed` with the model's linker_config.json (mention bias; with `mentions`
+"union", the NER spans prepared there embedded by teacher forcing, title spans) over the prepared windows,
+then exact cosine top-k over every KB entity's [SE] vector, in float32 (TF32 matrix products), written as
+OUT/candidates-main.jsonl.gz: {"dataset", "doc_id", "mentions": [{"start", "end", "surface", "source",
+"candidates": [[entity_id, cosine], ...]}]}. `--baseline DIR` then does the same for another saved model
+(the shipped default, say) into OUT/candidates-baseline.jsonl.gz, for a comparison made in one call.
+`bench/gpu_score.py` then picks the decision settings on the dev sets and scores every set there.
+OUT/results.json records what ran, the timings and the losses.
 """
 from __future__ import annotations
 
@@ -33,20 +36,21 @@ import numpy as np
 import torch
 
 from eval.corpora import DEV_SETS
+from jobs.train import save_linker_settings
 from kb.jsonl import read_kb
 from onegen.chunking import Window
 from onegen.data import OneGenExample
-from onegen.inference import annotate
-from onegen.linker import with_candidates
+from onegen.linker import Linker, search_mentions
+from onegen.linker_config import model_config
 from onegen.model import OneGen
 from onegen.training import TrainConfig, TrainData, fit, is_finished, load_recipe
 from onegen.training.card import command_line, portable
 from onegen.training.data import example_sizes, sample_examples
 from onegen.training.loop import hardware
 from onegen.training.recipe import parse_stages
+from onegen.titles import Titles
 
 LOG = logging.getLogger("gpu_run")
-TOP_K = 10
 SEARCH_ROWS = 4096  # queries scored against the KB at once (a (4096, N) float32 block on the GPU)
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
@@ -81,26 +85,27 @@ class Results:
         tmp.replace(self.path)
 
 
-def embed_kb(onegen: OneGen, entities: list, batch_size: int) -> torch.Tensor:
-    """(N, D) float32 L2-normalised [SE] vectors of the KB, on the GPU."""
-    return torch.from_numpy(onegen.embed_entities(entities, batch_size=batch_size)).to(onegen.device)
+class GpuSearch:
+    """Exact cosine top-k over the KB's L2-normalised [SE] vectors on their device, in blocks of queries
+    (a Linker's `search`, as onegen.linker.ExactSearch is on the CPU)."""
 
+    def __init__(self, ids: list[str], vectors: torch.Tensor):
+        self.ids = np.asarray(ids, dtype=object)  # (N,)
+        self.vectors = vectors  # (N, D) float32
 
-def exact_search(kb_ids: list[str], kb_vectors: torch.Tensor):
-    """A `search(queries, k) -> (scores, ids)` over the KB vectors, on their device, in blocks of queries."""
-    ids = np.asarray(kb_ids, dtype=object)
+    def __len__(self) -> int:
+        return len(self.ids)
 
-    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, len(ids))
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) cosine scores and entity ids, best first."""
+        k = min(k, len(self.ids))
         scores, rows = [], []
         for start in range(0, len(queries), SEARCH_ROWS):
-            block = torch.from_numpy(queries[start:start + SEARCH_ROWS]).to(kb_vectors.device)
-            s, i = (block @ kb_vectors.T).topk(k, dim=1)  # (Q, k)
+            block = torch.from_numpy(queries[start:start + SEARCH_ROWS]).to(self.vectors.device)
+            s, i = (block @ self.vectors.T).topk(k, dim=1)  # (Q, k)
             scores.append(s.cpu().numpy())
             rows.append(i.cpu().numpy())
-        return np.concatenate(scores), ids[np.concatenate(rows)]
-
-    return search
+        return np.concatenate(scores), self.ids[np.concatenate(rows)]
 
 
 def in_scoring_order(docs: list[dict]) -> list[list[dict]]:
@@ -112,25 +117,26 @@ def in_scoring_order(docs: list[dict]) -> list[list[dict]]:
     return sorted(groups.values(), key=lambda g: first.index(g[0]["dataset"]) if g[0]["dataset"] in first else len(first))
 
 
-def write_candidates(onegen: OneGen, docs: list[dict], search, path: Path, batch_size: int) -> dict:
-    """Annotate `docs` over their windows, search the top-k entities of each mention, write them to `path`.
+def write_candidates(linker: Linker, docs: list[dict], path: Path, batch_size: int) -> dict:
+    """Embed the mentions of `docs` as `linker.embed` does over their prepared windows (and NER spans), search
+    the top-k entities of each, write them to `path`.
 
-    One dataset at a time, AIDA first, each flushed once written: a call cut off in the middle still
+    One dataset at a time, the dev sets first, each flushed once written: a call cut off in the middle still
     leaves the datasets it finished readable (`bench/gpu_score.py` reads up to where the file ends).
     """
     started = time.perf_counter()
     mentions = generated = 0
+    with_spans = linker.mentions != "model"
     with gzip.open(path, "wt", encoding="utf-8") as f:
         for group in in_scoring_order(docs):
-            annotated = annotate(onegen, [d["text"] for d in group], batch_size=batch_size,
-                                 windows=[[Window(s, e) for s, e in d["windows"]] for d in group])
-            for doc, result in zip(group, annotated):
-                rows = []
-                if result.mentions:
-                    scores, ids = search(np.stack([m.vector for m in result.mentions]), TOP_K)  # (M, k) each
-                    rows = [m.to_dict() for m in with_candidates(result.mentions, scores, ids)]
+            spans = [[tuple(span) for span in d["ner_spans"]] for d in group] if with_spans else None
+            embedded = linker.embed([d["text"] for d in group], spans, batch_size=batch_size, span_source="ner",
+                                    mentions="given" if linker.mentions == "ner" else None,
+                                    windows=[[Window(s, e) for s, e in d["windows"]] for d in group])
+            for doc, annotated in zip(group, embedded):
+                rows = [m.to_dict() for m in search_mentions(annotated.mentions, linker.search, linker.config.top_k)]
                 mentions += len(rows)
-                generated += result.generated_tokens
+                generated += annotated.generated_tokens
                 f.write(json.dumps({"dataset": doc["dataset"], "doc_id": doc["doc_id"], "mentions": rows},
                                    ensure_ascii=False) + "\n")
             f.flush()
@@ -140,6 +146,22 @@ def write_candidates(onegen: OneGen, docs: list[dict], search, path: Path, batch
             "generated_tokens_per_second": round(generated / max(seconds, 1e-9))}
 
 
+def decode_model(model: Path, kb: list, titles: Titles, docs: list[dict], path: Path, device: torch.device,
+                 args: argparse.Namespace) -> dict:
+    """The candidates of every document by the saved `model` under its linker_config.json, written to `path`."""
+    onegen = OneGen.from_pretrained(str(model), device=device, dtype=torch.float32)
+    config = model_config(str(model))
+    embed_started = time.perf_counter()
+    vectors = torch.from_numpy(onegen.embed_entities(kb, batch_size=args.embed_batch_size)).to(device)
+    embed_seconds = time.perf_counter() - embed_started
+    linker = Linker(onegen, GpuSearch([e.id for e in kb], vectors), config, titles=titles)
+    info = write_candidates(linker, docs, path, args.eval_batch_size)
+    LOG.info("%s: %s", model, info)
+    return {"model": model.name, "mentions_from": config.mentions, "mention_bias": config.mention_bias,
+            "title_spans": config.title_spans, **info, "embed_seconds": round(embed_seconds, 1),
+            "entities_per_second": round(len(kb) / embed_seconds)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(".gpu/data"), help="bench/gpu_prepare.py output")
@@ -147,10 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE, help="recipe (default: configs/default.toml)")
     parser.add_argument("--stages", default="-", help="stages of the recipe to run, e.g. 1-3 (default: all)")
     parser.add_argument("--init", type=Path, default=None, help="the first stage run starts from this saved model")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="also write the candidates of this saved model (e.g. onegen/default_adapter), after the "
+                             "trained one's, as candidates-baseline.jsonl.gz")
     parser.add_argument("--loss", choices=["bpr", "infonce"], default=None, help="override every stage's loss")
     parser.add_argument("--mine-negatives", action="store_true", help="mine negatives before every epoch")
     parser.add_argument("--every-mention", action="store_true", help="with --mine-negatives: every mention an anchor")
     parser.add_argument("--epochs", type=int, default=None, help="override every stage's epochs")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="end every stage run after this many optimizer steps, its schedule too (to fit a call)")
     parser.add_argument("--lr", type=float, default=None, help="override every stage's peak learning rate")
     parser.add_argument("--batch-size", type=int, default=None, help="override every stage's batch size")
     parser.add_argument("--retrieval-weight", type=float, default=None, help="override every stage's lambda_ret")
@@ -187,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     # the data paths as on the machine that prepared them (for the cards); the redirects travel with the data
     given = {k: prepared["train_config"][k] for k in ("train", "kb", "aliases")}
     given.update(redirects=str(args.data / "redirects.tsv"), use_gpu=device.type == "cuda")
-    flags = {"init": args.init and str(args.init), "loss": args.loss, "epochs": args.epochs, "lr": args.lr,
+    flags = {"init": args.init and str(args.init), "loss": args.loss, "epochs": args.epochs, "max_steps": args.max_steps,
+             "lr": args.lr,
              "batch_size": args.batch_size, "retrieval_weight": args.retrieval_weight,
              "mine_negatives": args.mine_negatives or None, "every_mention": args.every_mention or None}
     given.update({k: v for k, v in flags.items() if v is not None})
@@ -203,23 +231,23 @@ def main(argv: list[str] | None = None) -> None:
         chosen = sample_examples(examples, config)
         progress = fit(config, TrainData(chosen, entities, example_sizes(chosen, entities)),
                        made_by=f"Stage {stage} of the recipe `{portable(args.config)}`, made by `{command}`.")
+        if stage == len(recipe.stages):  # as jobs/train.py: the finished model's decision settings beside it
+            save_linker_settings(config.output, recipe.linker)
         results.data["runs"][f"stage-{stage}"] = {"train": {"config": values, "history": progress.history}}
         results.save()
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    # the candidates of every evaluation document, by the last stage's model as saved
-    onegen = OneGen.from_pretrained(str(last), device=device, dtype=torch.float32)
-    embed_started = time.perf_counter()
-    vectors = embed_kb(onegen, kb, args.embed_batch_size)
-    embed_seconds = time.perf_counter() - embed_started
-    info = write_candidates(onegen, docs, exact_search([e.id for e in kb], vectors),
-                            args.out / "candidates-main.jsonl.gz", args.eval_batch_size)
-    results.data["eval"] = {"model": last.name, **info, "embed_seconds": round(embed_seconds, 1),
-                            "entities_per_second": round(len(kb) / embed_seconds)}
+    # the candidates of every evaluation document, by the last stage's model as saved (then the baseline's)
+    titles = Titles.from_ids(e.id for e in kb)
+    results.data["eval"] = decode_model(last, kb, titles, docs, args.out / "candidates-main.jsonl.gz", device, args)
+    results.save()
+    if args.baseline is not None:
+        results.data["eval_baseline"] = decode_model(args.baseline, kb, titles, docs,
+                                                     args.out / "candidates-baseline.jsonl.gz", device, args)
     results.data["seconds"] = round(time.perf_counter() - started, 1)
     results.save()
-    LOG.info("done in %.0f s: %s", results.data["seconds"], results.data["eval"])
+    LOG.info("done in %.0f s", results.data["seconds"])
 
 
 if __name__ == "__main__":

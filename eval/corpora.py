@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 from eval.aida import read_aida
-from eval.nif import read_nif
 from onegen.spans import Document
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +43,8 @@ def load_dataset(name: str, data_dir: str | Path) -> list[Document]:
         return read_aida(data_dir / AIDA_FILE, AIDA_SPLITS[name])
     nif = _nif_files(data_dir)
     if name in nif:
+        from eval.nif import read_nif  # here, not at import: rdflib is needed for NIF files only (not on a lent GPU)
+
         return read_nif(nif[name])
     raise ValueError(f"unknown dataset {name!r} in {data_dir}; choose one of: {', '.join(dataset_names(data_dir))} "
                      f"(or pass a file with --dataset-file)")
@@ -71,4 +72,6 @@ def load_dataset_file(path: str | Path, split: str | None = None) -> list[Docume
         return read_aida(path, split)
     if split is not None:
         raise ValueError(f"--split {split!r} applies to the AIDA TSV only, but {path} is a NIF file; drop the split")
+    from eval.nif import read_nif
+
     return read_nif(path)

@@ -94,8 +94,7 @@ def test_default_recipe_runs_every_stage_from_the_last_and_skips_finished_ones(t
     assert "python jobs/train.py --config" in last and "mention_bias 1.0" in last and "mined_gold_first" in last
     assert "Training continued from `" in last
     # the recipe's [linker] settings travel with the finished model; the stages before get the generic ones
-    assert LinkerConfig.load(stages[-1]) == LinkerConfig(nil_threshold=0.75, alias_weight=0.1, popularity_weight=0.0, mentions="union",
-                                                         mention_bias=1.0, top_k=10)
+    assert LinkerConfig.load(stages[-1]) == LinkerConfig.load(REPO / "onegen" / "default_adapter")  # the shipped settings
     assert all(LinkerConfig.load(s) == LinkerConfig() for s in stages[:-1])
     for stage in stages:
         card = (stage / CARD_FILE).read_text()
@@ -107,6 +106,27 @@ def test_default_recipe_runs_every_stage_from_the_last_and_skips_finished_ones(t
     cli.main(_recipe_cli(files, tmp_path, output, "--stages", "5-6"))
     assert capsys.readouterr().out.count("already trained") == 2
     assert [(s / "adapter_model.safetensors").stat().st_mtime_ns for s in stages] == written
+
+
+def test_a_recipe_extends_another_with_stages_after_its_own_and_keys_over_its_own(tmp_path):
+    shipped = load_recipe(REPO / "configs" / "default.toml")
+    silver = load_recipe(REPO / "configs" / "silver.toml")
+    assert silver.stages[:6] == shipped.stages and silver.linker == shipped.linker and silver.common == shipped.common
+    assert silver.stages[6]["silver_docs"] > 0 and silver.stages[6]["case_augment"] > 0
+    (_, values), = silver.stage_values({"init": "onegen/default_adapter"}, "out", [7])
+    assert values["init"] == "onegen/default_adapter" and values["lora"] == shipped.common["lora"]
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.toml").write_text('[train]\nlora = 4\nseed = 1\n\n[[stage]]\nloss = "bpr"\n\n'
+                                        '[linker]\nnil_threshold = 0.5\ntop_k = 5\n')
+    (tmp_path / "sub" / "more.toml").write_text('extends = "../base.toml"\n\n[train]\nseed = 2\n\n'
+                                                '[[stage]]\nloss = "infonce"\n\n[linker]\ntop_k = 20\n')
+    more = load_recipe(tmp_path / "sub" / "more.toml")
+    assert more.common == {"lora": 4, "seed": 2} and [s["loss"] for s in more.stages] == ["bpr", "infonce"]
+    assert more.linker == {"nil_threshold": 0.5, "top_k": 20}
+    (tmp_path / "sub" / "more.toml").write_text('extends = "missing.toml"\n')
+    with pytest.raises(FileNotFoundError, match="missing.toml"):
+        load_recipe(tmp_path / "sub" / "more.toml")
 
 
 def test_recipe_refuses_an_unknown_key_in_one_line(tmp_path, capsys):
@@ -188,18 +208,21 @@ def test_gpu_harness_trains_the_stages_through_fit_and_writes_candidates(tmp_pat
         f.writelines(json.dumps(asdict(e)) + "\n" for e in examples)
     with gzip.open(data / "kb.jsonl.gz", "wb") as f:
         f.write(Path(files["kb"]).read_bytes())
+    names = [[[m.start, m.end] for m in d.mentions] for d in docs]  # the "NER's" spans: the gold names
     with gzip.open(data / "eval.jsonl.gz", "wt") as f:
         f.writelines(json.dumps({"dataset": "aida-testa", "doc_id": d.doc_id, "text": d.text,
-                                 "windows": [[0, len(d.text)]]}) + "\n" for d in docs)
+                                 "windows": [[0, len(d.text)]], "ner_spans": spans}) + "\n" for d, spans in zip(docs, names))
     (data / "redirects.tsv").write_text("Deutschland\tGermany\n")
     (data / "config.json").write_text(json.dumps({"train_config": {"train": "aida.tsv", "kb": "kb.jsonl", "aliases": None}}))
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'[train]\nbase = "{files["base"]}"\nlora = 4\nmax_steps = 1\nbatch_size = 2\n\n'
-                      '[[stage]]\nloss = "bpr"\n\n[[stage]]\nloss = "infonce"\nmine_negatives = true\ntrain_examples = 2\n')
+                      '[[stage]]\nloss = "bpr"\n\n[[stage]]\nloss = "infonce"\nmine_negatives = true\ntrain_examples = 2\n\n'
+                      '[linker]\nmentions = "union"\nmention_bias = 1.0\n')
     spec = importlib.util.spec_from_file_location("gpu_run", REPO / "bench" / "gpu_run.py")
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
-    harness.main(["--data", str(data), "--out", str(tmp_path / "out"), "--config", str(recipe), "--eval-batch-size", "4"])
+    harness.main(["--data", str(data), "--out", str(tmp_path / "out"), "--config", str(recipe), "--eval-batch-size", "4",
+                  "--baseline", str(tmp_path / "out" / "stage-1")])
 
     stage2 = json.loads((tmp_path / "out" / "stage-2" / ARGS_FILE).read_text())
     assert stage2["init"] == str(tmp_path / "out" / "stage-1") and stage2["train_examples"] == 2
@@ -208,4 +231,28 @@ def test_gpu_harness_trains_the_stages_through_fit_and_writes_candidates(tmp_pat
     assert [d["doc_id"] for d in written] == [d.doc_id for d in docs]
     kb_ids = {e.id for e in read_kb(files["kb"]).entities}
     assert all(c[0] in kb_ids for d in written for m in d["mentions"] for c in m["candidates"])
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["eval"]["model"] == "stage-2"
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["eval"]["model"], results["eval"]["mentions_from"], results["eval"]["mention_bias"]) == ("stage-2", "union", 1.0)
+    # union: each NER span is linked as one (source "ner") unless the model marked a span overlapping it
+    for doc, spans in zip(written, names):
+        own = [(m["start"], m["end"]) for m in doc["mentions"] if m["source"] == "model"]
+        ner = [[m["start"], m["end"]] for m in doc["mentions"] if m["source"] == "ner"]
+        assert ner == [s for s in spans if not any(s[0] < e and b < s[1] for b, e in own)]
+    assert any(m["source"] == "ner" for d in written for m in d["mentions"])
+    # the baseline: the model given, under its own (generic) settings, on the same documents
+    baseline = harness.read_jsonl_gz(tmp_path / "out" / "candidates-baseline.jsonl.gz")
+    assert [d["doc_id"] for d in baseline] == [d.doc_id for d in docs]
+    assert (results["eval_baseline"]["model"], results["eval_baseline"]["mentions_from"]) == ("stage-1", "model")
+    assert all(m["source"] == "model" for d in baseline for m in d["mentions"])
+
+
+def test_gpu_harness_imports_without_what_the_lent_gpu_machine_lacks():
+    """bench/gpu_run.py runs where Ray, FAISS, spaCy, pyarrow and rdflib are absent (DESIGN section 10)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor name in ('ray', 'faiss', 'spacy', 'pyarrow', 'rdflib'): sys.modules[name] = None\n"
+            "import importlib.util\nspec = importlib.util.spec_from_file_location('gpu_run', 'bench/gpu_run.py')\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,7 +1,9 @@
 """A training recipe: stages run in order, each continuing the previous stage's model (configs/default.toml).
 
-The TOML file has three tables, every key checked:
+The TOML file has three tables, every key checked, and an optional top-level key:
 
+    extends      another recipe file (relative to this one): its [train] and [linker] values are taken
+                 and overridden key by key by this file's, and its stages come before this file's
     [train]      TrainConfig values every stage shares (data paths relative to the working directory)
     [[stage]]    one table per stage: its own TrainConfig values over [train]
     [linker]     the decision settings of the finished model (onegen.LinkerConfig keys), saved beside the
@@ -17,11 +19,12 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from onegen.linker_config import LinkerConfig
 from onegen.training.config import TrainConfig
 
 TABLES = ("train", "stage", "linker")
-LINKER_KEYS = ("nil_threshold", "alias_weight", "popularity_weight", "mention_bias", "top_k", "mentions",  # onegen.LinkerConfig
-               "ner_model")
+# every onegen.LinkerConfig setting but what is linked against (the index, KB and alias table: a command line's)
+LINKER_KEYS = tuple(f.name for f in fields(LinkerConfig) if f.name not in ("index", "kb", "aliases"))
 NOT_IN_RECIPE = ("output", "resume", "storage")  # where and whether to resume: the command line's
 STAGE_DIR = "stage-{}"  # a stage's output folder inside the recipe's output
 
@@ -70,17 +73,17 @@ def load_recipe(path: str | Path) -> Recipe:
         raise FileNotFoundError(f"recipe file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
-    path = str(path)
-    _check_keys(path, "the top level", data, set(TABLES))
+    _check_keys(str(path), "the top level", data, {*TABLES, "extends"})
+    base = load_recipe(Path(path).parent / data["extends"]) if "extends" in data else Recipe("", {}, [], {})
     train_keys = {f.name for f in fields(TrainConfig)} - set(NOT_IN_RECIPE)
     common, stages, linker = data.get("train", {}), data.get("stage", []), data.get("linker", {})
-    if not isinstance(stages, list) or not stages:
+    if not isinstance(stages, list) or not (stages or base.stages):
         raise ValueError(f"{path}: no [[stage]] tables; a recipe needs at least one stage")
-    _check_keys(path, "[train]", common, train_keys)
-    for i, stage in enumerate(stages, start=1):
-        _check_keys(path, f"[[stage]] {i}", stage, train_keys - {"init"})  # stages after the first chain
-    _check_keys(path, "[linker]", linker, set(LINKER_KEYS))
-    return Recipe(path, common, stages, linker)
+    _check_keys(str(path), "[train]", common, train_keys)
+    for i, stage in enumerate(stages, start=len(base.stages) + 1):
+        _check_keys(str(path), f"[[stage]] {i}", stage, train_keys - {"init"})  # stages after the first chain
+    _check_keys(str(path), "[linker]", linker, set(LINKER_KEYS))
+    return Recipe(str(path), {**base.common, **common}, base.stages + stages, {**base.linker, **linker})
 
 
 def parse_stages(spec: str, count: int) -> list[int]:
