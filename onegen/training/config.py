@@ -44,6 +44,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute layer activations in backward: far less memory, ~1.3x compute
     share_prefix: bool = True  # forward the prompt prefixes every row shares once per batch (onegen.shared_prefix):
     #                            the same loss and gradients from fewer tokens; off for FSDP and non-sdpa attention
+    group_by_length: bool = False  # batches of examples of similar length (loop.LengthGroupedSampler): less padding
+    #                                where long and short documents mix (silver text); one worker only
     num_negatives: int = 4  # hard negatives per anchor
     mine_negatives: bool = False  # before each epoch, the entities the model ranks above the gold one lead each
     #                               anchor's negatives (onegen.mining; every worker embeds the whole KB)
@@ -84,6 +86,9 @@ class TrainConfig:
             raise ValueError("mine_negatives runs the whole model on each worker, which FSDP shards: use strategy 'ddp'")
         if self.every_mention and not self.mine_negatives:
             raise ValueError("every_mention needs mine_negatives (the extra anchors get their negatives from mining)")
+        if self.group_by_length and self.num_workers > 1:
+            raise ValueError("group_by_length orders one worker's batches; with num_workers > 1 each worker's "
+                             "DistributedSampler decides the order: drop group_by_length")
         if not self.retrieval_weight > 0:
             raise ValueError(f"retrieval_weight must be > 0 (0 would train no retrieval), got {self.retrieval_weight}")
         if self.silver_docs < 0:

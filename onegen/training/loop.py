@@ -56,10 +56,48 @@ def hardware(device: torch.device, world_size: int) -> dict:
     return info
 
 
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """A shuffled order whose every `batch_size` run holds examples of similar length.
+
+    The shuffled examples are cut into chunks of CHUNK_BATCHES batches; each chunk is sorted by length and cut
+    into batches, and the full batches are shuffled (a short last one stays last). Every example comes once per
+    epoch; the order follows `generator`, seeded before each epoch as the plain shuffle's is.
+    """
+
+    CHUNK_BATCHES = 50  # batches sorted together: a wider chunk pads less but shuffles less
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator):
+        self.lengths = lengths  # each example's length in tokens
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        chunk = self.CHUNK_BATCHES * self.batch_size
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start:start + chunk], key=self.lengths.__getitem__)
+            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield from batches[b]
+        for batch in short:
+            yield from batch
+
+
 def shuffled_loader(examples, collator, config: TrainConfig) -> torch.utils.data.DataLoader:
-    """Shuffled batches of `config.batch_size` examples; seed `loader.generator` before each epoch."""
+    """Shuffled batches of `config.batch_size` examples, grouped by length with `config.group_by_length`; seed
+    `loader.generator` before each epoch."""
+    generator = torch.Generator()
+    if config.group_by_length:
+        sampler = LengthGroupedSampler([len(e.input_ids) for e in examples], config.batch_size, generator)
+        return torch.utils.data.DataLoader(examples, batch_size=config.batch_size, sampler=sampler,
+                                           collate_fn=collator, generator=generator)
     return torch.utils.data.DataLoader(examples, batch_size=config.batch_size, shuffle=True,
-                                       collate_fn=collator, generator=torch.Generator())
+                                       collate_fn=collator, generator=generator)
 
 
 
