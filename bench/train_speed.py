@@ -1,18 +1,23 @@
-"""Training-step benchmark: tokens/s of one optimizer micro-batch with and without shared prefixes.
+"""Training-step benchmark: tokens/s of one optimizer micro-batch, two ways on the same batches.
 
     python bench/train_speed.py [--batches 3] [--batch-size 2] [--threads N] [--config configs/default.toml]
+                                [--compare prefix|checkpointing]
 
 Takes the recipe's data and model settings (AIDA train, the evaluation KB, LoRA, gradient checkpointing
-on a CPU), collates the first seeded-shuffled batches twice, plainly and with shared prefixes
-(`OneGenCollator(share_prefix=...)`), and times forward + backward of each, alternating the two so
-that a noisy machine slows both alike. Tokens are the batch's sequences' tokens either way (a shared
-prefix counted for each sequence that has it), so tokens/s compare the same work. The last lines
-project one epoch of the recipe's batch size from the measured tokens/s (compare ratios, not machines).
+on a CPU), collates the first seeded-shuffled batches, and times forward + backward of each batch both
+ways, alternating the two so that a noisy machine slows both alike:
+- `--compare prefix` (default): plainly and with shared prefixes (`OneGenCollator(share_prefix=...)`);
+- `--compare checkpointing`: shared prefixes, with and without gradient checkpointing (the peak memory of
+  the process is printed at the end: without checkpointing is the larger).
+Tokens are the batch's sequences' tokens either way (a shared prefix counted for each sequence that has
+it), so tokens/s compare the same work. The last lines project one epoch of the recipe's batch size from
+the measured tokens/s (compare ratios, not machines).
 """
 from __future__ import annotations
 
 import argparse
 import random
+import resource
 import time
 import tomllib
 
@@ -48,12 +53,22 @@ def timed_step(model, batch, token_ids, device) -> tuple[float, float]:
     return seconds, float(loss.detach())
 
 
+def set_checkpointing(model, on: bool) -> None:
+    """Turn gradient checkpointing of the (PEFT-wrapped) model on or off, as make_trainable sets it."""
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.toml", help="recipe whose [train] gives data and model")
     parser.add_argument("--batches", type=int, default=3, help="batches timed each way")
     parser.add_argument("--batch-size", type=int, default=2, help="examples per batch (the recipe trains with 8)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compare", choices=["prefix", "checkpointing"], default="prefix",
+                        help="plain against shared prefixes, or gradient checkpointing on against off")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,27 +81,33 @@ def main() -> None:
     random.Random(config.seed).shuffle(order)
     collators = {share: OneGenCollator(onegen.tokenizer, onegen.token_ids, data.entities, seed=config.seed,
                                        num_negatives=config.num_negatives, share_prefix=share) for share in (False, True)}
-    totals = {share: [0.0, 0] for share in collators}  # seconds, tokens
+    # each way: (its name, shared prefixes, gradient checkpointing); the first is the baseline
+    ways = ([("plain", False, config.gradient_checkpointing), ("shared", True, config.gradient_checkpointing)]
+            if args.compare == "prefix" else [("ckpt", True, True), ("no-ckpt", True, False)])
+    totals = {name: [0.0, 0] for name, _, _ in ways}  # seconds, tokens
     print(f"{len(data.examples)} examples; {args.batches} batches of {args.batch_size}; {torch.get_num_threads()} "
           f"threads; gradient checkpointing {config.gradient_checkpointing}; device {device.type}")
-    print("batch  way     rows x cols  forwarded  tokens  seconds  tokens/s  loss")
+    print("batch  way      rows x cols  forwarded  tokens  seconds  tokens/s  loss")
     for b in range(args.batches):
         examples = [data.examples[i] for i in order[b * args.batch_size:(b + 1) * args.batch_size]]
-        for share in (False, True) if b % 2 == 0 else (True, False):
+        for name, share, checkpointing in ways if b % 2 == 0 else ways[::-1]:
             batch = collators[share](examples)
+            set_checkpointing(model, checkpointing)
             seconds, loss = timed_step(model, batch, onegen.token_ids, device)
             forwarded = int(batch.attention_mask.sum()) + batch.prefix_ids.numel()
-            totals[share][0] += seconds
-            totals[share][1] += batch.tokens
+            totals[name][0] += seconds
+            totals[name][1] += batch.tokens
             rows, cols = batch.input_ids.shape
-            print(f"{b:5d}  {'shared' if share else 'plain':6s}  {rows:4d} x {cols:4d}  {forwarded:9d}  {batch.tokens:6d}"
+            print(f"{b:5d}  {name:7s}  {rows:4d} x {cols:4d}  {forwarded:9d}  {batch.tokens:6d}"
                   f"  {seconds:7.1f}  {batch.tokens / seconds:8.0f}  {loss:.4f}")
-    rate = {share: tokens / seconds for share, (seconds, tokens) in totals.items()}
-    print(f"tokens/s: plain {rate[False]:.0f}, shared {rate[True]:.0f}; shared / plain = {rate[True] / rate[False]:.2f}x")
+    rate = {name: tokens / seconds for name, (seconds, tokens) in totals.items()}
+    (base, *_), (other, *_) = ways
+    print(f"tokens/s: {base} {rate[base]:.0f}, {other} {rate[other]:.0f}; {other} / {base} = {rate[other] / rate[base]:.2f}x")
+    print(f"peak memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB")
     epoch_tokens = sum(collators[False]([data.examples[i] for i in order[b:b + 8]]).tokens
                        for b in range(0, len(order), 8))
-    for share, name in ((False, "plain"), (True, "shared")):
-        print(f"one epoch ({epoch_tokens} tokens in batches of 8) at {name}'s rate: {epoch_tokens / rate[share] / 3600:.1f} h")
+    for name in rate:
+        print(f"one epoch ({epoch_tokens} tokens in batches of 8) at {name}'s rate: {epoch_tokens / rate[name] / 3600:.1f} h")
 
 
 if __name__ == "__main__":
