@@ -1,6 +1,6 @@
 """Positions forwarded in one epoch, batches in a plain shuffle against batches grouped by length.
 
-    python bench/batch_slots.py [--config configs/silver.toml] [--stage 7] [--batch-size 8]
+    python bench/batch_slots.py [--config configs/default.toml] [--stage 7] [--batch-size 8]
 
 Builds the training examples of one recipe stage as `jobs/train.py` would (its silver documents and case
 variants included), collates every batch of one epoch with the stage's collator twice, in the seeded plain
@@ -37,7 +37,7 @@ def epoch_positions(loader) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/silver.toml", help="recipe (default: %(default)s)")
+    parser.add_argument("--config", default="configs/default.toml", help="recipe (default: %(default)s)")
     parser.add_argument("--stage", type=int, default=None, help="its stage whose data is counted (default: the last)")
     parser.add_argument("--batch-size", type=int, default=None, help="examples per batch (default: the stage's)")
     args = parser.parse_args()

@@ -3,16 +3,16 @@
 #
 # Here, first:
 #   python bench/gpu_prepare.py [--silver-docs 4000 --case-augment 0.25]   # .gpu/data: training examples (with
-#                                                      # configs/silver.toml's extra text), KB, eval windows and NER spans
+#                                                      # stage 7's extra text), KB, eval windows and NER spans
 #   bash ../shared/tools/gpu-model-parts.sh .gpu 39    # .gpu/model.part.aa|ab|ac: the default model's GGUF
 #   pip download --no-deps -d .gpu/whl transformers==5.24.0 peft==0.21.2 gguf==0.19.0   # (image has 5.17)
 # A call carries at most 64 MiB with the working tree (~24 MB with the bundled adapter), so the model
 # travels in parts, one per call, each call right after the last (the machine stays warm ~30 s):
 #   calls 1, 2: carry .gpu/model.part.aa (then .ab); run: mkdir -p /root/keep && cp .gpu/model.part.* /root/keep/
 #   call 3: carries .gpu/model.part.ac .gpu/whl .gpu/data; runs: CALL_SECONDS=<its timeout_s> bash bench/gpu_check.sh
-#   e.g. configs/silver.toml's stage 7 from the shipped default, compared with it in the same call:
-#   CALL_SECONDS=590 DECODE=0 GPU_RUN_ARGS="--config configs/silver.toml --stages 7 --init onegen/default_adapter
-#                                           --max-steps 400 --baseline onegen/default_adapter"
+#   e.g. configs/default.toml's stage 7 as it was made on 2026-12-04 (onegen/default_adapter was then stage 6's),
+#   compared with the model it started from in the same call:
+#   CALL_SECONDS=590 DECODE=0 GPU_RUN_ARGS="--stages 7 --init onegen/default_adapter --baseline onegen/default_adapter"
 #
 # $OUT brings back at most 8 files of at most 16 MiB each, so the results are packed into:
 #   adapter.tgz.part.*  the trained stages (bench/gpu_run.py's stage-N/ folders, checkpoints left out), split under 16 MiB

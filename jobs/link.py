@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cosine below which a mention is NIL (default: the model's)")
     parser.add_argument("--given-nil-threshold", type=float, default=None,
                         help="the same for the NER's spans of --mentions ner|union, which the model embeds by teacher "
-                             "forcing (default: the model's; 0.8 for the trained default; unset: --nil-threshold)")
+                             "forcing (default: the model's; 0.9 for the trained default; unset: --nil-threshold)")
     parser.add_argument("--short-forms", action=argparse.BooleanOptionalAction, default=None,
                         help="link a NIL mention whose words are part of a longer linked mention of the same document "
                              "('Yeltsin' after 'Boris Yeltsin') to that entity when it is among its candidates "

@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "(default: on; FSDP and models without sdpa attention run without it)")
     add("--group-by-length", action="store_true",
         help="batches of examples of similar length, in a shuffled order: less padding where long and short "
-             "documents mix (1.9x fewer positions forwarded with configs/silver.toml's silver text, 1.2x on AIDA "
+             "documents mix (1.9x fewer positions forwarded with the silver text of configs/default.toml's stage 7, 1.2x on AIDA "
              "alone); in-batch InfoNCE then sees the entities of similar documents only; one worker only")
     add("--num-workers", type=int, help="Ray Train workers (default 1)")
     add("--cpus-per-worker", type=int, help="CPU cores (torch threads) per worker (default 1)")

