@@ -13,6 +13,10 @@
 #   e.g. configs/default.toml's stage 7 as it was made on 2026-12-04 (onegen/default_adapter was then stage 6's),
 #   compared with the model it started from in the same call:
 #   CALL_SECONDS=590 DECODE=0 GPU_RUN_ARGS="--stages 7 --init onegen/default_adapter --baseline onegen/default_adapter"
+#   Stage 7 again with another seed, from stage 6 (commit 8a0a342's adapter; one call more, before call 3):
+#     here: mkdir -p .gpu/s6 && git archive 8a0a342 onegen/default_adapter | tar x -C .gpu/s6
+#     call: carry .gpu/s6; run: cp -r .gpu/s6/onegen/default_adapter /root/keep/stage-6
+#     call 3: GPU_RUN_ARGS="--stages 7 --init /root/keep/stage-6 --seed 1"  (about 450 s: 350 steps, then linking)
 #
 # $OUT brings back at most 8 files of at most 16 MiB each, so the results are packed into:
 #   adapter.tgz.part.*  the trained stages (bench/gpu_run.py's stage-N/ folders, checkpoints left out), split under 16 MiB

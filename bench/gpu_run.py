@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="override every stage's peak learning rate")
     parser.add_argument("--batch-size", type=int, default=None, help="override every stage's batch size")
     parser.add_argument("--retrieval-weight", type=float, default=None, help="override every stage's lambda_ret")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="override every stage's seed: batch order, sampled examples, negatives (the silver "
+                             "documents and case variants are bench/gpu_prepare.py's)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="windows decoded together")
     parser.add_argument("--embed-batch-size", type=int, default=512, help="entities embedded together")
     parser.add_argument("--limit-examples", type=int, default=None, help="train on this many examples (smoke runs)")
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     given.update(redirects=str(args.data / "redirects.tsv"), use_gpu=device.type == "cuda")
     flags = {"init": args.init and str(args.init), "loss": args.loss, "epochs": args.epochs, "max_steps": args.max_steps,
              "lr": args.lr,
-             "batch_size": args.batch_size, "retrieval_weight": args.retrieval_weight,
+             "batch_size": args.batch_size, "retrieval_weight": args.retrieval_weight, "seed": args.seed,
              "mine_negatives": args.mine_negatives or None, "every_mention": args.every_mention or None}
     given.update({k: v for k, v in flags.items() if v is not None})
     recipe = load_recipe(args.config)

@@ -222,10 +222,10 @@ def test_gpu_harness_trains_the_stages_through_fit_and_writes_candidates(tmp_pat
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
     harness.main(["--data", str(data), "--out", str(tmp_path / "out"), "--config", str(recipe), "--eval-batch-size", "4",
-                  "--baseline", str(tmp_path / "out" / "stage-1")])
+                  "--baseline", str(tmp_path / "out" / "stage-1"), "--seed", "3"])
 
     stage2 = json.loads((tmp_path / "out" / "stage-2" / ARGS_FILE).read_text())
-    assert stage2["init"] == str(tmp_path / "out" / "stage-1") and stage2["train_examples"] == 2
+    assert stage2["init"] == str(tmp_path / "out" / "stage-1") and stage2["train_examples"] == 2 and stage2["seed"] == 3
     assert "mined_gold_first" in (tmp_path / "out" / "stage-2" / CARD_FILE).read_text()
     written = harness.read_jsonl_gz(tmp_path / "out" / "candidates-main.jsonl.gz")
     assert [d["doc_id"] for d in written] == [d.doc_id for d in docs]
