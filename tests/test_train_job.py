@@ -488,3 +488,10 @@ def test_the_silver_exclude_folder_must_hold_evaluation_sets(tmp_path):
     cli = load_train_cli()
     with pytest.raises(FileNotFoundError, match="no evaluation sets there"):
         cli.evaluation_texts(str(tmp_path))
+
+
+@pytest.mark.parametrize("flags, bf16", [([], None), (["--bf16"], True), (["--no-bf16"], False)])
+def test_cli_bf16_flag_reaches_the_config_and_unset_leaves_it_to_the_device(flags, bf16):
+    cli = load_train_cli()
+    config = cli.config_from_args(cli.parse_args(["--train", "t.tsv", "--kb", "kb.jsonl", "--output", "o", *flags]))
+    assert config.bf16 is bf16

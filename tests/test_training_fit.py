@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from onegen.linker_config import LinkerConfig
 from onegen.model import OneGen
+from onegen.training import loop
 from onegen.training import ARGS_FILE, CARD_FILE, RUN_NAME, SCORE, Progress, TrainConfig, fit, write_model_card
 from onegen.training.card import portable
 from onegen.training.recipe import load_recipe, parse_stages
@@ -256,3 +257,29 @@ def test_gpu_harness_imports_without_what_the_lent_gpu_machine_lacks():
             "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_bf16_autocast_trains_near_float32_keeps_float32_weights_and_is_recorded(tmp_path, files, no_ray):
+    """`bf16` on a CPU: an epoch under bf16 autocast ends near the float32 epoch's loss, not at it; the saved
+    weights stay float32, and the run's hardware record says which precision ran."""
+    runs = {}
+    for bf16 in (False, True):
+        config = tiny_config(files, tmp_path / f"bf16-{bf16}", epochs=1, bf16=bf16)
+        runs[bf16] = fit(config, data_and_evaluation(config)[0])
+    fp32, bf16 = (runs[b].history[0]["train_loss"] for b in (False, True))
+    assert fp32 != bf16 and abs(fp32 - bf16) < 0.05 * fp32
+    assert (runs[False].hardware["bf16"], runs[True].hardware["bf16"]) == (False, True)
+    saved = load_file(tmp_path / "bf16-True" / "adapter_model.safetensors")
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_unset_follows_the_device_and_a_cpu_s_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: native)
+    config = TrainConfig(train="t", kb="k", output="o")
+    assert loop.uses_bf16(config, torch.device("cpu")) is native
+    assert loop.uses_bf16(config, torch.device("cuda")) is True
+    for given in (True, False):  # set: it wins on either device
+        config = TrainConfig(train="t", kb="k", output="o", bf16=given)
+        assert loop.uses_bf16(config, torch.device("cpu")) is given
+        assert loop.uses_bf16(config, torch.device("cuda")) is given

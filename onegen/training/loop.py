@@ -115,6 +115,19 @@ def optimizer_and_scheduler(model: nn.Module, config: TrainConfig, batches_per_e
     return optimizer, scheduler
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 autocast beats float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether training on `device` runs under bf16 autocast: `config.bf16`, or when unset, on GPUs and on
+    CPUs with native bf16 (`cpu_has_bf16`)."""
+    if config.bf16 is not None:
+        return config.bf16
+    return device.type == "cuda" or cpu_has_bf16()
+
+
 def shares_prefix(config: TrainConfig, model: nn.Module) -> bool:
     """Whether batches forward their shared prompt prefixes once (onegen.shared_prefix): asked for, and
     possible (sdpa attention; not FSDP, where it is untested)."""
@@ -126,7 +139,7 @@ def train_epoch(model: nn.Module, loader, optimizer, scheduler, progress: Progre
     """One pass over `loader` (stopping at `config.max_steps`): `model(batch)` gives the LossOutput, one
     optimizer step every `grad_accum` micro-batches. Updates `progress.epoch` and `.step`; returns this
     worker's metrics (mean losses, tokens, tokens/s, seconds)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device))
     distributed = isinstance(model, nn.parallel.DistributedDataParallel)
     params = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()
@@ -245,7 +258,7 @@ def fit(config: TrainConfig, data: TrainData, *, evaluate: Evaluate | None = Non
                               share_prefix=shares_prefix(config, onegen.model))
     loader = runtime.prepare_loader(shuffled_loader(data.examples, collator, config))
     optimizer, scheduler = optimizer_and_scheduler(module, config, len(loader))
-    progress = Progress(hardware=hardware(runtime.device, runtime.world))
+    progress = Progress(hardware={**hardware(runtime.device, runtime.world), "bf16": uses_bf16(config, runtime.device)})
     if resume is not None:
         progress = load_train_state(resume, module, optimizer, scheduler)
         LOG.info("resumed at epoch %d, step %d", progress.epoch, progress.step)
