@@ -158,7 +158,7 @@ def decode_model(model: Path, kb: list, titles: Titles, docs: list[dict], path: 
     info = write_candidates(linker, docs, path, args.eval_batch_size)
     LOG.info("%s: %s", model, info)
     return {"model": model.name, "mentions_from": config.mentions, "mention_bias": config.mention_bias,
-            "title_spans": config.title_spans, **info, "embed_seconds": round(embed_seconds, 1),
+            "title_spans": config.title_spans, "split_spans": config.split_spans, **info, "embed_seconds": round(embed_seconds, 1),
             "entities_per_second": round(len(kb) / embed_seconds)}
 
 

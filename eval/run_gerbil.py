@@ -79,7 +79,8 @@ def linker_from_args(args: argparse.Namespace) -> TextLinker:
                       nil_threshold=args.nil_threshold, given_nil_threshold=args.given_nil_threshold,
                       short_forms=args.short_forms, alias_weight=args.alias_weight,
                       popularity_weight=args.popularity_weight, name_weight=args.name_weight,
-                      mention_bias=args.mention_bias, mentions=args.mentions, title_spans=args.title_spans)
+                      mention_bias=args.mention_bias, mentions=args.mentions, title_spans=args.title_spans,
+                      split_spans=args.split_spans)
 
 
 def resolve_linker_paths(args: argparse.Namespace) -> None:
@@ -182,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold",
                                                            "given_nil_threshold", "short_forms", "alias_weight",
                                                            "popularity_weight", "name_weight", "mention_bias",
-                                                           "mentions", "title_spans")},
+                                                           "mentions", "title_spans", "split_spans")},
             "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
             "load_seconds": load_seconds, "total_seconds": total, "datasets": results,
         })
@@ -229,6 +230,10 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title-spans", action=argparse.BooleanOptionalAction,
                         help="onegen, --mentions union: an NER span that is a KB title replaces the model's mentions "
                              "inside it (default: the model's linker_config.json)")
+    parser.add_argument("--split-spans", action=argparse.BooleanOptionalAction,
+                        help="onegen, --mentions union: a model mention that is no KB title is replaced by the NER "
+                             "spans inside it (role words: 'President Boris Yeltsin'; default: the model's "
+                             "linker_config.json)")
     parser.add_argument("--mention-bias", type=float,
                         help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
                              "(recall for precision, and slower; 0: the model's own choice; default: the model's linker_config.json)")

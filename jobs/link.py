@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --mentions union: an NER span that is a KB entity's title ('Brigham Young "
                              "University') replaces the model's mentions inside it ('Brigham', 'Young', 'University') "
                              "(default: the model's)")
+    parser.add_argument("--split-spans", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --mentions union: a model mention that is no KB entity's title ('President Boris "
+                             "Yeltsin') is replaced by the NER spans inside it ('Boris Yeltsin') (default: the model's)")
     parser.add_argument("--ner-model", default=None,
                         help=f"spaCy model (installed package or folder) of --mentions ner|union (default: the model's, {SPACY_MODEL})")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")

@@ -13,7 +13,8 @@ Mentions (`mentions`, by default the model's linker_config.json): the model's ow
 spans of the linker's spaCy NER ("ner", onegen.ner) or both ("union": the NER's spans that overlap none of
 the model's); a caller with spans of its own links exactly those ("given") or adds them to the model's
 ("union" with `spans`); with `title_spans`, a union span that is a KB title replaces the model's mentions
-inside it (onegen.titles). A span the model did not mark gets the model's own [LK] vector by teacher forcing
+inside it (onegen.titles), and with `split_spans`, union spans inside a model mention that is no KB title
+replace it. A span the model did not mark gets the model's own [LK] vector by teacher forcing
 (onegen.teacher_forcing): the window is written as the model would write it with the span marked, in
 one forward pass, no decoding.
 The functions below are the shared core: training scores a model through `link_texts`, and the link
@@ -142,9 +143,9 @@ class Linker:
         self.model = model  # the model reference it was loaded from (None: the trained default)
         self.mentions = _check_mentions(mentions or config.mentions)  # which mentions `link` links unless told
         self._ner = None  # the NER of mentions "ner" and "union" without spans (onegen.ner.NerSpans), loaded on first use
-        # the KB's titles (onegen.titles.Titles) with config.title_spans: a given span that is one replaces the
-        # model's mentions inside it; None: given spans only fill the gaps between the model's
-        self.titles = titles if config.title_spans else None
+        # the KB's titles (onegen.titles.Titles) with config.title_spans or .split_spans (`_given_spans`); None:
+        # given spans only fill the gaps between the model's
+        self.titles = titles if config.title_spans or config.split_spans else None
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, index: str | None = None, kb: str | None = None,
@@ -161,7 +162,7 @@ class Linker:
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
             overrides: LinkerConfig settings (nil_threshold, given_nil_threshold, short_forms, alias_weight,
-                popularity_weight, name_weight, mention_bias, top_k, aliases, mentions, ner_model, title_spans) that
+                popularity_weight, name_weight, mention_bias, top_k, aliases, mentions, ner_model, title_spans, split_spans) that
                 win over the model's linker_config.json; None values
                 are ignored. `mentions` ("model", "ner" or "union") is what `link` links by default.
         """
@@ -185,7 +186,7 @@ class Linker:
             kb_file = Path(config.kb) if config.kb else SAMPLE_KB
             search, popularity = _kb_search(onegen, kb_file, model, config.popularity_weight, build_index)
         LOG.info("linking with %s against %d entities", onegen.fingerprint()["model"], len(search))
-        titles = Titles.from_ids(_search_ids(search)) if config.title_spans else None
+        titles = Titles.from_ids(_search_ids(search)) if config.title_spans or config.split_spans else None
         return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model, titles=titles)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -252,20 +253,28 @@ class Linker:
         return out
 
     def _given_spans(self, spans: list[tuple[int, int]], annotated: Annotated) -> list[tuple[int, int]]:
-        """The given spans of one text to embed: those that overlap none of the model's mentions, and (with
-        `titles`) a KB title that holds model mentions whole and cuts none, which it replaces (they are
-        dropped from `annotated.mentions`)."""
+        """The given spans of one text to embed: those that overlap none of the model's mentions; with
+        `config.title_spans`, a KB title that holds model mentions whole and cuts none, which it replaces; with
+        `config.split_spans`, those inside a model mention that is no KB title, which they replace. Replaced
+        mentions are dropped from `annotated.mentions`."""
         given, replaced = [], set()
         for start, end in spans:
             overlapping = [m for m in annotated.mentions if start < m.end and m.start < end]
             inside = [m for m in overlapping if start <= m.start and m.end <= end and (m.start, m.end) != (start, end)]
             if not overlapping:
                 given.append((start, end))
-            elif self.titles is not None and len(inside) == len(overlapping) and annotated.text[start:end] in self.titles:
+            elif (self.titles is not None and self.config.title_spans and len(inside) == len(overlapping)
+                  and annotated.text[start:end] in self.titles):
                 given.append((start, end))
                 replaced.update(id(m) for m in inside)
+        if self.titles is not None and self.config.split_spans:
+            for m in annotated.mentions:
+                held = [(s, e) for s, e in spans if m.start <= s and e <= m.end and (s, e) != (m.start, m.end)]
+                if held and id(m) not in replaced and m.surface not in self.titles:
+                    given += held
+                    replaced.add(id(m))
         annotated.mentions = [m for m in annotated.mentions if id(m) not in replaced]
-        return given
+        return sorted(given)
 
     def ner(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """The name spans of `config.ner_model` in each text (onegen.ner.NerSpans, tidied), loaded on first use."""

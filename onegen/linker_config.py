@@ -40,6 +40,9 @@ class LinkerConfig:
     # with "union": an NER span that is a KB title ("Brigham Young University") replaces the model's mentions
     # inside it ("Brigham", "Young", "University"), and is embedded by teacher forcing (onegen.titles)
     title_spans: bool = False
+    # with "union": a model mention that is no KB title is replaced by the NER spans inside it, embedded by teacher
+    # forcing (role words: "President Boris Yeltsin" gives way to "Boris Yeltsin"; docs/results.md, 2026-12-04)
+    split_spans: bool = False
     # What `Linker.save_pretrained` records so that `Linker.from_pretrained(dir)` links against the same entities:
     index: str | None = None  # built index folder
     kb: str | None = None  # KB JSONL searched in memory (None with no index: the bundled sample KB)

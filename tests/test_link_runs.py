@@ -228,6 +228,17 @@ def test_title_spans_are_a_result_option_of_union_runs_and_absent_means_off():
     assert result_options(JobConfig("in", "out", mentions="ner", title_spans=True))["title_spans"] is False  # no pieces
 
 
+def test_split_spans_are_a_result_option_of_union_runs_and_absent_means_off():
+    from onegen.pipeline.job import JobConfig, option_changes, result_options
+
+    union = JobConfig("in", "out", mentions="union", split_spans=False)
+    before = {key: value for key, value in result_options(union).items() if key != "split_spans"}  # an older manifest
+    assert option_changes(before, result_options(union)) == ""
+    assert option_changes(before, result_options(JobConfig("in", "out", mentions="union", split_spans=True))) == (
+        "--split-spans False (this run: True)")
+    assert result_options(JobConfig("in", "out", mentions="ner", split_spans=True))["split_spans"] is False
+
+
 @pytest.mark.ray
 def test_continuing_checks_the_model_column_of_existing_parts(tmp_path, finished):
     corpus, template = finished

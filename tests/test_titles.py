@@ -38,6 +38,35 @@ def test_a_union_span_that_is_a_title_replaces_the_models_mentions_inside_it_and
     # "Utah State" holds "Utah" but is no title; "in Logan" cuts "Logan Utah": neither replaces anything
 
 
+@pytest.mark.parametrize("split_spans", [True, False])
+def test_union_spans_inside_a_model_mention_that_is_no_title_replace_it(split_spans):
+    """Role words: "President Boris Yeltsin" is no KB title and gives way to the NER's "Boris Yeltsin"; the
+    model's "Bank of England" is a title and keeps its span although "England" lies inside it."""
+    text = "President Boris Yeltsin met the Bank of England and Governor Coles Bashford ."
+    found = annotated(text, "President Boris Yeltsin", "Bank of England", "Governor Coles Bashford")
+    linker = Linker(None, None, LinkerConfig(split_spans=split_spans),
+                    titles=Titles.from_ids(["Boris_Yeltsin", "Bank_of_England", "England", "Coles_Bashford"]))
+    spans = [(text.index(w), text.index(w) + len(w)) for w in ("Boris Yeltsin", "England", "Coles Bashford")]
+    given = linker._given_spans(spans, found)
+    if split_spans:
+        assert [text[s:e] for s, e in given] == ["Boris Yeltsin", "Coles Bashford"]
+        assert [m.surface for m in found.mentions] == ["Bank of England"]
+    else:  # the model's extent wins
+        assert given == [] and len(found.mentions) == 3
+
+
+def test_title_spans_and_split_spans_each_do_only_their_own_replacement():
+    text = "Brigham Young University hired President Boris Yeltsin ."
+    titles = Titles.from_ids(["Brigham_Young_University", "Boris_Yeltsin"])
+    spans = [(0, 24), (text.index("Boris"), text.index("Boris") + len("Boris Yeltsin"))]
+    for title_spans, split_spans, expected in [(True, False, ["Brigham Young University"]),
+                                               (False, True, ["Boris Yeltsin"]),
+                                               (True, True, ["Brigham Young University", "Boris Yeltsin"])]:
+        found = annotated(text, "Brigham", "Young", "University", "President Boris Yeltsin")
+        linker = Linker(None, None, LinkerConfig(title_spans=title_spans, split_spans=split_spans), titles=titles)
+        assert [text[s:e] for s, e in linker._given_spans(spans, found)] == expected
+
+
 def test_the_linker_embeds_the_title_span_in_place_of_the_pieces(tmp_path):
     """Through `Linker.embed` with the tiny model: the pieces the model marked ("Par", "is") give way to the
     NER span "Paris", a KB title, embedded by teacher forcing and recorded with the span source."""
@@ -68,3 +97,6 @@ def test_the_link_jobs_replica_gets_the_titles_it_is_given(tmp_path):
     with_titles = onegen_annotator(str(tmp_path / "model"), 2, mentions="union", titles=titles)
     assert with_titles.func.__self__.titles is titles and with_titles.keywords == {"span_source": "ner"}
     assert onegen_annotator(str(tmp_path / "model"), 2, mentions="union").func.__self__.titles is None
+    split = onegen_annotator(str(tmp_path / "model"), 2, mentions="union", titles=titles, title_spans=False,
+                             split_spans=True).func.__self__.config
+    assert (split.title_spans, split.split_spans) == (False, True)

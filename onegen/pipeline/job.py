@@ -150,7 +150,7 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
 
 
 DECISION_SETTINGS = ("top_k", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "popularity_weight",
-                     "name_weight", "mention_bias", "mentions", "ner_model", "title_spans")
+                     "name_weight", "mention_bias", "mentions", "ner_model", "title_spans", "split_spans")
 
 
 def with_model_settings(config: JobConfig) -> JobConfig:
@@ -174,11 +174,13 @@ def result_options(config: JobConfig) -> dict:
             "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
             "aliases_sha256": aliases, "mentions": config.mentions,
             "ner_model": config.ner_model if config.mentions != "model" else None,
-            "title_spans": bool(config.title_spans) and config.mentions == "union"}
+            "title_spans": bool(config.title_spans) and config.mentions == "union",
+            "split_spans": bool(config.split_spans) and config.mentions == "union"}
 
 
 # options added since manifests were first written, with what the runs before them did
-UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0, "title_spans": False}
+UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0, "title_spans": False,
+                      "split_spans": False}
 
 
 def option_changes(recorded: dict, options: dict) -> str:

@@ -58,7 +58,9 @@ def prepare_linking(config: JobConfig) -> Linking:
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
         make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
                                config.mention_bias, config.mentions,
-                               Titles.from_ids(stored_ids(directory)) if config.title_spans and config.mentions == "union" else None),
+                               Titles.from_ids(stored_ids(directory))
+                               if (config.title_spans or config.split_spans) and config.mentions == "union" else None,
+                               title_spans=bool(config.title_spans), split_spans=bool(config.split_spans)),
         make_span_finder=partial(NerSpans, config.ner_model, tidy=True) if config.mentions != "model" else None,
         retriever=client,
         model_id=model_id(fingerprint),

@@ -52,18 +52,22 @@ class Retriever(Protocol):
 
 
 def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool = False,
-                     mention_bias: float = 0.0, mentions: str = "model", titles=None) -> Annotate:
+                     mention_bias: float = 0.0, mentions: str = "model", titles=None, *, title_spans: bool = True,
+                     split_spans: bool = False) -> Annotate:
     """Load OneGen once (in the replica; on its GPU when it has one, its layers spread over its GPUs with
     `split_over_gpus`) and return `onegen.Linker.embed` of a Linker with no index (the job searches the shards),
     linking `mentions` ("model", "ner" or "union": onegen.ner.MENTION_SOURCES); the spans it is given are the
-    NER stage's, so their mentions' source is "ner". With the KB's `titles` (onegen.titles.Titles), an NER span
-    that is a title replaces the model's mentions inside it."""
+    NER stage's, so their mentions' source is "ner". With the KB's `titles` (onegen.titles.Titles) and
+    `title_spans`, an NER span that is a title replaces the model's mentions inside it; with `split_spans`, the
+    NER spans inside a model mention that is no title replace it."""
     from onegen.linker import Linker
     from onegen.linker_config import LinkerConfig
     from onegen.model import OneGen
 
     onegen = OneGen.from_pretrained(model, split_over_gpus=split_over_gpus)
-    linker = Linker(onegen, None, LinkerConfig(mention_bias=mention_bias, title_spans=titles is not None),
+    config = LinkerConfig(mention_bias=mention_bias, title_spans=title_spans and titles is not None,
+                          split_spans=split_spans and titles is not None)
+    linker = Linker(onegen, None, config,
                     batch_size=batch_size, model=model, mentions=MENTION_SOURCES[mentions], titles=titles)
     return functools.partial(linker.embed, span_source="ner")
 
