@@ -217,26 +217,16 @@ def test_an_output_written_before_mentions_were_recorded_continues_with_the_mode
         "--mentions model (this run: ner)")
 
 
-def test_title_spans_are_a_result_option_of_union_runs_and_absent_means_off():
+@pytest.mark.parametrize("option", ["title_spans", "split_spans"])
+def test_span_options_are_result_options_of_union_runs_and_absent_means_off(option):
     from onegen.pipeline.job import JobConfig, option_changes, result_options
 
-    union = JobConfig("in", "out", mentions="union", title_spans=False)
-    before = {key: value for key, value in result_options(union).items() if key != "title_spans"}  # an older manifest
+    union = JobConfig("in", "out", mentions="union", **{option: False})
+    before = {key: value for key, value in result_options(union).items() if key != option}  # an older manifest
     assert option_changes(before, result_options(union)) == ""
-    assert option_changes(before, result_options(JobConfig("in", "out", mentions="union", title_spans=True))) == (
-        "--title-spans False (this run: True)")
-    assert result_options(JobConfig("in", "out", mentions="ner", title_spans=True))["title_spans"] is False  # no pieces
-
-
-def test_split_spans_are_a_result_option_of_union_runs_and_absent_means_off():
-    from onegen.pipeline.job import JobConfig, option_changes, result_options
-
-    union = JobConfig("in", "out", mentions="union", split_spans=False)
-    before = {key: value for key, value in result_options(union).items() if key != "split_spans"}  # an older manifest
-    assert option_changes(before, result_options(union)) == ""
-    assert option_changes(before, result_options(JobConfig("in", "out", mentions="union", split_spans=True))) == (
-        "--split-spans False (this run: True)")
-    assert result_options(JobConfig("in", "out", mentions="ner", split_spans=True))["split_spans"] is False
+    assert option_changes(before, result_options(JobConfig("in", "out", mentions="union", **{option: True}))) == (
+        f"--{option.replace('_', '-')} False (this run: True)")
+    assert result_options(JobConfig("in", "out", mentions="ner", **{option: True}))[option] is False  # no model spans
 
 
 @pytest.mark.ray
