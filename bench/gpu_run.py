@@ -16,6 +16,7 @@ then exact cosine top-k over every KB entity's [SE] vector, in float32 (TF32 mat
 OUT/candidates-main.jsonl.gz: {"dataset", "doc_id", "mentions": [{"start", "end", "surface", "source",
 "candidates": [[entity_id, cosine], ...]}]}. `--baseline DIR` then does the same for another saved model
 (the shipped default, say) into OUT/candidates-baseline.jsonl.gz, for a comparison made in one call.
+`--link-only --init DIR` trains nothing and writes DIR's candidates as the main run's.
 `bench/gpu_score.py` then picks the decision settings on the dev sets and scores every set there.
 OUT/results.json records what ran, the timings and the losses.
 """
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE, help="recipe (default: configs/default.toml)")
     parser.add_argument("--stages", default="-", help="stages of the recipe to run, e.g. 1-3 (default: all)")
     parser.add_argument("--init", type=Path, default=None, help="the first stage run starts from this saved model")
+    parser.add_argument("--link-only", action="store_true",
+                        help="train nothing: write the candidates of the --init model (and of --baseline), e.g. the "
+                             "shipped default under two linker settings")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="also write the candidates of this saved model (e.g. onegen/default_adapter), after the "
                              "trained one's, as candidates-baseline.jsonl.gz")
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-kb", type=int, default=None, help="keep this many KB entities, gold first (smoke runs)")
     parser.add_argument("--limit-docs", type=int, default=None, help="evaluate this many documents per set (smoke runs)")
     args = parser.parse_args(argv)
+    if args.link_only and args.init is None:
+        parser.error("--link-only writes the candidates of the --init model: give --init DIR")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -224,8 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     given.update({k: v for k, v in flags.items() if v is not None})
     recipe = load_recipe(args.config)
     command = command_line("bench/gpu_run.py", sys.argv[1:] if argv is None else argv)
-    last = None
-    for stage, values in recipe.stage_values(given, args.out, parse_stages(args.stages, len(recipe.stages))):
+    last = args.init if args.link_only else None
+    stages = [] if args.link_only else parse_stages(args.stages, len(recipe.stages))
+    for stage, values in recipe.stage_values(given, args.out, stages):
         config = TrainConfig.from_dict(values)
         last = Path(config.output)
         if is_finished(last):

@@ -245,6 +245,13 @@ def test_gpu_harness_trains_the_stages_through_fit_and_writes_candidates(tmp_pat
     assert [d["doc_id"] for d in baseline] == [d.doc_id for d in docs]
     assert (results["eval_baseline"]["model"], results["eval_baseline"]["mentions_from"]) == ("stage-1", "model")
     assert all(m["source"] == "model" for d in baseline for m in d["mentions"])
+    # --link-only: no training, the --init model's candidates (stage 2's again, so the same ones)
+    harness.main(["--data", str(data), "--out", str(tmp_path / "linked"), "--config", str(recipe), "--eval-batch-size", "4",
+                  "--link-only", "--init", str(tmp_path / "out" / "stage-2")])
+    assert not list((tmp_path / "linked").glob("stage-*"))
+    assert harness.read_jsonl_gz(tmp_path / "linked" / "candidates-main.jsonl.gz") == written
+    with pytest.raises(SystemExit):
+        harness.main(["--data", str(data), "--out", str(tmp_path / "linked"), "--link-only"])
 
 
 def test_gpu_harness_imports_without_what_the_lent_gpu_machine_lacks():
