@@ -216,7 +216,7 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                         help="onegen: link a NIL mention whose words are part of a longer linked mention of the same "
                              "document to that entity when retrieval found it (default: the model's linker_config.json)")
     parser.add_argument("--alias-weight", type=float,
-                        help="onegen: weight of the --aliases prior (default: the model's linker_config.json)")
+                        help="onegen: weight of the --aliases prior, for ranking and NIL (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
     parser.add_argument("--name-weight", type=float,

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Decision settings: default None = the model's linker_config.json (generic defaults when it has none)
     parser.add_argument("--top-k", type=int, default=None, help="candidates kept per mention (default: the model's)")
     parser.add_argument("--nil-threshold", type=float, default=None,
-                        help="cosine below which a mention is NIL (default: the model's)")
+                        help="chosen candidate's cosine, plus its alias and name terms, below which a mention is NIL (default: the model's)")
     parser.add_argument("--given-nil-threshold", type=float, default=None,
                         help="the same for the NER's spans of --mentions ner|union, which the model embeds by teacher "
                              "forcing (default: the model's; 0.9 for the trained default; unset: --nil-threshold)")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "('Yeltsin' after 'Boris Yeltsin') to that entity when it is among its candidates "
                              "(default: the model's; on for the trained default)")
     parser.add_argument("--aliases", default=None, help="alias prior table: mention<TAB>entity<TAB>count")
-    parser.add_argument("--alias-weight", type=float, default=None, help="weight of the alias prior (default: the model's)")
+    parser.add_argument("--alias-weight", type=float, default=None, help="weight of the alias prior, for ranking and for NIL (default: the model's)")
     parser.add_argument("--popularity-weight", type=float, default=None,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "
                              "(default: the model's; 0 turns it off)")

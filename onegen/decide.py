@@ -7,12 +7,13 @@ did not find:
 - a popularity prior, log(1 + popularity) / log(1 + the KB's largest popularity), from the KB
   JSONL's `popularity` field (e.g. Wikipedia in-links), which the index stores: between close
   candidates, the better known entity is the likelier referent.
-NIL is decided on the cosine of the chosen candidate, so the threshold keeps one meaning
-with or without priors. One piece of evidence counts for both: a name bonus, added when the mention's
-surface is the candidate's own name (`is_title_of`: the Wikipedia title its canonical id spells, with or
-without a parenthesised qualifier, case-insensitively), is added to the cosine that NIL is decided on as
-well as to the ranking: a mention written as an entity's title is likelier to be that entity, and to be in the KB. Then, within one text, `short_form_links` gives a NIL mention whose words are part
-of a longer linked mention ("Yeltsin" after "Boris Yeltsin") that mention's entity, when retrieval found it.
+NIL is decided on the chosen candidate's evidence: its cosine plus two pieces of evidence that the
+mention is that entity, and that the entity is in the KB, which count for the ranking too. One is the
+alias prior's term (a surface that annotated text linked to the entity); the other a name bonus, added
+when the mention's surface is the candidate's own name (`is_title_of`: the Wikipedia title its canonical
+id spells, with or without a parenthesised qualifier, case-insensitively). Popularity only ranks. Then,
+within one text, `short_form_links` gives a NIL mention whose words are part of a longer linked mention
+("Yeltsin" after "Boris Yeltsin") that mention's entity, when retrieval found it.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from kb.aliases import AliasTable, normalise_surface
 from kb.jsonl import iter_kb
 
-# Generic defaults (onegen.linker_config.LinkerConfig) of the NIL threshold (cosine below: NIL) and the
+# Generic defaults (onegen.linker_config.LinkerConfig) of the NIL threshold (cosine plus alias and name terms below: NIL) and the
 # priors' weights. A model's own settings travel with it in linker_config.json: the bundled default's
 # (onegen/default_adapter) were picked on AIDA testa by bench/gpu_score.py, which writes them for any model.
 # (Its popularity weight, 0.1, is under testa's best, 0.3, which cost 3 to 7 F1 on OKE, MSNBC and AQUAINT.)
@@ -107,7 +108,7 @@ def decide(
     Candidates are ranked by cosine (+ weight * p(entity | surface) with an alias prior, + weight *
     popularity score with a popularity prior, + `name_weight` when the surface is the candidate's title,
     `is_title_of`); the best one is returned with its cosine, or None with that cosine when its cosine plus
-    its name bonus is below `nil_threshold`. Empty ids (padding from a short index) are skipped; no
+    its alias and name terms (not popularity) is below `nil_threshold`. Empty ids (padding from a short index) are skipped; no
     candidate -> (None, -inf).
     """
     if len(candidate_ids) != len(candidate_scores):
@@ -117,9 +118,9 @@ def decide(
         if not entity_id:
             continue
         evidence = float(cosine) + (name_weight if name_weight and is_title_of(surface, entity_id) else 0.0)
-        rank = evidence
         if alias_prior:
-            rank += alias_prior.weight * alias_prior.probability(surface, entity_id)
+            evidence += alias_prior.weight * alias_prior.probability(surface, entity_id)
+        rank = evidence
         if popularity:
             rank += popularity.weight * popularity.score(entity_id)
         if rank > best_rank:

@@ -23,7 +23,7 @@ CONFIG_NAME = "linker_config.json"
 class LinkerConfig:
     """How a linker decodes, ranks and decides (onegen.decide); `None` references mean "not recorded"."""
 
-    nil_threshold: float = DEFAULT_NIL_THRESHOLD  # cosine of the chosen candidate below which a mention is NIL
+    nil_threshold: float = DEFAULT_NIL_THRESHOLD  # chosen candidate's cosine + alias and name terms below which: NIL
     # the same for spans the model was given (an NER's or a caller's, embedded by teacher forcing); None: nil_threshold
     given_nil_threshold: float | None = None
     short_forms: bool = False  # link a NIL mention that is part of a longer linked one to its entity (onegen.decide)

@@ -35,10 +35,15 @@ def test_alias_prior_reranks_close_candidates(tmp_path):
     assert table.probability("paris", "Paris") == pytest.approx(0.9)
 
 
-def test_alias_prior_never_adds_candidates_and_threshold_uses_cosine(tmp_path):
-    table = prior(tmp_path, "paris\tParis\t100\n", weight=1.0)
+def test_alias_prior_never_adds_candidates_and_counts_against_nil(tmp_path):
+    table = prior(tmp_path, "paris\tParis\t3\nparis\tParis_Hilton\t1\n", weight=0.2)
     assert decide(["Lyon"], [0.9], "Paris", nil_threshold=0.5, alias_prior=table) == ("Lyon", pytest.approx(0.9))
-    assert decide(["Paris"], [0.4], "Paris", nil_threshold=0.5, alias_prior=table)[0] is None
+    # NIL is decided on the cosine plus weight * p(entity | surface): 0.40 + 0.2 * 0.75 = 0.55
+    assert decide(["Paris"], [0.4], "Paris", nil_threshold=0.5, alias_prior=table) == ("Paris", pytest.approx(0.4))
+    assert decide(["Paris"], [0.4], "Paris", nil_threshold=0.56, alias_prior=table) == (None, pytest.approx(0.4))
+    assert decide(["Paris"], [0.4], "Paris", nil_threshold=0.5) == (None, pytest.approx(0.4))  # no prior: the cosine
+    # a rarer sense gets less: 0.40 + 0.2 * 0.25 = 0.45
+    assert decide(["Paris_Hilton"], [0.4], "Paris", nil_threshold=0.5, alias_prior=table)[0] is None
 
 
 @pytest.mark.parametrize("rows, message", [("a\tb\n", "expected mention<TAB>entity<TAB>count"), ("a\tb\tmany\n", "must be a number"),

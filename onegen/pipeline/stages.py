@@ -189,7 +189,7 @@ class LinkStep:
 
     retriever: Retriever  # index or shard-actor client
     top_k: int  # candidates kept per mention
-    nil_threshold: float  # cosine below which a mention is NIL
+    nil_threshold: float  # chosen cosine + alias and name terms below which: NIL
     model_id: str  # written to every row (run metadata)
     index_id: str  # index manifest hash, written to every row
     alias_prior: AliasPrior | None = None  # p(entity | surface) re-ranking
