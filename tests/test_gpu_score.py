@@ -87,3 +87,25 @@ def test_a_name_weight_is_picked_where_the_entity_the_surface_names_is_ranked_se
     chosen = gpu_score.tune([(gold, found)], Redirects.empty(), AliasPrior(AliasTable({})), PopularityPrior({}))
     assert chosen["dev_f1"] == 1.0 and chosen["name_weight"] >= 0.05  # 0.02 apart: the smallest weight above that
     assert gpu_score.link(found, gpu_score.RAW, AliasPrior(AliasTable({})), PopularityPrior({}))["d"][0].entity_id == "Paris_Hilton"
+
+
+def test_the_settings_suit_linking_with_the_alias_table_and_without_it():
+    """The objective is the mean of the dev F1 with the alias table and without it (onegen-link's default): a
+    threshold that only works because the table lifts a mention over it loses to one that suits both."""
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+
+    text = "PSG Rome Lyon"
+    gold = [Document("d", text, [Mention(0, 3, "PSG", "Paris_Saint-Germain_F.C."), Mention(9, 13, "Lyon", "Lyon")])]
+    found = {"d": [Mention(0, 3, "PSG", candidates=[Candidate("Paris_Hilton", 0.72), Candidate("Paris_Saint-Germain_F.C.", 0.70)],
+                           source="model"),
+                   Mention(4, 8, "Rome", candidates=[Candidate("Rome", 0.65)], source="model"),  # no gold link: spurious
+                   Mention(9, 13, "Lyon", candidates=[Candidate("Lyon", 0.9)], source="model")]}
+    table = AliasPrior(AliasTable({"psg": {"Paris_Saint-Germain_F.C.": 1}}))
+    chosen = gpu_score.tune([(gold, found)], Redirects.empty(), table, PopularityPrior({}))
+    # with the table alone, NIL 0.7 and weight 0.05 give 1.0, but without it PSG links Paris_Hilton there (0.5);
+    # NIL 0.75 gives 1.0 with the table (PSG lifted to 0.75) and 2/3 without (Lyon alone)
+    assert chosen["nil_threshold"] == 0.75 and chosen["prior_weight"] == 0.05 and chosen["dev_f1"] == 1.0
+    assert round(chosen["dev_f1_without_aliases"], 4) == round(2 / 3, 4) and round(chosen["objective"], 4) == round(5 / 6, 4)

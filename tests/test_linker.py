@@ -273,7 +273,7 @@ def test_an_unknown_setting_is_a_one_line_error(tmp_path):
 def test_the_default_adapter_ships_its_tuned_settings():
     from onegen.linker_config import model_config
 
-    assert model_config(None) == LinkerConfig(nil_threshold=0.85, given_nil_threshold=0.9, short_forms=True, alias_weight=0.2,
+    assert model_config(None) == LinkerConfig(nil_threshold=0.8, given_nil_threshold=0.9, short_forms=True, alias_weight=0.1,
                                               popularity_weight=0.1, name_weight=0.1, mentions="union", mention_bias=1.0,
                                               top_k=10, title_spans=True)
     assert LinkerConfig().mention_bias == 0.0  # a model nobody tuned decodes with its own choice
