@@ -8,12 +8,12 @@ same file (it must include the dev sets the settings are picked on).
 
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
-alias table and a popularity prior from the KB's `popularity` field re-rank the candidates, and a
+alias table and the KB's names (titles and redirects, one link each) and a popularity prior from the KB's `popularity` field re-rank the candidates, and a
 mention whose chosen cosine (plus the alias term, and the name bonus when the mention is written as the
 entity's title) is under the NIL threshold (given NER spans: their own threshold) is left unlinked; short forms of a document's linked mentions may then be linked (`onegen.decide.short_form_links`).
 The settings are picked on the dev sets (best mean InKB micro-F1 over a grid, `tune`; by default AIDA testa
 and OKE15 train, news and encyclopedic text, so that no one genre decides; averaged over linking with the alias
-table and without it, as a linker may be given none); every dataset of `--run` is then scored with them
+table and without it, the KB's names alone, as a linker may be given none); every dataset of `--run` is then scored with them
 (A2KB, strong match, InKB, redirects applied), and every run with candidates for the dev sets (the
 ablations) gets its dev F1, tuned the same way, and its F1 with no prior and no NIL.
 """
@@ -31,10 +31,12 @@ from eval.mention_errors import read_candidates
 from kb.ids import Redirects
 from eval.run_gerbil import format_table, pct
 from eval.scorer import score
+from kb.jsonl import iter_kb
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.linker import decide_mentions
-from onegen.linker_config import CONFIG_NAME, model_config
+from onegen.linker_config import CONFIG_NAME, LinkerConfig, model_config
 from onegen.spans import Mention
+from onegen.titles import kb_names
 
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
 PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
@@ -58,23 +60,41 @@ def link(docs: dict[str, list[Mention]], settings: dict, table: AliasPrior, popu
 
 def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popularity_weight: float):
     """(alias prior, popularity prior) with these weights; a weight of 0 gives None."""
-    return (AliasPrior(table.table, weight) if weight else None,
+    return (dataclasses.replace(table, weight=weight) if weight else None,
             PopularityPrior(popularity.scores, popularity_weight) if popularity_weight else None)
+
+
+def data_priors(data_dir: Path, kb_file: Path) -> tuple[AliasPrior, PopularityPrior]:
+    """The alias prior of DATA_DIR's AIDA-train table and the KB's names (its ids' titles and DATA_DIR's
+    redirects), and the KB's popularity prior, as `eval/run_gerbil.py run --linker onegen` has them."""
+    names = kb_names((entity.id for entity in iter_kb(kb_file)), data_dir / "kb" / "redirects.tsv")
+    return (AliasPrior.from_tsv(data_dir / "kb" / "aida_train_aliases.tsv", names=names),
+            PopularityPrior.from_kb(kb_file))
+
+
+def settings_of(config: LinkerConfig) -> dict:
+    """A linker config's decision settings, as RAW's keys (what `write_config` saves)."""
+    return {"nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
+            "short_forms": config.short_forms, "prior_weight": config.alias_weight,
+            "popularity_weight": config.popularity_weight, "name_weight": config.name_weight}
 
 
 def tune(dev: list[tuple], redirects, table, popularity) -> dict:
     """The settings (RAW's keys, plus "dev_f1", "dev_f1_without_aliases" and "objective") that score best over a grid
     on the dev sets, given as (gold documents, candidates by doc id) pairs. The objective is the mean InKB micro-F1
-    over the dev sets, averaged over linking with the alias table and without it (alias weight 0): the alias term
-    counts toward NIL, and a linker given no table (onegen-link's default) decides with the same thresholds. First
+    over the dev sets, averaged over linking with the alias table and without it (the KB's names alone, `table.names`):
+    the alias term counts toward NIL, and a linker given no table (onegen-link's default) decides with the same
+    thresholds. First
     one NIL threshold and the two prior weights over the grid; then, at those weights, the NIL thresholds of the
     model's and of given (NER) spans apart, the name weight and short forms on or off, kept only where they gain."""
-    def f1(settings: dict) -> float:
-        return mean_f1(dev, redirects, lambda docs: link(docs, settings, table, popularity))
+    names_only = dataclasses.replace(table, table=None)
+
+    def f1(settings: dict, prior: AliasPrior = table) -> float:
+        return mean_f1(dev, redirects, lambda docs: link(docs, settings, prior, popularity))
 
     def objective(settings: dict) -> float:
         with_table = f1(settings)
-        return (with_table + f1(settings | {"prior_weight": 0.0})) / 2 if settings["prior_weight"] else with_table
+        return (with_table + f1(settings, names_only)) / 2 if settings["prior_weight"] else with_table
 
     best, best_score = None, -1.0
     for weight, popularity_weight, threshold in itertools.product(PRIOR_WEIGHTS, POPULARITY_WEIGHTS, THRESHOLDS):
@@ -87,7 +107,7 @@ def tune(dev: list[tuple], redirects, table, popularity) -> dict:
                                     "name_weight": name_weight}
         if (found := objective(settings)) > best_score:
             best, best_score = settings, found
-    return best | {"dev_f1": f1(best), "dev_f1_without_aliases": f1(best | {"prior_weight": 0.0}), "objective": best_score}
+    return best | {"dev_f1": f1(best), "dev_f1_without_aliases": f1(best, names_only), "objective": best_score}
 
 
 def mean_f1(dev: list[tuple], redirects, decide_docs) -> float:
@@ -112,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tune_sets = [name.strip() for name in args.tune_sets.split(",") if name.strip()]
     redirects = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv")
-    table = AliasPrior.from_tsv(args.data_dir / "kb" / "aida_train_aliases.tsv")
-    popularity = PopularityPrior.from_kb(args.kb or args.data_dir / "kb" / "entities.jsonl")
+    table, popularity = data_priors(args.data_dir, args.kb or args.data_dir / "kb" / "entities.jsonl")
     runs = {p.name[len("candidates-"):-len(".jsonl.gz")]: read_candidates(p)
             for p in sorted(args.candidates.glob("candidates-*.jsonl.gz"))}
     if args.run not in runs:

@@ -15,8 +15,8 @@ reference here will not beat it on the whole KB.
 
 Prints, for the reference and the model side by side (A2KB, strong match, InKB, redirects applied):
 mentions marked, the share of gold links whose exact span is marked, top-1 and top-10 over the gold
-spans both runs mark, micro-F1 with the shipped decision settings (alias prior, popularity, NIL
-threshold of `onegen.decide`) and micro-F1 with no prior and no NIL. Marking and ranking are apart on
+spans both runs mark, micro-F1 with the trained default's decision settings (its linker_config.json: NIL
+thresholds, alias prior, popularity) and micro-F1 with no prior and no NIL. Marking and ranking are apart on
 purpose: a training change can improve one and cost the other. Screen on AIDA testa (the dev set);
 the test sets are for the final table only.
 """
@@ -25,20 +25,18 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import sys
 import time
 from functools import partial
 from pathlib import Path
 
-from bench.gpu_score import link, read_candidates
+from bench.gpu_score import RAW, data_priors, link, read_candidates, settings_of
 from eval.corpora import DEFAULT_DATA_DIR, load_dataset
 from kb.ids import Redirects, canonical_id
 from eval.run_gerbil import format_table, pct
 from eval.scorer import score
-from onegen.spans import Document
+from onegen.spans import Document, Mention
 from kb.jsonl import read_kb
-from onegen.decide import DEFAULT_NIL_THRESHOLD, AliasPrior, PopularityPrior
 from onegen.linker import ExactSearch, retrieve_texts
 from onegen.linker_config import model_config
 from onegen.model import OneGen
@@ -46,7 +44,7 @@ from onegen.model import OneGen
 TOP_K = 10
 
 
-def marking_and_ranking(gold: list[Document], runs: dict[str, dict[str, list[dict]]],
+def marking_and_ranking(gold: list[Document], runs: dict[str, dict[str, list[Mention]]],
                         canonical) -> dict[str, dict[str, float]]:
     """Per run: mentions marked, share of gold InKB links with the exact span marked, and top-1 / top-10
     over the gold InKB spans that every run marks (so the runs rank the same mentions)."""
@@ -60,7 +58,7 @@ def marking_and_ranking(gold: list[Document], runs: dict[str, dict[str, list[dic
         resolved = (((a.start, a.end), entity(a.entity_id)) for a in doc.mentions if a.entity_id)
         links = {span: e for span, e in resolved if e}
         gold_links += len(links)
-        spans = {name: {(m["start"], m["end"]): [entity(e) for e, _ in m["candidates"]]
+        spans = {name: {(m.start, m.end): [entity(c.entity_id) for c in m.candidates]
                         for m in docs.get(doc.doc_id, [])} for name, docs in runs.items()}
         common = [s for s in links if all(s in marked for marked in spans.values())]
         for name, marked in spans.items():
@@ -78,7 +76,7 @@ def marking_and_ranking(gold: list[Document], runs: dict[str, dict[str, list[dic
 
 
 def screen_candidates(onegen: OneGen, docs: list[Document], entity_ids: list[str], kb_file: Path,
-                      batch_size: int, mention_bias: float = 0.0) -> dict[str, list[dict]]:
+                      batch_size: int, mention_bias: float = 0.0) -> dict[str, list[Mention]]:
     """doc id -> mentions with their top-k, the model decoding with `mention_bias` and searching only
     `entity_ids` (embedded by it)."""
     wanted = set(entity_ids)
@@ -89,7 +87,7 @@ def screen_candidates(onegen: OneGen, docs: list[Document], entity_ids: list[str
     for start in range(0, len(docs), batch_size):
         batch = docs[start:start + batch_size]
         found = retrieve_texts(decode, [d.text for d in batch], search, top_k=TOP_K, batch_size=batch_size)
-        out.update({d.doc_id: [m.to_dict() for m in mentions] for d, mentions in zip(batch, found)})
+        out.update({d.doc_id: mentions for d, mentions in zip(batch, found)})
         print(f"decoded {start + len(batch)}/{len(docs)} documents", file=sys.stderr, flush=True)
     return out
 
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     gold = [d for d in load_dataset(args.dataset, args.data_dir) if d.doc_id in reference][:args.docs]
     reference = {d.doc_id: reference[d.doc_id] for d in gold}
-    entity_ids = sorted({e for mentions in reference.values() for m in mentions for e, _ in m["candidates"]})
+    entity_ids = sorted({c.entity_id for mentions in reference.values() for m in mentions for c in m.candidates})
     print(f"{len(gold)} {args.dataset} documents, {len(entity_ids)} entities in the reference's top {TOP_K}",
           file=sys.stderr, flush=True)
     kb_file = args.data_dir / "kb" / "entities.jsonl"
@@ -126,17 +124,19 @@ def main(argv: list[str] | None = None) -> None:
                                  args.mention_bias)
     if args.output:
         with gzip.open(args.output, "wt", encoding="utf-8") as f:
-            f.writelines(json.dumps({"dataset": args.dataset, "doc_id": doc_id, "mentions": mentions}) + "\n"
+            f.writelines(json.dumps({"dataset": args.dataset, "doc_id": doc_id,
+                                     "mentions": [m.to_dict() for m in mentions]}) + "\n"
                          for doc_id, mentions in screened.items())
 
     redirects = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv")
-    shipped = (AliasPrior.from_tsv(args.data_dir / "kb" / "aida_train_aliases.tsv"), PopularityPrior.from_kb(kb_file))
+    priors = data_priors(args.data_dir, kb_file)
+    shipped = settings_of(model_config(None))
     runs = {"reference": reference, "model": screened}
     spans = marking_and_ranking(gold, runs, redirects.resolve)
     rows = []
     for name, docs in runs.items():
-        f1 = score(gold, link(docs, DEFAULT_NIL_THRESHOLD, *shipped), redirects=redirects).inkb.micro.f1
-        raw = score(gold, link(docs, -math.inf, None), redirects=redirects).inkb.micro.f1
+        f1 = score(gold, link(docs, shipped, *priors), redirects=redirects).inkb.micro.f1
+        raw = score(gold, link(docs, RAW, *priors), redirects=redirects).inkb.micro.f1
         s = spans[name]
         rows.append([name, s["marked"], pct(s["exact_span"]), f"{s['top1']:.3f} / {s['top10']:.3f}", pct(f1), pct(raw)])
     print(f"{args.dataset}, first {len(gold)} documents; the model (mention bias {args.mention_bias:g}) searched "

@@ -166,17 +166,24 @@ def load_redirects(path: str | None, data_dir: str) -> Redirects:
     return Redirects.from_tsv(path or default)
 
 
-def redecided(found: dict[str, dict[str, list[Mention]]], model: str | None, data_dir: str) -> dict[str, dict[str, list[Mention]]]:
+def redecided(found: dict[str, dict[str, list[Mention]]], model: str | None, data_dir: str,
+              redirects: str | None = None) -> dict[str, dict[str, list[Mention]]]:
     """The candidates decided again with the settings of `model`'s linker_config.json (None: the trained
-    default's), the alias table and popularity of DATA_DIR/kb, as `onegen-gerbil run --linker onegen` decides."""
+    default's), the alias table, names and popularity of DATA_DIR/kb's entities and the `redirects` table
+    (None: DATA_DIR/kb/redirects.tsv when present), as `onegen-gerbil run --linker onegen` decides."""
+    from kb.jsonl import iter_kb
     from onegen.decide import PopularityPrior
     from onegen.linker import Linker
     from onegen.linker_config import model_config
+    from onegen.titles import kb_names
 
     kb = Path(data_dir) / "kb"
-    config = model_config(model).replace(aliases=str(kb / "aida_train_aliases.tsv"))
+    redirects = redirects or (str(kb / "redirects.tsv") if (kb / "redirects.tsv").is_file() else None)
+    config = model_config(model).replace(aliases=str(kb / "aida_train_aliases.tsv"), redirects=redirects)
     popularity = PopularityPrior.from_kb(kb / "entities.jsonl", weight=config.popularity_weight) if config.popularity_weight else None
-    linker = Linker(None, None, config, popularity=popularity)  # deciding needs no model and no index
+    names = (kb_names((entity.id for entity in iter_kb(kb / "entities.jsonl")), redirects)
+             if config.alias_weight and (kb / "entities.jsonl").is_file() else None)
+    linker = Linker(None, None, config, popularity=popularity, titles=names)  # deciding needs no model and no index
     return {name: {doc_id: linker.decide(mentions) for doc_id, mentions in docs.items()} for name, docs in found.items()}
 
 
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         for system, spans in systems.items():
             print(format_row(name, system, split(docs, spans)))
     if args.redecide:
-        found = redecided(found, args.model, args.data_dir)
+        found = redecided(found, args.model, args.data_dir, args.redirects)
     elif not has_decisions(args.candidates):
         print(f"{args.candidates} records no decisions (written before 2026-12-03): no disambiguation table "
               f"(--redecide decides them)", file=sys.stderr)

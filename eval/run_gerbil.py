@@ -74,8 +74,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def linker_from_args(args: argparse.Namespace) -> TextLinker:
-    """Build --linker with the options given on the command line (the rest stay at the linker's defaults)."""
-    return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size,
+    """Build --linker with the options given on the command line (the rest stay at the linker's defaults); the
+    onegen linker also counts the names of the --redirects table (the scorer's) in its alias prior."""
+    names = {"redirects": getattr(args, "redirects", None)} if args.linker == "onegen" else {}
+    return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size, **names,
                       nil_threshold=args.nil_threshold, given_nil_threshold=args.given_nil_threshold,
                       short_forms=args.short_forms, alias_weight=args.alias_weight,
                       popularity_weight=args.popularity_weight, name_weight=args.name_weight,
@@ -216,7 +218,8 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                         help="onegen: link a NIL mention whose words are part of a longer linked mention of the same "
                              "document to that entity when retrieval found it (default: the model's linker_config.json)")
     parser.add_argument("--alias-weight", type=float,
-                        help="onegen: weight of the --aliases prior, for ranking and NIL (default: the model's linker_config.json)")
+                        help="onegen: weight of the alias prior, for ranking and NIL: the --aliases counts and the KB's "
+                             "names, one link each (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
     parser.add_argument("--name-weight", type=float,
@@ -277,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", action="append", metavar="NAMES", help="comma-separated dataset names (repeatable)")
     p.add_argument("--dataset-file", action="append", metavar="PATH", help="a NIF or AIDA TSV file (repeatable)")
     p.add_argument("--match", choices=("strong", "weak"), default="strong", help="annotation match (default: strong)")
-    p.add_argument("--redirects", help="redirects table (default: DATA_DIR/kb/redirects.tsv when present)")
+    p.add_argument("--redirects", help="redirects table, applied to gold and predicted ids; onegen also counts its names "
+                                       "in the alias prior (default: DATA_DIR/kb/redirects.tsv when present)")
     p.add_argument("--json", help="write per-dataset reports and timings as JSON to this file")
     p.add_argument("--candidates", metavar="FILE.jsonl.gz",
                    help="onegen: also write every mention's top-k candidates here, for picking the NIL threshold and "

@@ -63,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="link a NIL mention whose words are part of a longer linked mention of the same document "
                              "('Yeltsin' after 'Boris Yeltsin') to that entity when it is among its candidates "
                              "(default: the model's; on for the trained default)")
-    parser.add_argument("--aliases", default=None, help="alias prior table: mention<TAB>entity<TAB>count")
-    parser.add_argument("--alias-weight", type=float, default=None, help="weight of the alias prior, for ranking and for NIL (default: the model's)")
+    parser.add_argument("--aliases", default=None,
+                        help="alias table mention<TAB>entity<TAB>count (e.g. the gold links of your training data): its "
+                             "counts join the KB's names in the alias prior p(entity | surface) (default: the names alone)")
+    parser.add_argument("--redirects", default=None,
+                        help="redirects table from<TAB>to (kb.wikipedia.convert_wikipedia writes one from a dump): the names of the "
+                             "redirects to an entity count as its names in the alias prior, as its title does")
+    parser.add_argument("--alias-weight", type=float, default=None,
+                        help="weight of the alias prior p(entity | surface), for ranking and for NIL: each name of an "
+                             "entity (its title, with or without a parenthesised qualifier, and --redirects names) counts "
+                             "as one link of it, with the --aliases counts (default: the model's; 0 turns it off)")
     parser.add_argument("--popularity-weight", type=float, default=None,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "
                              "(default: the model's; 0 turns it off)")

@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
+QUALIFIER = re.compile(r"(.+?) \([^()]*\)")  # "Paris (band)": the title before its parenthesised qualifier
+
+
 def normalise_surface(surface: str) -> str:
     """The key a surface form is looked up under when case and spacing may differ."""
     return " ".join(surface.casefold().split())
+
+
+def title_names(entity_id: str) -> tuple[str, ...]:
+    """The names a canonical id spells, normalised (`normalise_surface`): its title ("Paris_(band)":
+    "paris (band)"), and that title without its parenthesised qualifier ("paris")."""
+    title = entity_id.replace("_", " ")
+    qualified = QUALIFIER.fullmatch(title)
+    return (normalise_surface(title),) + ((normalise_surface(qualified.group(1)),) if qualified else ())
 
 
 def _ranked(counts: dict[str, float]) -> list[str]:
@@ -72,8 +84,12 @@ class AliasTable:
         ranked = self.entities(mention) or _ranked(self.folded.get(normalise_surface(mention), {}))
         return ranked[0] if ranked else None
 
+    def links(self, surface: str) -> dict[str, float]:
+        """Entity id -> count of the surface's case/space-insensitive form; empty when unknown."""
+        return self.folded.get(normalise_surface(surface), {})
+
     def probability(self, surface: str, entity_id: str) -> float:
         """p(entity | surface) over the case/space-insensitive form; 0 when unknown."""
-        by_entity = self.folded.get(normalise_surface(surface), {})
+        by_entity = self.links(surface)
         total = sum(by_entity.values())
         return by_entity.get(entity_id, 0.0) / total if total > 0 else 0.0

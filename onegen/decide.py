@@ -3,15 +3,19 @@
 The retrieval score is the cosine between the mention's `[LK]` vector and an entity's `[SE]`
 vector. Two optional priors re-rank the retrieved candidates; neither adds a candidate retrieval
 did not find:
-- an alias prior p(entity | surface), read from a `mention<TAB>entity<TAB>count` table;
+- an alias prior p(entity | surface): the counts of a `mention<TAB>entity<TAB>count` table, if one is
+  given, and the KB's own names (`onegen.titles.Titles`: the title each id spells, with or without its
+  parenthesised qualifier, and the names of redirects to it), each counting as one link of its entity, so
+  a mention written as a name shared by n entities gives each of them 1/n without a table;
 - a popularity prior, log(1 + popularity) / log(1 + the KB's largest popularity), from the KB
   JSONL's `popularity` field (e.g. Wikipedia in-links), which the index stores: between close
   candidates, the better known entity is the likelier referent.
 NIL is decided on the chosen candidate's evidence: its cosine plus two pieces of evidence that the
 mention is that entity, and that the entity is in the KB, which count for the ranking too. One is the
-alias prior's term (a surface that annotated text linked to the entity); the other a name bonus, added
-when the mention's surface is the candidate's own name (`is_title_of`: the Wikipedia title its canonical
-id spells, with or without a parenthesised qualifier, case-insensitively). Popularity only ranks. Then,
+alias prior's term (a surface that annotated text linked to the entity, or one of its names); the other a
+name bonus, added when the mention's surface is the candidate's own title (`is_title_of`: the Wikipedia
+title its canonical id spells, with or without a parenthesised qualifier, case-insensitively), however many
+entities share it (off in the default: the names in the alias prior do better). Popularity only ranks. Then,
 within one text, `short_form_links` gives a NIL mention whose words are part of a longer linked mention
 ("Yeltsin" after "Boris Yeltsin") that mention's entity, when retrieval found it.
 """
@@ -23,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kb.aliases import AliasTable, normalise_surface
+from kb.aliases import AliasTable, normalise_surface, title_names
 from kb.jsonl import iter_kb
+from onegen.titles import Titles
 
 # Generic defaults (onegen.linker_config.LinkerConfig) of the NIL threshold (cosine plus alias and name terms below: NIL) and the
 # priors' weights. A model's own settings travel with it in linker_config.json: the bundled default's
@@ -34,24 +39,39 @@ DEFAULT_NIL_THRESHOLD = 0.75
 DEFAULT_PRIOR_WEIGHT = 0.2
 DEFAULT_POPULARITY_WEIGHT = 0.1
 WORD = re.compile(r"\w+")
-QUALIFIER = re.compile(r"(.+?) \([^()]*\)")  # "Paris (band)": the title before its parenthesised qualifier
 
 
 @dataclass
 class AliasPrior:
-    """p(entity | mention surface) from an alias table, weighted for re-ranking."""
+    """p(entity | mention surface), weighted for re-ranking, from an alias table's counts and the KB's names: each
+    name of an entity (a title its id spells, a redirect's: `onegen.titles.Titles`) counts as one link of it, so a
+    mention written as a name is evidence for the entities of that name, shared among them."""
 
-    table: AliasTable  # alias counts
+    table: AliasTable | None = None  # alias counts (None: the names alone)
     weight: float = DEFAULT_PRIOR_WEIGHT  # added to the cosine as weight * p when ranking candidates
+    names: Titles | None = None  # the KB's names (None: the table alone)
 
     @classmethod
-    def from_tsv(cls, path: str | Path, *, weight: float = DEFAULT_PRIOR_WEIGHT) -> AliasPrior:
+    def from_tsv(cls, path: str | Path, *, weight: float = DEFAULT_PRIOR_WEIGHT, names: Titles | None = None) -> AliasPrior:
         """Read a `mention<TAB>entity<TAB>count` table (kb.aliases.AliasTable)."""
-        return cls(AliasTable.from_tsv(path), weight)
+        return cls(AliasTable.from_tsv(path), weight, names)
+
+    @classmethod
+    def load(cls, aliases: str | Path | None, names: Titles | None, *, weight: float) -> AliasPrior | None:
+        """The prior of an alias table file and the KB's names, either of them None; None when `weight` is 0
+        or both are."""
+        if not weight or (aliases is None and names is None):
+            return None
+        return cls(AliasTable.from_tsv(aliases) if aliases else None, weight, names)
 
     def probability(self, surface: str, entity_id: str) -> float:
         """p(entity | surface); 0 when the surface or the pair is unknown."""
-        return self.table.probability(surface, entity_id)
+        by_entity = self.table.links(surface) if self.table else {}
+        count, total = by_entity.get(entity_id, 0.0), sum(by_entity.values())
+        if self.names is not None:
+            count += self.names.names(surface, entity_id)
+            total += self.names.count(surface)
+        return count / total if total > 0 else 0.0
 
 
 @dataclass
@@ -78,14 +98,6 @@ class PopularityPrior:
     def score(self, entity_id: str) -> float:
         """The entity's popularity in [0, 1]; 0 when unknown."""
         return self.scores.get(entity_id, 0.0)
-
-
-def title_names(entity_id: str) -> tuple[str, ...]:
-    """The names a canonical id spells, normalised (kb.aliases.normalise_surface): its title ("Paris_(band)":
-    "paris (band)"), and that title without its parenthesised qualifier ("paris")."""
-    title = entity_id.replace("_", " ")
-    qualified = QUALIFIER.fullmatch(title)
-    return (normalise_surface(title),) + ((normalise_surface(qualified.group(1)),) if qualified else ())
 
 
 def is_title_of(surface: str, entity_id: str) -> bool:

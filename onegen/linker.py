@@ -33,7 +33,7 @@ from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
 from onegen.spans import Annotated, Candidate, Document, EmbeddedMention, Mention
-from onegen.titles import Titles
+from onegen.titles import Titles, kb_names
 
 LOG = logging.getLogger(__name__)
 
@@ -137,13 +137,14 @@ class Linker:
         self.onegen = onegen  # onegen.model.OneGen
         self.search = search  # ExactSearch or kb.index.EntityIndex: search(vectors (Q, D), k) -> (D, I); None: embed only
         self.config = config  # decision settings (config.index / .kb / .aliases: what is searched)
-        self.alias_prior = AliasPrior.from_tsv(config.aliases, weight=config.alias_weight) if config.aliases else None
+        # p(entity | surface) from config.aliases and the KB's names (`titles`), weighted by config.alias_weight
+        self.alias_prior = AliasPrior.load(config.aliases, titles, weight=config.alias_weight)
         self.popularity = popularity  # KB-popularity prior, weighted by config.popularity_weight (None: off)
         self.batch_size = batch_size  # texts per model batch
         self.model = model  # the model reference it was loaded from (None: the trained default)
         self.mentions = _check_mentions(mentions or config.mentions)  # which mentions `link` links unless told
         self._ner = None  # the NER of mentions "ner" and "union" without spans (onegen.ner.NerSpans), loaded on first use
-        # the KB's titles (onegen.titles.Titles) with config.title_spans or .split_spans (`_given_spans`); None:
+        # the KB's names (onegen.titles.Titles) with config.title_spans or .split_spans (`_given_spans`); None:
         # given spans only fill the gaps between the model's
         self.titles = titles if config.title_spans or config.split_spans else None
 
@@ -162,9 +163,10 @@ class Linker:
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
             overrides: LinkerConfig settings (nil_threshold, given_nil_threshold, short_forms, alias_weight,
-                popularity_weight, name_weight, mention_bias, top_k, aliases, mentions, ner_model, title_spans, split_spans) that
-                win over the model's linker_config.json; None values
-                are ignored. `mentions` ("model", "ner" or "union") is what `link` links by default.
+                popularity_weight, name_weight, mention_bias, top_k, aliases, redirects, mentions, ner_model, title_spans,
+                split_spans) that win over the model's linker_config.json; None values are ignored. `mentions`
+                ("model", "ner" or "union") is what `link` links by default. With alias_weight above 0, the alias
+                prior counts the KB's names (its ids' titles, and the `redirects` table's names) as one link each.
         """
         from onegen.model import OneGen
         from onegen.ner import check_ner_model
@@ -177,8 +179,12 @@ class Linker:
         if index is not None or kb is not None:  # the one given replaces what the model's config recorded
             config.index, config.kb = index, kb
         # absolute, so that save_pretrained records files that load from anywhere
-        config.index, config.kb, config.aliases = (str(Path(p).expanduser().resolve()) if p else None
-                                                   for p in (config.index, config.kb, config.aliases))
+        config.index, config.kb, config.aliases, config.redirects = (
+            str(Path(p).expanduser().resolve()) if p else None
+            for p in (config.index, config.kb, config.aliases, config.redirects))
+        for table, path in (("alias", config.aliases), ("redirects", config.redirects)):
+            if path and not Path(path).is_file():  # before the model loads
+                raise FileNotFoundError(f"{table} table not found: {path}")
         onegen = OneGen.from_pretrained(model, device=device)
         if config.index is not None:
             search, popularity = _load_index(onegen, Path(config.index), config.popularity_weight)
@@ -186,7 +192,8 @@ class Linker:
             kb_file = Path(config.kb) if config.kb else SAMPLE_KB
             search, popularity = _kb_search(onegen, kb_file, model, config.popularity_weight, build_index)
         LOG.info("linking with %s against %d entities", onegen.fingerprint()["model"], len(search))
-        titles = Titles.from_ids(_search_ids(search)) if config.title_spans or config.split_spans else None
+        titles = (kb_names(_search_ids(search), config.redirects)
+                  if config.alias_weight or config.title_spans or config.split_spans else None)
         return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model, titles=titles)
 
     def save_pretrained(self, directory: str | Path) -> None:

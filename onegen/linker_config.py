@@ -27,7 +27,7 @@ class LinkerConfig:
     # the same for spans the model was given (an NER's or a caller's, embedded by teacher forcing); None: nil_threshold
     given_nil_threshold: float | None = None
     short_forms: bool = False  # link a NIL mention that is part of a longer linked one to its entity (onegen.decide)
-    alias_weight: float = DEFAULT_PRIOR_WEIGHT  # weight of p(entity | surface) when an alias table is given
+    alias_weight: float = DEFAULT_PRIOR_WEIGHT  # weight of p(entity | surface): alias table and KB names (0: off)
     popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
     name_weight: float = 0.0  # evidence added when a mention's surface is a candidate's title (onegen.decide; 0: off)
     mention_bias: float = 0.0  # logits added to opening a mention while decoding (0: the model's own choice)
@@ -47,6 +47,7 @@ class LinkerConfig:
     index: str | None = None  # built index folder
     kb: str | None = None  # KB JSONL searched in memory (None with no index: the bundled sample KB)
     aliases: str | None = None  # mention<TAB>entity<TAB>count table of the alias prior
+    redirects: str | None = None  # from<TAB>to table whose names count as the KB's names in the alias prior
 
     def save(self, directory: str | Path) -> Path:
         """Write `directory/linker_config.json`; returns its path."""

@@ -1,42 +1,100 @@
-"""The names of a KB's entities, as their ids spell them, for asking "is this text an entity's title?".
+"""The names of a KB's entities: the titles their ids spell, and the names redirects give them.
 
-An NER span that is a KB title ("Brigham Young University") is a better mention than the pieces the
-model marked inside it ("Brigham", "Young", "University"): `onegen.Linker.embed` (mentions "union",
-`title_spans`) lets such a span replace them. A full Wikipedia KB has millions of titles and every model
-replica holds them, so they are kept as sorted 64-bit hashes: 8 bytes a name.
+Two users ask about them:
+- An NER span that is a KB title ("Brigham Young University") is a better mention than the pieces the
+  model marked inside it ("Brigham", "Young", "University"): `onegen.Linker.embed` (mentions "union",
+  `title_spans`) lets such a span replace them (`text in titles`).
+- The alias prior (`onegen.decide.AliasPrior`) counts each name as one link of its entity, so that a
+  mention written as an entity's name is evidence for it, shared among the entities of that name
+  (`count`, `names`).
+A full Wikipedia KB has millions of names and every model replica holds them, so they are kept as sorted
+64-bit hashes: 8 bytes a name.
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
-from kb.aliases import normalise_surface
-from onegen.decide import title_names
+from kb.aliases import normalise_surface, title_names
+from kb.ids import Redirects
+
+
+MEMO_SIZE = 100_000  # answers of `count` and of `names` remembered, each
 
 
 def _hash(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-class Titles:
-    """A set of entity titles, with and without their parenthesised qualifiers (`onegen.decide.title_names`),
-    compared case and spacing aside."""
+def _sorted(hashes: Iterable[int]) -> np.ndarray:
+    return np.sort(np.fromiter(hashes, dtype=np.uint64))
 
-    def __init__(self, hashes: np.ndarray):
-        self.hashes = np.unique(np.asarray(hashes, dtype=np.uint64))  # sorted hashes of normalised names
+
+def _count(hashes: np.ndarray, key: int) -> int:
+    key = np.uint64(key)
+    return int(np.searchsorted(hashes, key, side="right") - np.searchsorted(hashes, key, side="left"))
+
+
+class Titles:
+    """The names of a KB's entities, compared case and spacing aside: the titles of their ids, with and without
+    their parenthesised qualifiers (`kb.aliases.title_names`), and the names of redirects to them."""
+
+    def __init__(self, hashes: np.ndarray, redirect_names: np.ndarray | None = None,
+                 redirect_pairs: np.ndarray | None = None):
+        self.hashes = np.sort(np.asarray(hashes, dtype=np.uint64))  # a title name's hash, once per entity it names
+        empty = np.zeros(0, dtype=np.uint64)
+        # a redirect name's hash, once per entity it names (none of that entity's titles)
+        self.redirect_names = empty if redirect_names is None else np.sort(np.asarray(redirect_names, dtype=np.uint64))
+        # hashes of (redirect name, entity id) pairs, for `names`
+        self.redirect_pairs = empty if redirect_pairs is None else np.sort(np.asarray(redirect_pairs, dtype=np.uint64))
+        self._counts: dict[str, int] = {}  # memo of `count`
+        self._names: dict[tuple[str, str], bool] = {}  # memo of `names`
 
     @classmethod
-    def from_ids(cls, entity_ids: Iterable[str]) -> Titles:
-        """The titles of these canonical entity ids."""
-        return cls(np.fromiter((_hash(name) for entity_id in entity_ids for name in title_names(entity_id)),
-                               dtype=np.uint64))
+    def from_ids(cls, entity_ids: Iterable[str], redirects: Mapping[str, str] | None = None) -> Titles:
+        """The names of these canonical entity ids; `redirects` (from id -> to id, e.g. `kb.ids.Redirects.table`)
+        adds the titles of the redirects whose target is one of them."""
+        entity_ids = list(entity_ids)
+        titles = _sorted(_hash(name) for entity_id in entity_ids for name in title_names(entity_id))
+        if not redirects:
+            return cls(titles)
+        known = set(entity_ids)
+        pairs = {(name, target) for source, target in redirects.items() if target in known
+                 for name in title_names(source) if name not in title_names(target)}
+        return cls(titles, _sorted(_hash(name) for name, _ in pairs),
+                   _sorted(_hash(f"{name}\t{target}") for name, target in pairs))
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     def __contains__(self, text: str) -> bool:
-        key = np.uint64(_hash(normalise_surface(text)))
-        i = int(np.searchsorted(self.hashes, key))
-        return i < len(self.hashes) and self.hashes[i] == key
+        """Whether the text is an entity's title (redirect names aside)."""
+        return _count(self.hashes, _hash(normalise_surface(text))) > 0
+
+    def count(self, text: str) -> int:
+        """How many entities the text names, as a title or a redirect."""
+        key = normalise_surface(text)
+        if key not in self._counts:
+            if len(self._counts) >= MEMO_SIZE:  # a long job meets many surfaces: forget rather than grow
+                self._counts.clear()
+            hashed = _hash(key)
+            self._counts[key] = _count(self.hashes, hashed) + _count(self.redirect_names, hashed)
+        return self._counts[key]
+
+    def names(self, text: str, entity_id: str) -> bool:
+        """Whether the text is one of the entity's names: a title its id spells or a redirect's to it."""
+        pair = (normalise_surface(text), entity_id)
+        if pair not in self._names:
+            if len(self._names) >= MEMO_SIZE:
+                self._names.clear()
+            self._names[pair] = (pair[0] in title_names(entity_id)
+                                 or _count(self.redirect_pairs, _hash(f"{pair[0]}\t{entity_id}")) > 0)
+        return self._names[pair]
+
+
+def kb_names(entity_ids: Iterable[str], redirects: str | Path | None = None) -> Titles:
+    """The names of a KB's entities, with those of the `from<TAB>to` redirects table at `redirects` when given."""
+    return Titles.from_ids(entity_ids, Redirects.from_tsv(redirects).table if redirects else None)

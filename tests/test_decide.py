@@ -5,6 +5,7 @@ import math
 import pytest
 
 from onegen.decide import AliasPrior, PopularityPrior, decide, is_title_of, short_form_links
+from onegen.titles import Titles
 
 
 def prior(tmp_path, rows: str, weight=0.2) -> AliasPrior:
@@ -44,6 +45,29 @@ def test_alias_prior_never_adds_candidates_and_counts_against_nil(tmp_path):
     assert decide(["Paris"], [0.4], "Paris", nil_threshold=0.5) == (None, pytest.approx(0.4))  # no prior: the cosine
     # a rarer sense gets less: 0.40 + 0.2 * 0.25 = 0.45
     assert decide(["Paris_Hilton"], [0.4], "Paris", nil_threshold=0.5, alias_prior=table)[0] is None
+
+
+def test_the_kb_names_count_as_one_link_each_and_share_a_surface_among_its_entities(tmp_path):
+    names = Titles.from_ids(["Paris", "Paris_(band)", "New_York_City"], {"Big_Apple": "New_York_City"})
+    alone = AliasPrior(None, 0.2, names)
+    assert alone.probability("Paris", "Paris") == alone.probability("paris", "Paris_(band)") == pytest.approx(0.5)
+    assert alone.probability("Big Apple", "New_York_City") == pytest.approx(1.0)
+    assert alone.probability("Paris", "New_York_City") == alone.probability("Lyon", "Paris") == 0.0
+    # with a table its counts join them: (3 + 1) / (3 + 2) for Paris, 1 / 5 for the band
+    both = prior(tmp_path, "Paris\tParis\t3\n")
+    both.names = names
+    assert both.probability("Paris", "Paris") == pytest.approx(0.8) and both.probability("Paris", "Paris_(band)") == pytest.approx(0.2)
+    # a mention written as a redirect's name clears NIL on the alias term: 0.45 + 0.2 * 1.0 = 0.65
+    assert decide(["New_York_City"], [0.45], "Big Apple", nil_threshold=0.6, alias_prior=alone)[0] == "New_York_City"
+    assert decide(["New_York_City"], [0.45], "Big Apple", nil_threshold=0.6)[0] is None
+
+
+def test_alias_prior_load_needs_a_weight_and_a_table_or_names(tmp_path):
+    names = Titles.from_ids(["Paris"])
+    assert AliasPrior.load(None, names, weight=0.0) is None and AliasPrior.load(None, None, weight=0.2) is None
+    assert AliasPrior.load(None, names, weight=0.2).probability("Paris", "Paris") == 1.0
+    with pytest.raises(FileNotFoundError, match="alias table not found"):
+        AliasPrior.load(tmp_path / "missing.tsv", names, weight=0.2)
 
 
 @pytest.mark.parametrize("rows, message", [("a\tb\n", "expected mention<TAB>entity<TAB>count"), ("a\tb\tmany\n", "must be a number"),

@@ -19,6 +19,10 @@ def test_write_config_saves_the_picked_settings_and_keeps_the_others(tmp_path):
                                                        name_weight=0.1)
     gpu_score.write_config(tmp_path / "given", gpu_score.RAW | {"nil_threshold": 0.6})  # None: the NER's spans as the model's
     assert model_config(str(tmp_path / "given")).given_nil_threshold is None
+    picked = gpu_score.RAW | {"nil_threshold": 0.6, "prior_weight": 0.3, "given_nil_threshold": 0.7, "short_forms": True,
+                              "name_weight": 0.1, "popularity_weight": 0.2}
+    gpu_score.write_config(tmp_path / "again", picked)
+    assert gpu_score.settings_of(model_config(str(tmp_path / "again"))) == picked  # what screen.py decides with
 
 
 def test_the_settings_are_picked_by_the_mean_f1_over_the_dev_sets():
@@ -109,3 +113,24 @@ def test_the_settings_suit_linking_with_the_alias_table_and_without_it():
     # NIL 0.75 gives 1.0 with the table (PSG lifted to 0.75) and 2/3 without (Lyon alone)
     assert chosen["nil_threshold"] == 0.75 and chosen["prior_weight"] == 0.05 and chosen["dev_f1"] == 1.0
     assert round(chosen["dev_f1_without_aliases"], 4) == round(2 / 3, 4) and round(chosen["objective"], 4) == round(5 / 6, 4)
+
+
+def test_without_the_alias_table_the_kbs_names_still_count():
+    """"Without the table" is the KB's names alone, as in a linker given no table: a redirect's name lifts its
+    entity both ways."""
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+    from onegen.titles import Titles
+
+    text = "PSG Rome Lyon"
+    gold = [Document("d", text, [Mention(0, 3, "PSG", "Paris_Saint-Germain_F.C."), Mention(9, 13, "Lyon", "Lyon")])]
+    found = {"d": [Mention(0, 3, "PSG", candidates=[Candidate("Paris_Hilton", 0.72), Candidate("Paris_Saint-Germain_F.C.", 0.70)],
+                           source="model"),
+                   Mention(4, 8, "Rome", candidates=[Candidate("Rome_(band)", 0.65)], source="model"),  # spurious
+                   Mention(9, 13, "Lyon", candidates=[Candidate("Lyon", 0.9)], source="model")]}
+    names = Titles.from_ids(["Paris_Saint-Germain_F.C.", "Paris_Hilton", "Rome_(band)", "Rome", "Lyon"],
+                            {"PSG": "Paris_Saint-Germain_F.C."})
+    chosen = gpu_score.tune([(gold, found)], Redirects.empty(), AliasPrior(AliasTable({}), names=names), PopularityPrior({}))
+    assert chosen["dev_f1"] == chosen["dev_f1_without_aliases"] == 1.0 and chosen["prior_weight"] > 0

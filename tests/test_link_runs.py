@@ -68,7 +68,7 @@ def no_ray():
 # ---- fast: no Ray --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["missing input", "missing KB", "output is a file", "missing NER model", "missing model",
-                                  "missing relative model"])
+                                  "missing relative model", "missing redirects"])
 def test_cheap_checks_fail_before_ray_starts(tmp_path, no_ray, case):
     corpus = write_jsonl(tmp_path / "in.jsonl", DOCS_B)
     if case == "missing model":  # a mistyped --model path
@@ -82,6 +82,9 @@ def test_cheap_checks_fail_before_ray_starts(tmp_path, no_ray, case):
                                "spaCy model 'no_such_model' is not installed")
     elif case == "missing input":
         run, error, message = config(tmp_path / "nope.jsonl", tmp_path / "out"), FileNotFoundError, "input .* not found"
+    elif case == "missing redirects":
+        run, error, message = (config(corpus, tmp_path / "out", redirects=str(tmp_path / "r.tsv")), FileNotFoundError,
+                               "redirects table .*r.tsv not found")
     elif case == "missing KB":
         run, error, message = config(corpus, tmp_path / "out", kb=str(tmp_path / "kb.jsonl")), FileNotFoundError, "KB .* not found"
     else:
@@ -215,6 +218,17 @@ def test_an_output_written_before_mentions_were_recorded_continues_with_the_mode
     assert option_changes(before, result_options(JobConfig("in", "out", mentions="model"))) == ""
     assert option_changes(before, result_options(JobConfig("in", "out", mentions="ner"))).startswith(
         "--mentions model (this run: ner)")
+
+
+def test_the_redirects_table_is_a_result_option_by_its_content_and_absent_means_none(tmp_path):
+    from onegen.pipeline.job import JobConfig, option_changes, result_options
+
+    table = tmp_path / "redirects.tsv"
+    table.write_text("City_of_Light\tParis\n")
+    before = {key: value for key, value in result_options(JobConfig("in", "out")).items() if key != "redirects_sha256"}
+    assert option_changes(before, result_options(JobConfig("in", "out"))) == ""
+    assert option_changes(before, result_options(JobConfig("in", "out", redirects=str(table)))).startswith(
+        "--redirects None (this run: ")
 
 
 @pytest.mark.parametrize("option", ["title_spans", "split_spans"])

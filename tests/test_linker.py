@@ -150,9 +150,24 @@ def test_save_pretrained_round_trip_links_the_same(tiny, tmp_path):
     assert again(TEXTS) == linker(TEXTS)
 
 
+def test_the_alias_prior_counts_the_kbs_names_and_its_redirects_and_saves_where_they_came_from(tiny, tmp_path):
+    redirects = tmp_path / "redirects.tsv"
+    redirects.write_text("City_of_Light\tParis\nRoma\tRome\n", encoding="utf-8")
+    linker = Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), redirects=str(redirects), alias_weight=0.2)
+    prior = linker.alias_prior  # no alias table given: the names alone
+    assert prior.table is None and prior.weight == 0.2
+    assert prior.probability("City of Light", "Paris") == prior.probability("rome", "Rome") == 1.0
+    assert prior.probability("Roma", "Paris") == 0.0
+    linker.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / CONFIG_NAME).read_text())["redirects"] == str(redirects)
+    assert Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), alias_weight=0.0).alias_prior is None
+    with pytest.raises(FileNotFoundError, match="redirects table not found"):
+        Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), redirects=str(tmp_path / "missing.tsv"))
+
+
 @pytest.fixture(scope="module")
-def tiny_linker(tiny):
-    return Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0)
+def tiny_linker(tiny):  # ranked by the cosine alone: no alias prior
+    return Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0, alias_weight=0.0)
 
 
 SPANS = [[(10, 14), (0, 5), (6, 9)], [(0, 6)], []]  # Rome, Paris, "and" (given out of order); Berlin; none
@@ -274,7 +289,7 @@ def test_the_default_adapter_ships_its_tuned_settings():
     from onegen.linker_config import model_config
 
     assert model_config(None) == LinkerConfig(nil_threshold=0.8, given_nil_threshold=0.9, short_forms=True, alias_weight=0.1,
-                                              popularity_weight=0.1, name_weight=0.1, mentions="union", mention_bias=1.0,
+                                              popularity_weight=0.1, name_weight=0.0, mentions="union", mention_bias=1.0,
                                               top_k=10, title_spans=True)
     assert LinkerConfig().mention_bias == 0.0  # a model nobody tuned decodes with its own choice
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from bench.screen import main, marking_and_ranking, screen_candidates
-from onegen.spans import Document, Mention
+from onegen.spans import Candidate, Document, Mention
 from onegen.indexes import SAMPLE_KB
 
 TEXT = "Paris met Berlin and Rome in Oslo."
 
 
 def mention(start, end, *entities):
-    return {"start": start, "end": end, "surface": TEXT[start:end], "candidates": [[e, 0.9] for e in entities]}
+    return Mention(start, end, TEXT[start:end], candidates=[Candidate(e, 0.9) for e in entities])
 
 
 def test_marking_and_ranking_counts_exact_spans_and_ranks_only_spans_every_run_marks():
@@ -80,4 +80,4 @@ def test_the_screen_decodes_with_the_mention_bias_asked_for_and_searches_only_th
     assert model.calls == [passed, passed]  # two batches of at most two documents
     assert set(out) == {"d0", "d1", "d2"}
     # the KB order is France, Germany (Atlantis is not in it): the vector picks Germany first
-    assert [e for e, _ in out["d0"][0]["candidates"]] == ["Germany", "France"]
+    assert [c.entity_id for c in out["d0"][0].candidates] == ["Germany", "France"]

@@ -13,7 +13,18 @@ def test_titles_are_the_ids_titles_with_and_without_qualifier_case_aside():
     assert "Brigham Young University" in titles and "BRIGHAM  young university" in titles
     assert "Paris" in titles and "Paris (band)" in titles and "New York City" in titles
     assert "band" not in titles and "Brigham Young" not in titles and "" not in titles
-    assert len(Titles.from_ids(["Paris", "Paris_(band)"])) == 2  # "paris" once, "paris (band)"
+
+
+def test_a_name_counts_the_entities_it_names_as_a_title_or_a_redirect():
+    redirects = {"City_of_Light": "Paris", "Paris_(France)": "Paris", "PARIS": "Paris", "Gone": "Not_in_the_KB"}
+    names = Titles.from_ids(["Paris", "Paris_(band)", "Rome"], redirects)
+    # Paris and Paris_(band) by their titles; Paris once, though "Paris (France)" and "PARIS" redirect to it
+    assert names.count("paris") == 2 and names.count("Paris (France)") == 1
+    assert names.count("Paris (band)") == 1 and names.count("city of  light") == 1 and names.count("Gone") == 0
+    assert names.names("City of Light", "Paris") and names.names("paris", "Paris_(band)")
+    assert not names.names("City of Light", "Rome") and not names.names("Rome", "Paris")
+    assert "City of Light" not in names  # a redirect's name is a name, not a title (title_spans)
+    assert Titles.from_ids(["Paris"]).count("City of Light") == 0  # no redirects given: titles only
 
 
 def annotated(text: str, *words: str) -> Annotated:

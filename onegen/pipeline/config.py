@@ -25,7 +25,8 @@ class JobConfig:
     given_nil_threshold: float | None = None  # the same for the NER's spans (None here and in the model's: nil_threshold)
     short_forms: bool | None = None  # link NIL short forms of linked mentions of the same document (onegen.decide)
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
-    alias_weight: float | None = None  # weight of the alias prior
+    redirects: str | None = None  # from<TAB>to table whose names count as the KB's names in the alias prior
+    alias_weight: float | None = None  # weight of the alias prior (alias table and KB names; 0: off)
     popularity_weight: float | None = None  # weight of the KB-popularity prior (0: off)
     name_weight: float | None = None  # evidence added when a mention's surface is a candidate's title (0: off)
     mention_bias: float | None = None  # logits added to opening a mention while decoding (0: the model's own)

@@ -36,6 +36,7 @@ from onegen.ner import MENTION_SOURCES, check_ner_model
 from onegen.pipeline.stages import Annotate, AnnotateStage, FindSpans, LinkStep, NerStage, Retriever
 from onegen.pipeline.uris import redact_uri
 from onegen.sources import check_model
+from onegen.titles import Titles
 
 LOG = logging.getLogger(__name__)
 # Documents per replica call = this x --batch-size. A call decodes its windows in length order, so
@@ -54,6 +55,7 @@ class Linking:
     model_id: str  # written to every output row
     index_id: str  # index manifest hash, written to every output row
     popularity: PopularityPrior | None = None  # KB-popularity prior for the decision (None: off)
+    names: Titles | None = None  # the KB's names, for the alias prior (None: the alias table alone)
     make_span_finder: Callable[[], FindSpans] | None = None  # picklable; the NER of --mentions ner|union, once per actor
 
 
@@ -112,7 +114,7 @@ def check_output(config: JobConfig, output: Output) -> None:
 
 
 def check_sources(config: JobConfig) -> None:
-    """Refuse a missing --model folder, --index, --kb or --aliases, a missing FAISS (an extra) or NER model,
+    """Refuse a missing --model folder, --index, --kb, --aliases or --redirects, a missing FAISS (an extra) or NER model,
     before Ray starts."""
     importlib.import_module("kb.index")  # the shard actors search with FAISS; without it: ImportError saying what to install
     check_model(config.model)
@@ -128,6 +130,8 @@ def check_sources(config: JobConfig) -> None:
     if config.aliases and not Path(config.aliases).is_file():
         raise FileNotFoundError(f"alias table {config.aliases} not found: pass --aliases FILE "
                                 f"(mention<TAB>entity<TAB>count lines)")
+    if config.redirects and not Path(config.redirects).is_file():
+        raise FileNotFoundError(f"redirects table {config.redirects} not found: pass --redirects FILE (from<TAB>to lines)")
 
 
 def without_output(inputs: InputSet, output: Output) -> InputSet:
@@ -167,12 +171,14 @@ def with_model_settings(config: JobConfig) -> JobConfig:
 
 
 def result_options(config: JobConfig) -> dict:
-    """The options that change output rows, as the manifest records them (the alias table by its content)."""
-    aliases = content_hash(pafs.LocalFileSystem(), os.path.abspath(config.aliases)) if config.aliases else None
+    """The options that change output rows, as the manifest records them (the alias and redirects tables by their
+    content)."""
+    aliases, redirects = (content_hash(pafs.LocalFileSystem(), os.path.abspath(path)) if path else None
+                          for path in (config.aliases, config.redirects))
     return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
             "short_forms": config.short_forms, "popularity_weight": config.popularity_weight, "name_weight": config.name_weight,
             "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
-            "aliases_sha256": aliases, "mentions": config.mentions,
+            "aliases_sha256": aliases, "redirects_sha256": redirects, "mentions": config.mentions,
             "ner_model": config.ner_model if config.mentions != "model" else None,
             "title_spans": bool(config.title_spans) and config.mentions == "union",
             "split_spans": bool(config.split_spans) and config.mentions == "union"}
@@ -180,7 +186,7 @@ def result_options(config: JobConfig) -> dict:
 
 # options added since manifests were first written, with what the runs before them did
 UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0, "title_spans": False,
-                      "split_spans": False}
+                      "split_spans": False, "redirects_sha256": None}
 
 
 def option_changes(recorded: dict, options: dict) -> str:
@@ -312,7 +318,7 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
     replicas = replica_resources(config)
     if replicas.gpus:
         wait_for_replica_node(config, replicas.gpus)
-    alias_prior = AliasPrior.from_tsv(config.aliases, weight=config.alias_weight) if config.aliases else None
+    alias_prior = AliasPrior.load(config.aliases, linking.names, weight=config.alias_weight)
     source = DocumentSource(plan.inputs, Limits(config.max_chars), scan, plan.skip)
     # Reads are light (parse + validate): half a CPU each, so they never starve the replicas.
     dataset = ray.data.read_datasource(source, num_cpus=0.5)

@@ -45,7 +45,7 @@ def prepare_linking(config: JobConfig) -> Linking:
     from kb.manifest import MANIFEST_NAME, Manifest
     from kb.serving import RayIndexClient
     from onegen.index_build import model_identity
-    from onegen.titles import Titles
+    from onegen.titles import kb_names
 
     config = with_model_settings(config)
     fingerprint, dim = model_identity(config.model)  # in a Ray task: the driver never holds the model
@@ -54,16 +54,18 @@ def prepare_linking(config: JobConfig) -> Linking:
     gpus = shard_gpus(config, len(Manifest.read(directory).shards))
     # refuses a mismatched or damaged index; shards on CPUs unless --shard-gpus: the replicas get the GPUs
     client = RayIndexClient(directory, fingerprint, expect_dim=dim, num_cpus=SHARD_CPUS, num_gpus=gpus)
+    spans_need_titles = (config.title_spans or config.split_spans) and config.mentions == "union"
+    names = kb_names(stored_ids(directory), config.redirects) if config.alias_weight or spans_need_titles else None
     return Linking(
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
         make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
                                config.mention_bias, config.mentions,
-                               Titles.from_ids(stored_ids(directory))
-                               if (config.title_spans or config.split_spans) and config.mentions == "union" else None,
+                               names if spans_need_titles else None,
                                title_spans=bool(config.title_spans), split_spans=bool(config.split_spans)),
         make_span_finder=partial(NerSpans, config.ner_model, tidy=True) if config.mentions != "model" else None,
         retriever=client,
         model_id=model_id(fingerprint),
         index_id=index_id((directory / MANIFEST_NAME).read_bytes()),
         popularity=popularity_prior(directory, config.popularity_weight, kb_file),
+        names=names,
     )
