@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="alias table mention<TAB>entity<TAB>count (e.g. the gold links of your training data): its "
                              "counts join the KB's names in the alias prior p(entity | surface) (default: the names alone)")
     parser.add_argument("--redirects", default=None,
-                        help="redirects table from<TAB>to (kb.wikipedia.convert_wikipedia writes one from a dump): the names of the "
-                             "redirects to an entity count as its names in the alias prior, as its title does")
+                        help="redirects table from<TAB>to (kb.wikipedia.convert_wikipedia writes one from a dump): "
+                             "the names of the redirects to an entity count as its names in the alias prior, as its "
+                             "title does")
     parser.add_argument("--alias-weight", type=float, default=None,
                         help="weight of the alias prior p(entity | surface), for ranking and for NIL: each name of an "
                              "entity (its title, with or without a parenthesised qualifier, and --redirects names) counts "
