@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -48,6 +49,25 @@ def canonical_id(ref: str) -> str | None:
     return canonical_title(ref)
 
 
+def read_redirects(path: str | Path) -> Iterator[tuple[str, str]]:
+    """The (from id, to id) pairs of a `from<TAB>to` table (titles or URLs; quotes are title characters, not CSV
+    quoting), canonical, in file order; pairs whose sides are NIL or the same id are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"redirects table not found: {path} (expected a from<TAB>to TSV file)")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{lineno}: expected 2 tab-separated columns (from, to), got {len(parts)}: {line!r}")
+            source, target = canonical_id(parts[0]), canonical_id(parts[1])
+            if source is not None and target is not None and source != target:
+                yield source, target
+
+
 class Redirects:
     """A `from -> to` title table; `resolve` follows chains to their end and is safe on cycles."""
 
@@ -62,23 +82,10 @@ class Redirects:
 
     @classmethod
     def from_tsv(cls, path: str | Path) -> Redirects:
-        """Read `from<TAB>to` lines (titles or URLs; quotes are title characters, not CSV quoting)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"redirects table not found: {path} (expected a from<TAB>to TSV file)")
+        """Read `from<TAB>to` lines (`read_redirects`)."""
         table: dict[str, str] = {}
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line:
-                    continue
-                parts = line.split("\t")
-                if len(parts) != 2:
-                    raise ValueError(f"{path}:{lineno}: expected 2 tab-separated columns (from, to), got {len(parts)}: {line!r}")
-                source, target = canonical_id(parts[0]), canonical_id(parts[1])
-                if source is None or target is None or source == target:
-                    continue
-                table.setdefault(source, target)  # the first mapping wins, as in kb/redirects.tsv
+        for source, target in read_redirects(path):
+            table.setdefault(source, target)  # the first mapping wins, as in kb/redirects.tsv
         return cls(table)
 
     def __len__(self) -> int:

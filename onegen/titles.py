@@ -13,13 +13,14 @@ A full Wikipedia KB has millions of names and every model replica holds them, so
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from kb.aliases import normalise_surface, title_names
-from kb.ids import Redirects
+from kb.ids import read_redirects
 
 
 MEMO_SIZE = 100_000  # answers of `count` and of `names` remembered, each
@@ -54,21 +55,22 @@ class Titles:
         self._names: dict[tuple[str, str], bool] = {}  # memo of `names`
 
     @classmethod
-    def from_ids(cls, entity_ids: Iterable[str], redirects: Mapping[str, str] | None = None) -> Titles:
-        """The names of these canonical entity ids; `redirects` (from id -> to id, e.g. `kb.ids.Redirects.table`)
-        adds the titles of the redirects whose target is one of them."""
+    def from_ids(cls, entity_ids: Iterable[str], redirects: Iterable[tuple[str, str]] = ()) -> Titles:
+        """The names of these canonical entity ids, with those of the `redirects` (from id, to id) pairs whose
+        target is one of them (`kb.ids.read_redirects`, streamed: a full Wikipedia's table is never held)."""
         entity_ids = list(entity_ids)
         titles = _sorted(_hash(name) for entity_id in entity_ids for name in title_names(entity_id))
-        if not redirects:
-            return cls(titles)
-        known = set(entity_ids)
-        pairs = {(name, target) for source, target in redirects.items() if target in known
-                 for name in title_names(source) if name not in title_names(target)}
-        return cls(titles, _sorted(_hash(name) for name, _ in pairs),
-                   _sorted(_hash(f"{name}\t{target}") for name, target in pairs))
-
-    def __len__(self) -> int:
-        return len(self.hashes)
+        known = set(entity_ids) if redirects else set()
+        names, pairs = array("Q"), array("Q")
+        for source, target in redirects:
+            if target in known:
+                own = title_names(target)
+                for name in title_names(source):
+                    if name not in own:
+                        names.append(_hash(name))
+                        pairs.append(_hash(f"{name}\t{target}"))
+        pairs_found, first = np.unique(np.frombuffer(pairs, dtype=np.uint64), return_index=True)
+        return cls(titles, np.frombuffer(names, dtype=np.uint64)[first], pairs_found)  # each (name, entity) once
 
     def __contains__(self, text: str) -> bool:
         """Whether the text is an entity's title (redirect names aside)."""
@@ -97,4 +99,4 @@ class Titles:
 
 def kb_names(entity_ids: Iterable[str], redirects: str | Path | None = None) -> Titles:
     """The names of a KB's entities, with those of the `from<TAB>to` redirects table at `redirects` when given."""
-    return Titles.from_ids(entity_ids, Redirects.from_tsv(redirects).table if redirects else None)
+    return Titles.from_ids(entity_ids, read_redirects(redirects) if redirects else ())

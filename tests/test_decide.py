@@ -48,7 +48,7 @@ def test_alias_prior_never_adds_candidates_and_counts_against_nil(tmp_path):
 
 
 def test_the_kb_names_count_as_one_link_each_and_share_a_surface_among_its_entities(tmp_path):
-    names = Titles.from_ids(["Paris", "Paris_(band)", "New_York_City"], {"Big_Apple": "New_York_City"})
+    names = Titles.from_ids(["Paris", "Paris_(band)", "New_York_City"], [("Big_Apple", "New_York_City")])
     alone = AliasPrior(None, 0.2, names)
     assert alone.probability("Paris", "Paris") == alone.probability("paris", "Paris_(band)") == pytest.approx(0.5)
     assert alone.probability("Big Apple", "New_York_City") == pytest.approx(1.0)

@@ -131,6 +131,6 @@ def test_without_the_alias_table_the_kbs_names_still_count():
                    Mention(4, 8, "Rome", candidates=[Candidate("Rome_(band)", 0.65)], source="model"),  # spurious
                    Mention(9, 13, "Lyon", candidates=[Candidate("Lyon", 0.9)], source="model")]}
     names = Titles.from_ids(["Paris_Saint-Germain_F.C.", "Paris_Hilton", "Rome_(band)", "Rome", "Lyon"],
-                            {"PSG": "Paris_Saint-Germain_F.C."})
+                            [("PSG", "Paris_Saint-Germain_F.C.")])
     chosen = gpu_score.tune([(gold, found)], Redirects.empty(), AliasPrior(AliasTable({}), names=names), PopularityPrior({}))
     assert chosen["dev_f1"] == chosen["dev_f1_without_aliases"] == 1.0 and chosen["prior_weight"] > 0

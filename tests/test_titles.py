@@ -16,7 +16,8 @@ def test_titles_are_the_ids_titles_with_and_without_qualifier_case_aside():
 
 
 def test_a_name_counts_the_entities_it_names_as_a_title_or_a_redirect():
-    redirects = {"City_of_Light": "Paris", "Paris_(France)": "Paris", "PARIS": "Paris", "Gone": "Not_in_the_KB"}
+    redirects = [("City_of_Light", "Paris"), ("Paris_(France)", "Paris"), ("PARIS", "Paris"), ("Gone", "Not_in_the_KB"),
+                 ("City_of_light", "Paris")]  # the same name twice: one link
     names = Titles.from_ids(["Paris", "Paris_(band)", "Rome"], redirects)
     # Paris and Paris_(band) by their titles; Paris once, though "Paris (France)" and "PARIS" redirect to it
     assert names.count("paris") == 2 and names.count("Paris (France)") == 1
