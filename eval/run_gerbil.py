@@ -76,7 +76,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def linker_from_args(args: argparse.Namespace) -> TextLinker:
     """Build --linker with the options given on the command line (the rest stay at the linker's defaults); the
     onegen linker also counts the names of the --redirects table (the scorer's) in its alias prior."""
-    names = {"redirects": getattr(args, "redirects", None)} if args.linker == "onegen" else {}
+    names = {"redirects": args.redirects} if args.linker == "onegen" else {}
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size, **names,
                       nil_threshold=args.nil_threshold, given_nil_threshold=args.given_nil_threshold,
                       short_forms=args.short_forms, alias_weight=args.alias_weight,
@@ -86,10 +86,12 @@ def linker_from_args(args: argparse.Namespace) -> TextLinker:
 
 
 def resolve_linker_paths(args: argparse.Namespace) -> None:
-    """Default --kb and --aliases to the files of --data-dir, so one flag moves all data."""
+    """Default --kb, --aliases and --redirects (when present) to the files of --data-dir, so one flag moves all data."""
     kb_dir = Path(args.data_dir) / "kb"
     args.kb = args.kb or str(kb_dir / "entities.jsonl")
     args.aliases = args.aliases or str(kb_dir / "aida_train_aliases.tsv")
+    if args.redirects is None and (kb_dir / "redirects.tsv").is_file():
+        args.redirects = str(kb_dir / "redirects.tsv")
 
 
 def load_datasets(args: argparse.Namespace) -> list[tuple[str, list[Document]]]:
@@ -149,11 +151,9 @@ def candidates_file(path: str | None):
 def cmd_run(args: argparse.Namespace) -> int:
     """Link every document of each dataset, score it and print one GERBIL-style table."""
     started = time.perf_counter()
-    if args.redirects is None and (Path(args.data_dir) / "kb" / "redirects.tsv").is_file():
-        args.redirects = str(Path(args.data_dir) / "kb" / "redirects.tsv")
+    resolve_linker_paths(args)
     datasets = load_datasets(args)
     redirects = load_redirects(args.redirects)
-    resolve_linker_paths(args)
     if args.candidates and args.linker != "onegen":
         raise ValueError(f"--candidates needs the onegen linker (it retrieves candidates), not {args.linker!r}")
     if args.candidates and not args.candidates.endswith(".jsonl.gz"):
@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "example:\n  python eval/run_gerbil.py serve --host 0.0.0.0 --port 8080 --linker baseline\n"
                     "  curl -X POST -H 'Content-Type: application/x-turtle' --data-binary @doc.ttl http://localhost:8080/")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    p.add_argument("--redirects", help="onegen: redirects table whose names count in the alias prior "
+                                       "(default: DATA_DIR/kb/redirects.tsv when present)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
     limits = ServiceLimits()
     p.add_argument("--max-body", type=int, default=limits.max_body,

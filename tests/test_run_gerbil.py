@@ -235,6 +235,28 @@ def test_run_writes_the_candidates_the_links_were_decided_from(tmp_path, monkeyp
     assert (offline(-1.0).tp, offline(-1.0).fp) == (1, 11)
 
 
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_the_onegen_linker_counts_the_data_dirs_redirects_in_its_alias_prior(command, tmp_path):
+    from eval.run_gerbil import build_parser, linker_from_args, resolve_linker_paths
+
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "redirects.tsv").write_text("Big_Apple\tNew_York_City\n")
+    asked = {}
+
+    def options_of(linker: str, *flags: str) -> dict:
+        args = build_parser().parse_args([command, "--data-dir", str(tmp_path), "--linker", linker, *flags])
+        resolve_linker_paths(args)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("eval.run_gerbil.get_linker", lambda name, **options: asked.update(options))
+            linker_from_args(args)
+        return dict(asked)
+
+    assert options_of("onegen")["redirects"] == str(tmp_path / "kb" / "redirects.tsv")
+    assert options_of("onegen", "--redirects", "mine.tsv")["redirects"] == "mine.tsv"
+    asked.clear()
+    assert "redirects" not in options_of("baseline")  # the baseline takes no such option
+
+
 @pytest.mark.parametrize("args, message", [
     (["--linker", "baseline", "--candidates", "c/candidates-main.jsonl.gz"], "--candidates needs the onegen linker"),
     (["--linker", "onegen", "--candidates", "c/candidates.json"], "name it DIR/candidates-RUN.jsonl.gz"),
