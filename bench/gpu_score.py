@@ -31,12 +31,11 @@ from eval.mention_errors import read_candidates
 from kb.ids import Redirects
 from eval.run_gerbil import format_table, pct
 from eval.scorer import score
-from kb.jsonl import iter_kb
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.linker import decide_mentions
 from onegen.linker_config import CONFIG_NAME, LinkerConfig, model_config
 from onegen.spans import Mention
-from onegen.titles import kb_names
+from onegen.titles import kb_file_names
 
 THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
 PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
@@ -65,9 +64,9 @@ def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popula
 
 
 def data_priors(data_dir: Path, kb_file: Path) -> tuple[AliasPrior, PopularityPrior]:
-    """The alias prior of DATA_DIR's AIDA-train table and the KB's names (its ids' titles and DATA_DIR's
+    """The alias prior of DATA_DIR's AIDA-train table and the KB's names (its ids' titles, its aliases and DATA_DIR's
     redirects), and the KB's popularity prior, as `eval/run_gerbil.py run --linker onegen` has them."""
-    names = kb_names((entity.id for entity in iter_kb(kb_file)), data_dir / "kb" / "redirects.tsv")
+    names = kb_file_names(kb_file, data_dir / "kb" / "redirects.tsv")
     return (AliasPrior.from_tsv(data_dir / "kb" / "aida_train_aliases.tsv", names=names),
             PopularityPrior.from_kb(kb_file))
 

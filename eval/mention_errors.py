@@ -171,17 +171,16 @@ def redecided(found: dict[str, dict[str, list[Mention]]], model: str | None, dat
     """The candidates decided again with the settings of `model`'s linker_config.json (None: the trained
     default's), the alias table, names and popularity of DATA_DIR/kb's entities and the `redirects` table
     (None: DATA_DIR/kb/redirects.tsv when present), as `onegen-gerbil run --linker onegen` decides."""
-    from kb.jsonl import iter_kb
     from onegen.decide import PopularityPrior
     from onegen.linker import Linker
     from onegen.linker_config import model_config
-    from onegen.titles import kb_names
+    from onegen.titles import kb_file_names
 
     kb = Path(data_dir) / "kb"
     redirects = redirects or (str(kb / "redirects.tsv") if (kb / "redirects.tsv").is_file() else None)
     config = model_config(model).replace(aliases=str(kb / "aida_train_aliases.tsv"), redirects=redirects)
     popularity = PopularityPrior.from_kb(kb / "entities.jsonl", weight=config.popularity_weight) if config.popularity_weight else None
-    names = (kb_names((entity.id for entity in iter_kb(kb / "entities.jsonl")), redirects)
+    names = (kb_file_names(kb / "entities.jsonl", redirects)
              if config.alias_weight and (kb / "entities.jsonl").is_file() else None)
     linker = Linker(None, None, config, popularity=popularity, titles=names)  # deciding needs no model and no index
     return {name: {doc_id: linker.decide(mentions) for doc_id, mentions in docs.items()} for name, docs in found.items()}

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "title does")
     parser.add_argument("--alias-weight", type=float, default=None,
                         help="weight of the alias prior p(entity | surface), for ranking and for NIL: each name of an "
-                             "entity (its title, with or without a parenthesised qualifier, and --redirects names) counts "
+                             "entity (its title, with or without a parenthesised qualifier, the KB's aliases and "
+                             "--redirects names) counts "
                              "as one link of it, with the --aliases counts (default: the model's; 0 turns it off)")
     parser.add_argument("--popularity-weight", type=float, default=None,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "

@@ -1,7 +1,7 @@
 """The work folder of an index build or update: the model-free half (DESIGN sections 3 and 8).
 
-    KB JSONL --validate--> staged Parquet (row, id, title, description, popularity)
-      --encoder (onegen.index_build)--> chunk files (atomic, keyed by their rows) --> ids, popularity, vectors
+    KB JSONL --validate--> staged Parquet (row, id, title, description, popularity, aliases)
+      --encoder (onegen.index_build)--> chunk files (atomic, keyed by their rows) --> ids, popularity, aliases, vectors
 
 Encoded vectors land in `OUT/.build/chunks/` as atomically renamed files of rows, so an interrupted
 build continues by encoding only the rows no chunk holds yet. Encoding a KB with the model, and
@@ -31,16 +31,18 @@ STATE_FILE = "state.json"  # what the work folder was made from (KB hash, model 
 CHUNK_DIR = "chunks"  # encoded vectors, one .npz per batch
 STAGE_ROWS = 65_536  # KB rows per Parquet row group while staging
 STAGED_SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("title", pa.string()),
-                           ("description", pa.string()), ("popularity", pa.int64())])
+                           ("description", pa.string()), ("popularity", pa.int64()),
+                           ("aliases", pa.list_(pa.string()))])
 
 
 def stage_kb(kb: Path, work: Path) -> KbReport:
-    """Validate the KB and write its rows (row, id, title, description, popularity) to `work/kb.parquet`."""
+    """Validate the KB and write its rows (row, id, title, description, popularity, aliases) to `work/kb.parquet`."""
     report = KbReport(path=str(kb))
     columns: dict[str, list] = {name: [] for name in STAGED_SCHEMA.names}
     with pq.ParquetWriter(work / STAGED_KB, STAGED_SCHEMA) as writer:  # complete once state.json is written
         for row, entity in enumerate(iter_kb(kb, report=report)):
-            for name, value in zip(STAGED_SCHEMA.names, (row, entity.id, entity.title, entity.description, entity.popularity)):
+            values = (row, entity.id, entity.title, entity.description, entity.popularity, entity.aliases)
+            for name, value in zip(STAGED_SCHEMA.names, values):
                 columns[name].append(value)
             if len(columns["row"]) == STAGE_ROWS:
                 writer.write_table(pa.table(columns, schema=STAGED_SCHEMA))
@@ -58,7 +60,7 @@ def prepare_work_dir(work: Path, kb: Path, fingerprint: dict, resume: bool) -> d
         previous = json.loads(state_file.read_text(encoding="utf-8"))
         if previous.get("kb_sha256") == state["kb_sha256"] and fingerprints_match(previous.get("model", {}), fingerprint):
             LOG.info("resuming from %s", work)
-            if "popularity" not in pq.read_schema(work / STAGED_KB).names:  # staged before popularity was kept
+            if set(STAGED_SCHEMA.names) - set(pq.read_schema(work / STAGED_KB).names):  # staged before a field was kept
                 stage_kb(kb, work)  # the same KB gives the same rows, so the chunks stay valid
             return previous
         raise ValueError(
@@ -97,9 +99,9 @@ def encoded_rows(chunk_dir: Path, total: int) -> np.ndarray:
     return done
 
 
-def assemble(work: Path, total: int, dim: int) -> tuple[list[str], list[int], np.ndarray]:
-    """Entity ids (N,), their popularity (N,) and a (N, D) float32 memmap of their vectors, in KB row
-    order, from the staged KB and the chunks."""
+def assemble(work: Path, total: int, dim: int) -> tuple[list[str], list[int], pa.ListArray, np.ndarray]:
+    """Entity ids (N,), their popularity (N,), their aliases (N lists, kept in Arrow: a Wikidata KB has tens of
+    millions) and a (N, D) float32 memmap of their vectors, in KB row order, from the staged KB and the chunks."""
     vectors = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(total, dim))
     done = np.zeros(total, dtype=bool)
     for path in sorted((work / CHUNK_DIR).glob("chunk-*.npz")):
@@ -108,5 +110,6 @@ def assemble(work: Path, total: int, dim: int) -> tuple[list[str], list[int], np
             done[chunk["rows"]] = True
     if not done.all():
         raise RuntimeError(f"{int((~done).sum())} KB rows were not encoded; run the build again with --resume")
-    staged = pq.read_table(work / STAGED_KB, columns=["id", "popularity"])
-    return staged.column("id").to_pylist(), staged.column("popularity").to_pylist(), vectors
+    staged = pq.read_table(work / STAGED_KB, columns=["id", "popularity", "aliases"])
+    return (staged.column("id").to_pylist(), staged.column("popularity").to_pylist(),
+            staged.column("aliases").combine_chunks(), vectors)

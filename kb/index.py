@@ -8,6 +8,7 @@ Layout of an index folder (the class owns the names):
     shard-00000.r0.vectors.npy     (n, dim) float32/float16 unit vectors (the exact vectors indexed)
     shard-00000.r0.index.faiss     the FAISS index of an IVF/HNSW shard (a flat shard is its vectors)
     shard-00000.r0.popularity.npy  (n,) int64 popularity of the shard's entities (the KB's field), for the prior
+    shard-00000.r0.aliases.jsonl   the KB's aliases of each entity, a JSON list a line, for the alias prior
 
 `r0` is the revision that wrote the file: an update writes new files and then the manifest, so an
 interrupted update leaves the previous index intact. Search returns `D (Q, k)` scores and
@@ -15,14 +16,17 @@ interrupted update leaves the previous index intact. Search returns `D (Q, k)` s
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 try:
     import faiss
@@ -51,8 +55,9 @@ def now_utc() -> str:
 
 
 def shard_file(name: str, revision: int, kind: str) -> str:
-    """File name of one part ("ids", "vectors", "index" or "popularity") of a shard written at `revision`."""
-    suffix = {"ids": "ids.txt", "vectors": "vectors.npy", "index": "index.faiss", "popularity": "popularity.npy"}[kind]
+    """File name of one part ("ids", "vectors", "index", "popularity" or "aliases") of a shard written at `revision`."""
+    suffix = {"ids": "ids.txt", "vectors": "vectors.npy", "index": "index.faiss", "popularity": "popularity.npy",
+              "aliases": "aliases.jsonl"}[kind]
     return f"{name}.r{revision}.{suffix}"
 
 
@@ -244,10 +249,10 @@ def check_ids(ids: Sequence[str]) -> None:
 
 def write_shard(
     directory: Path, name: str, revision: int, ids: Sequence[str], vectors: np.ndarray, index: faiss.Index | None,
-    popularity: np.ndarray | None = None,
+    popularity: np.ndarray | None = None, aliases: Sequence[Sequence[str]] | None = None,
 ) -> ShardInfo:
-    """Write one shard's files (atomically each) and return its manifest entry; `popularity` (n,) is stored
-    when given."""
+    """Write one shard's files (atomically each) and return its manifest entry; `popularity` (n,) and
+    `aliases` (n lists of names) are stored when given."""
     check_ids(ids)
     files = {}
     with atomic_output(directory / shard_file(name, revision, "ids")) as f:
@@ -257,11 +262,14 @@ def write_shard(
     if popularity is not None:
         with atomic_output(directory / shard_file(name, revision, "popularity"), "wb") as f:
             np.save(f, np.asarray(popularity, dtype=np.int64))
+    if aliases is not None:
+        with atomic_output(directory / shard_file(name, revision, "aliases")) as f:
+            f.write("".join(json.dumps(list(names), ensure_ascii=False) + "\n" for names in aliases))
     if index is not None:
         path = directory / shard_file(name, revision, "index")
         with atomic_output(path, "wb") as f:
             f.write(faiss.serialize_index(index).tobytes())
-    for kind in ("ids", "vectors", "index", "popularity"):
+    for kind in ("ids", "vectors", "index", "popularity", "aliases"):
         path = directory / shard_file(name, revision, kind)
         if path.is_file():
             files[path.name] = sha256_file(path)
@@ -334,6 +342,7 @@ class EntityIndex:
         pca_dim: int | None = None,
         kb: dict | None = None,
         popularity: Sequence[int] | None = None,
+        aliases: Sequence[Sequence[str]] | None = None,
         build_seconds: float = 0.0,
     ) -> EntityIndex:
         """Write a new index of `vectors` (N, D) (unit rows; a memmap is fine) named by `ids` (N,).
@@ -341,7 +350,8 @@ class EntityIndex:
         Shards are contiguous row ranges of near-equal size. With `pca_dim`, a PCA to that many
         dimensions is fitted once on a sample and applied (and rows re-normalised) before indexing.
         `popularity` (N,), the KB's popularity of each entity, is stored beside the shards for the
-        popularity prior (`stored_popularity`).
+        popularity prior (`stored_popularity`); `aliases` (N lists, or an Arrow list array turned into Python
+        lists a shard at a time), the KB's aliases of each, for the alias prior (`stored_aliases`).
         """
         directory = Path(directory)
         spec = spec or IndexSpec()
@@ -350,6 +360,8 @@ class EntityIndex:
             raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {n}")
         if popularity is not None and len(popularity) != n:
             raise ValueError(f"number of popularity values and ids must be the same, got {len(popularity)} and {n}")
+        if aliases is not None and len(aliases) != n:
+            raise ValueError(f"number of alias lists and ids must be the same, got {len(aliases)} and {n}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if not 1 <= num_shards <= max(n, 1):
@@ -379,7 +391,8 @@ class EntityIndex:
             shard_vectors = transform(vectors[rows], pca).astype(dtype)  # (n_s, dim)
             index = None if spec.kind == "flat" else fill_index(spec, shard_vectors, dtype)
             shards.append(write_shard(directory, f"shard-{s:05d}", 0, list(ids[rows]), shard_vectors, index,
-                                      None if counts is None else counts[rows]))
+                                      None if counts is None else counts[rows],
+                                      None if aliases is None else as_lists(aliases[rows])))
             LOG.info("wrote shard %d/%d (%d entities)", s + 1, num_shards, shards[-1].count)
         manifest = Manifest(
             model=fingerprint,
@@ -398,22 +411,26 @@ class EntityIndex:
         return cls.load(directory, fingerprint, verify=False)
 
     def update(self, ids: Sequence[str], vectors: np.ndarray, *, kb: dict | None = None,
-               popularity: Sequence[int] | None = None) -> UpdateReport:
+               popularity: Sequence[int] | None = None, aliases: Sequence[Sequence[str]] | None = None) -> UpdateReport:
         """Add or replace entities with encoder vectors (M, input_dim), without touching the others.
 
         A replaced entity's row is overwritten in its shard (its FAISS index rebuilt from the stored
         vectors, no re-encoding), so its old vector can no longer be returned; new entities go to a
         new shard. `popularity` (M,) replaces the stored popularity of those rows (a shard that
-        stored none, from an index built before popularity was stored, keeps storing none). Files
+        stored none, from an index built before popularity was stored, keeps storing none); so do `aliases` (M
+        lists) for the stored aliases. Files
         of the new revision are written first, then the manifest, then the superseded files are removed.
         """
         if len(ids) != len(vectors):
             raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {len(vectors)}")
         if popularity is not None and len(popularity) != len(ids):
             raise ValueError(f"number of popularity values and ids must be the same, got {len(popularity)} and {len(ids)}")
+        if aliases is not None and len(aliases) != len(ids):
+            raise ValueError(f"number of alias lists and ids must be the same, got {len(aliases)} and {len(ids)}")
         if len(set(ids)) != len(ids):
             raise ValueError("update ids must be unique; deduplicate the delta KB (kb.jsonl.read_kb does)")
         check_ids(ids)  # before any file is written
+        aliases = None if aliases is None else as_lists(aliases)
         manifest = self.manifest
         revision = manifest.revision + 1
         x = prepare_queries(vectors, manifest, self.pca).astype(manifest.dtype)  # (M, dim)
@@ -439,11 +456,16 @@ class EntityIndex:
             if counts is not None and "popularity.npy" in parts:
                 stored_counts = np.load(self.directory / parts["popularity.npy"])  # (n_s,)
                 stored_counts[rows] = counts[js]
+            stored_aliases = None
+            if aliases is not None and "aliases.jsonl" in parts:
+                stored_aliases = read_aliases(self.directory / parts["aliases.jsonl"])
+                for row, j in pairs:
+                    stored_aliases[row] = aliases[j]
             index = None
             if manifest.index.kind != "flat":
                 index = fill_index(manifest.index, stored, manifest.dtype, template=self.shards[s].index)
             shards[s] = write_shard(self.directory, info.name, revision, list(self.shards[s].ids), stored, index,
-                                    stored_counts)
+                                    stored_counts, stored_aliases)
             stale.extend(info.files)
         if new_rows:
             name = f"shard-{len(shards):05d}"
@@ -451,7 +473,8 @@ class EntityIndex:
             if manifest.index.kind != "flat":
                 index = fill_index(manifest.index, x[new_rows], manifest.dtype, template=self.shards[0].index)
             shards.append(write_shard(self.directory, name, revision, [ids[j] for j in new_rows], x[new_rows], index,
-                                      None if counts is None else counts[new_rows]))
+                                      None if counts is None else counts[new_rows],
+                                      None if aliases is None else [aliases[j] for j in new_rows]))
         manifest.shards = shards
         manifest.entity_count += len(new_rows)
         manifest.revision = revision
@@ -532,6 +555,41 @@ def stored_popularity(directory: str | Path) -> dict[str, int] | None:
                                     f"Rebuild the index with: {manifest.rebuild_command(directory)}")
         counts.update(zip(ids, values.tolist()))
     return counts
+
+
+def as_lists(aliases: Sequence[Sequence[str]] | pa.ListArray) -> list[list[str]]:
+    """Alias lists as Python lists, from Python sequences or an Arrow list array."""
+    return aliases.to_pylist() if isinstance(aliases, pa.Array) else [list(names) for names in aliases]
+
+
+def read_aliases(path: Path) -> list[list[str]]:
+    """A shard's aliases file: one list of names per entity, in row order."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def stored_aliases(directory: str | Path) -> Iterator[tuple[str, str]]:
+    """Every (alias, entity id) pair stored with the index (updates included), streamed shard by shard; a shard
+    that stores none (built before aliases were stored, or from a KB without them) gives none. Refuses
+    missing or changed files."""
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    for info in manifest.shards:
+        parts = shard_parts(info)
+        if "aliases.jsonl" not in parts:
+            continue
+        names = (parts["ids.txt"], parts["aliases.jsonl"])
+        check_files(directory, {name: info.files[name] for name in names}, manifest.rebuild_command(directory))
+        ids = (directory / names[0]).read_text(encoding="utf-8").splitlines()
+        rows = 0
+        with open(directory / names[1], encoding="utf-8") as f:
+            for line in f:
+                if rows < len(ids):
+                    yield from ((alias, ids[rows]) for alias in json.loads(line))
+                rows += 1
+        if rows != len(ids):
+            raise IndexCorruptError(f"shard {info.name}: {rows} alias lists for {len(ids)} ids. "
+                                    f"Rebuild the index with: {manifest.rebuild_command(directory)}")
 
 
 def load_pca(directory: Path, manifest: Manifest, verify: bool) -> faiss.VectorTransform | None:

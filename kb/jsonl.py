@@ -197,3 +197,8 @@ def write_kb(entities: Iterable[Entity], path: str | Path) -> int:
             f.write(entity_to_json(entity) + "\n")
             count += 1
     return count
+
+
+def iter_aliases(path: str | Path) -> Iterator[tuple[str, str]]:
+    """The (alias, entity id) pairs of a KB JSONL file, streamed: each entity's `aliases` (`iter_kb`)."""
+    return ((alias, entity.id) for entity in iter_kb(path) for alias in entity.aliases)

@@ -5,7 +5,7 @@ vector. Two optional priors re-rank the retrieved candidates; neither adds a can
 did not find:
 - an alias prior p(entity | surface): the counts of a `mention<TAB>entity<TAB>count` table, if one is
   given, and the KB's own names (`onegen.titles.Titles`: the title each id spells, with or without its
-  parenthesised qualifier, and the names of redirects to it), each counting as one link of its entity, so
+  parenthesised qualifier, the KB's aliases of it and the names of redirects to it), each counting as one link of its entity, so
   a mention written as a name shared by n entities gives each of them 1/n without a table;
 - a popularity prior, log(1 + popularity) / log(1 + the KB's largest popularity), from the KB
   JSONL's `popularity` field (e.g. Wikipedia in-links), which the index stores: between close

@@ -141,7 +141,8 @@ def encode_kb(work: Path, config: BuildConfig, total: int) -> None:
     gpus = resources.get("GPU", 0)
     cpus, threads = replica_cpus(resources, config.num_replicas)
     # one block per chunk: replicas work in parallel and each chunk file is written as soon as it is encoded
-    ds = ray.data.read_parquet(str(work / STAGED_KB)).repartition(target_num_rows_per_block=config.chunk_rows)
+    ds = (ray.data.read_parquet(str(work / STAGED_KB)).select_columns(["row", "id", "title", "description"])
+          .repartition(target_num_rows_per_block=config.chunk_rows))
     if done.any():
         ds = ds.map_batches(_drop_rows, fn_kwargs={"done": done}, batch_format="numpy")
     ds = ds.map_batches(
@@ -172,12 +173,13 @@ def build_index(config: BuildConfig) -> EntityIndex:
     work = out / BUILD_DIR
     state = prepare_work_dir(work, Path(config.kb), fingerprint, config.resume)
     encode_kb(work, config, state["rows"])
-    ids, popularity, vectors = assemble(work, state["rows"], dim)
+    ids, popularity, aliases, vectors = assemble(work, state["rows"], dim)
     index = EntityIndex.build(
         out,
         ids,
         vectors,
         popularity=popularity,
+        aliases=aliases,
         fingerprint=fingerprint,
         num_shards=config.shards,
         dtype=config.dtype,
@@ -199,9 +201,9 @@ def update_index(config: BuildConfig) -> EntityIndex:
     work = out / UPDATE_DIR
     state = prepare_work_dir(work, Path(config.kb), fingerprint, config.resume)
     encode_kb(work, config, state["rows"])
-    ids, popularity, vectors = assemble(work, state["rows"], dim)
+    ids, popularity, aliases, vectors = assemble(work, state["rows"], dim)
     index = EntityIndex.load(out, fingerprint, expect_dim=dim)
-    report = index.update(ids, np.asarray(vectors), popularity=popularity,
+    report = index.update(ids, np.asarray(vectors), popularity=popularity, aliases=aliases,
                           kb={"path": str(Path(config.kb).resolve()), "sha256": state["kb_sha256"]})
     LOG.info("update: %d added, %d replaced, revision %d", report.added, report.replaced, report.revision)
     del vectors

@@ -23,7 +23,7 @@ job's replicas run `Linker.embed`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -186,13 +186,13 @@ class Linker:
             if path and not Path(path).is_file():  # before the model loads
                 raise FileNotFoundError(f"{table} table not found: {path}")
         onegen = OneGen.from_pretrained(model, device=device)
-        if config.index is not None:
+        kb_file = None if config.index is not None else Path(config.kb) if config.kb else SAMPLE_KB
+        if kb_file is None:
             search, popularity = _load_index(onegen, Path(config.index), config.popularity_weight)
         else:
-            kb_file = Path(config.kb) if config.kb else SAMPLE_KB
             search, popularity = _kb_search(onegen, kb_file, model, config.popularity_weight, build_index)
         LOG.info("linking with %s against %d entities", onegen.fingerprint()["model"], len(search))
-        titles = (kb_names(_search_ids(search), config.redirects)
+        titles = (kb_names(_search_ids(search), config.redirects, _search_aliases(search, kb_file))
                   if config.alias_weight or config.title_spans or config.split_spans else None)
         return cls(onegen, search, config, popularity=popularity, batch_size=batch_size, model=model, titles=titles)
 
@@ -319,6 +319,16 @@ def _search_ids(search) -> Sequence[str]:
     from kb.index import stored_ids
 
     return search.ids if isinstance(search, ExactSearch) else stored_ids(search.directory)
+
+
+def _search_aliases(search, kb_file: Path | None) -> Iterator[tuple[str, str]]:
+    """The KB's (alias, entity id) pairs of a search: read from its KB file when it has one (an in-memory KB,
+    or the index cached for that very file), else those stored with the built index given (none from one
+    built before aliases were stored)."""
+    from kb.index import stored_aliases
+    from kb.jsonl import iter_aliases
+
+    return iter_aliases(kb_file) if kb_file is not None else stored_aliases(search.directory)
 
 
 def _check_mentions(mentions: str) -> str:

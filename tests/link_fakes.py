@@ -123,8 +123,8 @@ CORPUS = [
 
 
 def tiny_model_and_index(folder: Path, kb_lines: int = 12) -> tuple[Path, Path, Path]:
-    """A random tiny OneGen model folder, a KB (the first lines of the bundled sample KB) and its index,
-    built in-process: (model dir, KB file, index dir). Real code paths, no fakes."""
+    """A random tiny OneGen model folder, a KB (the first lines of the bundled sample KB) and its index (with
+    the KB's aliases), built in-process: (model dir, KB file, index dir). Real code paths, no fakes."""
     from kb.index import EntityIndex
     from kb.jsonl import read_kb
     from onegen.model import OneGen
@@ -137,5 +137,6 @@ def tiny_model_and_index(folder: Path, kb_lines: int = 12) -> tuple[Path, Path, 
     kb.write_text("\n".join(samples[:kb_lines]) + "\n", encoding="utf-8")
     onegen = OneGen.from_pretrained(str(model_dir), device="cpu")  # loaded from files: the fingerprint the job sees
     entities = read_kb(kb).entities
-    EntityIndex.build(index_dir, [e.id for e in entities], onegen.embed_entities(entities), fingerprint=onegen.fingerprint())
+    EntityIndex.build(index_dir, [e.id for e in entities], onegen.embed_entities(entities), fingerprint=onegen.fingerprint(),
+                      aliases=[e.aliases for e in entities])
     return model_dir, kb, index_dir

@@ -37,7 +37,7 @@ def test_cli_refuses_a_missing_kb_or_model_in_one_line_before_ray_starts(tmp_pat
 
 def kb_entities(n, start=0, tag=""):
     return [Entity(id=f"Entity_{i}", title=f"Entity {i}", description=f"thing number {i}{tag}" if i % 3 else "",
-                   popularity=i) for i in range(start, start + n)]
+                   popularity=i, aliases=[f"Thing {i}"] if i % 4 == 0 else []) for i in range(start, start + n)]
 
 
 def test_a_kb_with_no_entity_is_refused_leaving_no_work_folder(tmp_path):
@@ -50,6 +50,24 @@ def test_a_kb_with_no_entity_is_refused_leaving_no_work_folder(tmp_path):
     with pytest.raises(KbError, match="holds no KB entity"):
         prepare_work_dir(tmp_path / "index" / ".build", kb, fingerprint, resume=False)
     assert not (tmp_path / "index" / ".build").exists()
+
+
+def test_a_work_folder_staged_before_a_field_was_kept_is_staged_again_on_resume_keeping_its_chunks(tmp_path):
+    import pyarrow.parquet as pq
+
+    from kb.build import STAGED_KB, assemble, prepare_work_dir, write_chunk
+
+    kb = tmp_path / "kb.jsonl"
+    write_kb(kb_entities(4), kb)
+    work = tmp_path / "work"
+    fingerprint = {"model": "m", "weights_sha256": "a" * 64, "tokenizer_sha256": "b" * 64}
+    prepare_work_dir(work, kb, fingerprint, resume=False)
+    write_chunk(work / "chunks", np.arange(4), np.ones((4, 2), dtype=np.float32))
+    old = pq.read_table(work / STAGED_KB).drop_columns(["aliases"])  # as staged by the last version
+    pq.write_table(old, work / STAGED_KB)
+    prepare_work_dir(work, kb, fingerprint, resume=True)
+    ids, popularity, aliases, vectors = assemble(work, 4, 2)
+    assert aliases.to_pylist() == [["Thing 0"], [], [], []] and vectors.shape == (4, 2)
 
 
 def test_work_folder_stages_the_kb_and_resumes_only_the_same_build(tmp_path):
@@ -66,8 +84,9 @@ def test_work_folder_stages_the_kb_and_resumes_only_the_same_build(tmp_path):
     with pytest.raises(RuntimeError, match="7 KB rows were not encoded; run the build again with --resume"):
         assemble(work, 10, 4)
     write_chunk(work / "chunks", np.array([0, 1, 5, 6, 7, 8, 9]), np.ones((7, 4), dtype=np.float32))
-    ids, popularity, vectors = assemble(work, 10, 4)
+    ids, popularity, aliases, vectors = assemble(work, 10, 4)
     assert ids == [f"Entity_{i}" for i in range(10)] and popularity == list(range(10)) and vectors.shape == (10, 4)
+    assert aliases.to_pylist() == [["Thing 0"], [], [], [], ["Thing 4"], [], [], [], ["Thing 8"], []]
 
     assert prepare_work_dir(work, kb, dict(fingerprint, model="/moved/m"), resume=True) == state  # same weights
     assert encoded_rows(work / "chunks", 10).sum() == 10  # the chunks survived the resume
@@ -166,6 +185,10 @@ def test_interrupted_build_resumes_to_the_clean_result_and_updates(tmp_path, ray
     assert prior.score("Entity_41") == pytest.approx(1.0) and prior.score("Entity_0") == 0.0
     assert prior.score("Entity_3") == 0.0  # replaced by the delta's line, which has no popularity
     assert prior.score("Entity_39") == pytest.approx(np.log1p(39) / np.log1p(41))
+    # and so are the KB's aliases, for the alias prior: Entity_3's replaced (it has none now), Entity_40's added
+    from kb.index import stored_aliases
+
+    assert sorted(stored_aliases(tmp_path / "index")) == sorted((f"Thing {i}", f"Entity_{i}") for i in range(0, 41, 4))
 
     other = tmp_path / "other-model"
     from tiny import tiny_model, tiny_tokenizer

@@ -173,6 +173,29 @@ def test_popularity_is_stored_per_shard_kept_by_updates_and_checked(tmp_path):
     assert stored_popularity(tmp_path / "legacy") is None  # the old shards still store none
 
 
+def test_aliases_are_stored_per_shard_kept_by_updates_and_checked(tmp_path):
+    from kb.index import stored_aliases
+
+    aliases = [[f"Alias {i}", f"Other {i}"] if i % 7 == 0 else [] for i in range(300)]
+    index = build(tmp_path, num_shards=3, aliases=aliases)
+    expected = {(name, f"E_{i}") for i in range(300) for name in aliases[i]}
+    assert sorted(stored_aliases(tmp_path / "idx")) == sorted(expected)
+    index.update(["E_7", "New_entity"], unit_vectors(2, seed=9), aliases=[["Seven"], ["Nouveau", "Neu"]])
+    expected = (expected - {("Alias 7", "E_7"), ("Other 7", "E_7")}) | {("Seven", "E_7"), ("Nouveau", "New_entity"),
+                                                                        ("Neu", "New_entity")}
+    assert sorted(stored_aliases(tmp_path / "idx")) == sorted(expected)  # replaced, not added to
+    EntityIndex.load(tmp_path / "idx", FINGERPRINT)  # the aliases files' checksums verify with the others
+
+    [stored] = (tmp_path / "idx").glob("shard-00002.*.aliases.jsonl")
+    stored.write_text(stored.read_text().replace("Alias", "Tampered"))
+    with pytest.raises(IndexCorruptError, match="checksum mismatch.*python jobs/build_index.py"):
+        list(stored_aliases(tmp_path / "idx"))
+    with pytest.raises(ValueError, match="number of alias lists and ids must be the same, got 2 and 3"):
+        build(tmp_path, n=3, name="short", aliases=[[], []])
+    legacy = build(tmp_path, name="legacy", num_shards=2)  # built before aliases were stored
+    assert list(stored_aliases(tmp_path / "legacy")) == []
+
+
 def test_stored_ids_are_every_entity_of_every_shard_updates_included_and_checked(tmp_path):
     from kb.index import stored_ids
 

@@ -116,7 +116,7 @@ def test_the_job_links_the_ner_spans_on_request(tmp_path, mentions):
     from onegen.ner import NerSpans
 
     model_dir, kb, index_dir = tiny_model_and_index(tmp_path)
-    texts = ["Angela Merkel met Emmanuel Macron in Germany.", "", "The Seine flows through Normandy."]
+    texts = ["Angela Merkel met Emmanuel Macron in Germany.", "", "The Seine flows through Normandy, far from Holland."]
     write_jsonl(tmp_path / "in.jsonl", [{"doc_id": f"n{i}", "text": t} for i, t in enumerate(texts)])
     run_job(config(tmp_path, tmp_path / "in.jsonl", model=str(model_dir), index=str(index_dir), nil_threshold=0.0,
                    mentions=mentions, alias_weight=5.0, top_k=12))  # every entity of the KB a candidate
@@ -125,15 +125,18 @@ def test_the_job_links_the_ner_spans_on_request(tmp_path, mentions):
     found = [[(m["start"], m["end"]) for m in r["mentions"]] for r in rows if r["status"] == "ok"]
     ner = NerSpans(tidy=True)([texts[0], texts[2]])
     assert [texts[0][s:e] for s, e in ner[0]] == ["Angela Merkel", "Emmanuel Macron", "Germany"]
+    assert "Holland" in [texts[2][s:e] for s, e in ner[1]]
     linker = Linker.from_pretrained(str(model_dir), index=str(index_dir), nil_threshold=0.0, alias_weight=5.0, top_k=12)
     expected = linker.link([texts[0], texts[2]], spans=ner, mentions={"ner": "given", "union": "union"}[mentions])
     assert found == [[(m.start, m.end) for m in doc] for doc in expected]
-    # decided alike, with the alias prior counting the index's names: a mention written as a title (weighted far
-    # above a random model's cosines) links to that entity
+    # decided alike, with the alias prior counting the index's names: a mention written as a title or as one of
+    # the KB's aliases (weighted far above a random model's cosines) links to that entity
     assert [[m["entity_id"] for m in r["mentions"]] for r in rows if r["status"] == "ok"] == [
         [m.entity_id for m in doc] for doc in expected]
     titled = [(m["surface"], m["entity_id"]) for r in rows for m in r["mentions"] if m["surface"] == "Germany"]
     assert (titled == [("Germany", "Germany")]) if mentions == "ner" else all(e == "Germany" for _, e in titled)
+    aliased = [m["entity_id"] for r in rows for m in r["mentions"] if m["surface"] == "Holland"]
+    assert aliased and set(aliased) == {"Netherlands"}
     own = [[(m.start, m.end) for m in doc] for doc in linker.link([texts[0], texts[2]], mentions="model")]
     assert [[m["source"] for m in r["mentions"]] for r in rows if r["status"] == "ok"] == [
         ["model" if span in doc_own else "ner" for span in doc] for doc, doc_own in zip(found, own)]

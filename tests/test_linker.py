@@ -165,6 +165,22 @@ def test_the_alias_prior_counts_the_kbs_names_and_its_redirects_and_saves_where_
         Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), redirects=str(tmp_path / "missing.tsv"))
 
 
+def test_the_alias_prior_counts_the_kbs_aliases_from_its_file_or_its_built_index(tiny, tmp_path):
+    from onegen.model import OneGen
+
+    entities = [Entity("Paris", "Paris", "Capital of France.", aliases=["Ville Lumiere"]),
+                Entity("Rome", "Rome", "Capital of Italy.", aliases=["Eternal City", "Ville Lumiere"])]
+    kb_file = tmp_path / "kb.jsonl"
+    kb_file.write_text("".join(json.dumps(vars(e)) + "\n" for e in entities), encoding="utf-8")
+    onegen = OneGen.from_pretrained(str(tiny / "model"))
+    EntityIndex.build(tmp_path / "index", [e.id for e in entities], onegen.embed_entities(entities),
+                      fingerprint=onegen.fingerprint(), aliases=[e.aliases for e in entities])
+    for source in ({"kb": str(kb_file)}, {"index": str(tmp_path / "index")}):
+        prior = Linker.from_pretrained(str(tiny / "model"), alias_weight=0.2, **source).alias_prior
+        assert prior.probability("eternal city", "Rome") == 1.0 and prior.probability("Eternal City", "Paris") == 0.0
+        assert prior.probability("Ville Lumiere", "Paris") == prior.probability("Ville Lumiere", "Rome") == 0.5
+
+
 @pytest.fixture(scope="module")
 def tiny_linker(tiny):  # ranked by the cosine alone: no alias prior
     return Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0, alias_weight=0.0)

@@ -28,6 +28,16 @@ def test_a_name_counts_the_entities_it_names_as_a_title_or_a_redirect():
     assert Titles.from_ids(["Paris"]).count("City of Light") == 0  # no redirects given: titles only
 
 
+def test_the_kbs_aliases_are_names_of_their_entity_each_counted_once():
+    aliases = [("City of Light", "Paris"), ("city of  LIGHT", "Paris"), ("Paris", "Paris"), ("Eternal City", "Rome"),
+               ("Big Apple", "New_York_City"), ("", "Rome")]
+    names = Titles.from_ids(["Paris", "Rome", "New_York_City"], [("City_of_Light", "Paris")], aliases)
+    # the alias that repeats a redirect's name, and the one that is Paris's own title, add no link
+    assert names.count("City of Light") == 1 and names.count("paris") == 1 and names.count("") == 0
+    assert names.names("eternal city", "Rome") and names.names("Big Apple", "New_York_City")
+    assert not names.names("Eternal City", "Paris") and "Big Apple" not in names  # an alias is no title
+
+
 def annotated(text: str, *words: str) -> Annotated:
     """The model's mentions: each of `words`, at its first place in `text`."""
     spans = [(text.index(w), text.index(w) + len(w)) for w in words]

@@ -41,7 +41,8 @@ def shard_gpus(config: JobConfig, shards: int) -> float:
 def prepare_linking(config: JobConfig) -> Linking:
     """Model identity, index (given, or built and cached) served by shard actors, and the replica factory
     (decision settings left None: the model's linker_config.json)."""
-    from kb.index import stored_ids
+    from kb.index import stored_aliases, stored_ids
+    from kb.jsonl import iter_aliases
     from kb.manifest import MANIFEST_NAME, Manifest
     from kb.serving import RayIndexClient
     from onegen.index_build import model_identity
@@ -55,7 +56,9 @@ def prepare_linking(config: JobConfig) -> Linking:
     # refuses a mismatched or damaged index; shards on CPUs unless --shard-gpus: the replicas get the GPUs
     client = RayIndexClient(directory, fingerprint, expect_dim=dim, num_cpus=SHARD_CPUS, num_gpus=gpus)
     spans_need_titles = (config.title_spans or config.split_spans) and config.mentions == "union"
-    names = kb_names(stored_ids(directory), config.redirects) if config.alias_weight or spans_need_titles else None
+    aliases = iter_aliases(kb_file) if kb_file is not None else stored_aliases(directory)  # as onegen.Linker reads them
+    names = (kb_names(stored_ids(directory), config.redirects, aliases)
+             if config.alias_weight or spans_need_titles else None)
     return Linking(
         # a replica given several GPUs (--gpus-per-replica > 1) spreads one model over them
         make_annotator=partial(onegen_annotator, config.model, config.batch_size, (config.gpus_per_replica or 0) > 1,
