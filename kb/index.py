@@ -570,10 +570,13 @@ def read_aliases(path: Path) -> list[list[str]]:
 
 def stored_aliases(directory: str | Path) -> Iterator[tuple[str, str]]:
     """Every (alias, entity id) pair stored with the index (updates included), streamed shard by shard; a shard
-    that stores none (built before aliases were stored, or from a KB without them) gives none. Refuses
+    that stores none (built before aliases were stored) gives none, with a warning when no shard does. Refuses
     missing or changed files."""
     directory = Path(directory)
     manifest = Manifest.read(directory)
+    if not any("aliases.jsonl" in shard_parts(info) for info in manifest.shards):
+        LOG.warning("the index %s stores no aliases (built before they were stored): the KB's aliases are not among "
+                    "the names of the alias prior; rebuild it to have them", directory)
     for info in manifest.shards:
         parts = shard_parts(info)
         if "aliases.jsonl" not in parts:

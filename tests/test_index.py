@@ -173,7 +173,7 @@ def test_popularity_is_stored_per_shard_kept_by_updates_and_checked(tmp_path):
     assert stored_popularity(tmp_path / "legacy") is None  # the old shards still store none
 
 
-def test_aliases_are_stored_per_shard_kept_by_updates_and_checked(tmp_path):
+def test_aliases_are_stored_per_shard_kept_by_updates_and_checked(tmp_path, caplog):
     from kb.index import stored_aliases
 
     aliases = [[f"Alias {i}", f"Other {i}"] if i % 7 == 0 else [] for i in range(300)]
@@ -192,8 +192,10 @@ def test_aliases_are_stored_per_shard_kept_by_updates_and_checked(tmp_path):
         list(stored_aliases(tmp_path / "idx"))
     with pytest.raises(ValueError, match="number of alias lists and ids must be the same, got 2 and 3"):
         build(tmp_path, n=3, name="short", aliases=[[], []])
+    assert not caplog.records
     legacy = build(tmp_path, name="legacy", num_shards=2)  # built before aliases were stored
     assert list(stored_aliases(tmp_path / "legacy")) == []
+    assert "stores no aliases (built before they were stored)" in caplog.text
 
 
 def test_stored_ids_are_every_entity_of_every_shard_updates_included_and_checked(tmp_path):
