@@ -39,9 +39,10 @@ import torch
 from eval.corpora import DEV_SETS
 from jobs.train import save_linker_settings
 from kb.jsonl import read_kb
+from kb.lookup import VectorsById
 from onegen.chunking import Window
 from onegen.data import OneGenExample
-from onegen.linker import Linker, search_mentions
+from onegen.linker import Linker
 from onegen.linker_config import model_config
 from onegen.model import OneGen
 from onegen.training import TrainConfig, TrainData, fit, is_finished, load_recipe
@@ -93,9 +94,16 @@ class GpuSearch:
     def __init__(self, ids: list[str], vectors: torch.Tensor):
         self.ids = np.asarray(ids, dtype=object)  # (N,)
         self.vectors = vectors  # (N, D) float32
+        self._by_id: VectorsById | None = None  # for `score`, a CPU copy made on first use
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def score(self, queries: np.ndarray, wanted: list[list[str]]) -> list[dict[str, float]]:
+        """Per query, {entity id: cosine} of its wanted ids (the name candidates, `Linker.candidates`)."""
+        if self._by_id is None:
+            self._by_id = VectorsById(self.ids, self.vectors.cpu().numpy())
+        return self._by_id.score(queries, wanted)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) cosine scores and entity ids, best first."""
@@ -135,7 +143,7 @@ def write_candidates(linker: Linker, docs: list[dict], path: Path, batch_size: i
                                     mentions="given" if linker.mentions == "ner" else None,
                                     windows=[[Window(s, e) for s, e in d["windows"]] for d in group])
             for doc, annotated in zip(group, embedded):
-                rows = [m.to_dict() for m in search_mentions(annotated.mentions, linker.search, linker.config.top_k)]
+                rows = [m.to_dict() for m in linker.candidates(annotated)]
                 mentions += len(rows)
                 generated += annotated.generated_tokens
                 f.write(json.dumps({"dataset": doc["dataset"], "doc_id": doc["doc_id"], "mentions": rows},

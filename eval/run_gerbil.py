@@ -82,7 +82,7 @@ def linker_from_args(args: argparse.Namespace) -> TextLinker:
                       short_forms=args.short_forms, alias_weight=args.alias_weight,
                       popularity_weight=args.popularity_weight, name_weight=args.name_weight,
                       mention_bias=args.mention_bias, mentions=args.mentions, title_spans=args.title_spans,
-                      split_spans=args.split_spans)
+                      split_spans=args.split_spans, name_candidates=args.name_candidates)
 
 
 def resolve_linker_paths(args: argparse.Namespace) -> None:
@@ -222,6 +222,9 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                              "names, one link each (default: the model's linker_config.json)")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
+    parser.add_argument("--name-candidates", type=int, metavar="N",
+                        help="onegen: also score up to N entities a mention's surface refers to by the alias prior "
+                             "that retrieval missed, as candidates (0: off; default: the model's linker_config.json)")
     parser.add_argument("--name-weight", type=float,
                         help="onegen: evidence added to a candidate's cosine, for ranking and NIL, when the mention is "
                              "written as the entity's title (0: off; default: the model's linker_config.json)")

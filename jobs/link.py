@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="documents per model call")
     # Decision settings: default None = the model's linker_config.json (generic defaults when it has none)
     parser.add_argument("--top-k", type=int, default=None, help="candidates kept per mention (default: the model's)")
+    parser.add_argument("--name-candidates", type=int, default=None, metavar="N",
+                        help="also score up to N entities a mention's surface refers to by the alias prior (its "
+                             "--aliases links and the KB's names, likeliest first) that retrieval missed, and add them "
+                             "to its candidates (default: the model's; 0 turns it off; needs --alias-weight above 0)")
     parser.add_argument("--nil-threshold", type=float, default=None,
                         help="chosen candidate's cosine, plus its alias and name terms, below which a mention is NIL (default: the model's)")
     parser.add_argument("--given-nil-threshold", type=float, default=None,

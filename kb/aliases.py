@@ -29,7 +29,7 @@ def title_names(entity_id: str) -> tuple[str, ...]:
     return (normalise_surface(title),) + ((normalise_surface(qualified.group(1)),) if qualified else ())
 
 
-def _ranked(counts: dict[str, float]) -> list[str]:
+def ranked_by_count(counts: dict[str, float]) -> list[str]:
     """Entity ids by count, most frequent first; ties by id so the order is deterministic."""
     return sorted(counts, key=lambda e: (-counts[e], e))
 
@@ -77,11 +77,11 @@ class AliasTable:
 
     def entities(self, mention: str) -> list[str]:
         """Entities the exact mention string refers to, most frequent first."""
-        return _ranked(self.counts.get(mention, {}))
+        return ranked_by_count(self.counts.get(mention, {}))
 
     def most_frequent(self, mention: str) -> str | None:
         """The most frequent entity of the exact string, else of its case/space-insensitive form, else None."""
-        ranked = self.entities(mention) or _ranked(self.folded.get(normalise_surface(mention), {}))
+        ranked = self.entities(mention) or ranked_by_count(self.folded.get(normalise_surface(mention), {}))
         return ranked[0] if ranked else None
 
     def links(self, surface: str) -> dict[str, float]:

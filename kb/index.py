@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +36,7 @@ except ImportError as err:  # an extra, so that CPU and GPU builds are alternati
 
 from kb.files import atomic_output, sha256_file
 from kb.jsonl import is_one_line
+from kb.lookup import VectorsById
 from kb.manifest import DTYPES, IndexCorruptError, IndexMismatchError, IndexSpec, Manifest, ShardInfo
 from kb.manifest import fingerprints_match
 
@@ -154,6 +155,15 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: in
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
+def merge_scores(parts: Sequence[list[dict[str, float]]], queries: int) -> list[dict[str, float]]:
+    """Per query, the {entity id: score} of every shard together (an id lives in one shard)."""
+    merged: list[dict[str, float]] = [{} for _ in range(queries)]
+    for part in parts:
+        for found, scores in zip(merged, part):
+            found.update(scores)
+    return merged
+
+
 # ---------------------------------------------------------------------------------------------
 # Shards
 # ---------------------------------------------------------------------------------------------
@@ -161,11 +171,13 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: in
 
 @dataclass
 class IndexShard:
-    """One shard in memory: its ids and its FAISS index."""
+    """One shard in memory: its ids, its vectors (memory-mapped) and its FAISS index."""
 
     ids: np.ndarray  # (n,) object array of entity ids; row i is FAISS label i
     index: faiss.Index  # inner-product index over the shard's (n, dim) vectors
     offset: int = 0  # global row of this shard's row 0 (shards in manifest order)
+    vectors: np.ndarray | None = None  # (n, dim) the stored vectors, for `score`
+    _by_id: VectorsById | None = field(default=None, init=False, repr=False)  # built on the first `score`
 
     def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k of prepared queries x (Q, dim): D (Q, k) float32, I (Q, k) ids (None where no hit),
@@ -182,6 +194,14 @@ class IndexShard:
             rows[:, :hits] = np.where(found, labels + self.offset, NO_ROW)
         return scores, ids, rows
 
+    def score(self, x: np.ndarray, wanted: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Per prepared query x (Q, dim), {entity id: score} of its `wanted` ids that this shard holds."""
+        if self._by_id is None:
+            if self.vectors is None:
+                raise ValueError("this shard was made without its vectors: load it with IndexShard.load to score ids")
+            self._by_id = VectorsById(self.ids, self.vectors)
+        return self._by_id.score(x, wanted)
+
     def to_gpu(self, device: int = 0) -> IndexShard:
         """The shard with its index on a GPU where FAISS has a GPU version of it (flat, IVF), else as it is."""
         if isinstance(faiss.downcast_index(self.index), faiss.IndexHNSW):
@@ -191,7 +211,7 @@ class IndexShard:
         except RuntimeError as err:  # e.g. a flat float16 scalar quantizer
             LOG.warning("shard index %s stays on the CPU: %s", type(self.index).__name__, err)
             return self
-        return IndexShard(self.ids, index, self.offset)
+        return IndexShard(self.ids, index, self.offset, self.vectors)
 
     @classmethod
     def load(cls, directory: Path, manifest: Manifest, shard_no: int, verify: bool = True) -> IndexShard:
@@ -218,7 +238,7 @@ class IndexShard:
             set_search_params(index, manifest.index)
         else:  # a flat shard: its vectors are the index
             index = fill_index(manifest.index, vectors, manifest.dtype)
-        return cls(ids=ids, index=index, offset=sum(s.count for s in manifest.shards[:shard_no]))
+        return cls(ids=ids, index=index, offset=sum(s.count for s in manifest.shards[:shard_no]), vectors=vectors)
 
 
 def shard_parts(info: ShardInfo) -> dict[str, str]:
@@ -327,6 +347,11 @@ class EntityIndex:
         """Top-k entities of each query (Q, input_dim): D (Q, k) float32 scores, I (Q, k) ids (None: no hit)."""
         x = self.prepare(queries)
         return merge_topk([shard.search(x, k) for shard in self.shards], k)
+
+    def score(self, queries: np.ndarray, wanted: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Per query (Q, input_dim), {entity id: score} of each of its `wanted` ids in the index (`kb.lookup`)."""
+        x = self.prepare(queries)
+        return merge_scores([shard.score(x, wanted) for shard in self.shards], len(queries))
 
     @classmethod
     def build(

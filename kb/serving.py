@@ -1,8 +1,9 @@
 """Serving an entity index with Ray: one actor per shard, and a client that fans a query batch
 out to all of them and merges the exact global top-k.
 
-`RayIndexClient` has the same `search(queries, k) -> (D, I)` as the in-process `EntityIndex`, so a
-caller picks one with `open_index(..., use_ray=...)` and codes against either.
+`RayIndexClient` has the same `search(queries, k) -> (D, I)` and `score(queries, wanted)` (the scores of entities
+named by id, `kb.lookup`) as the in-process `EntityIndex`, so a caller picks one with `open_index(..., use_ray=...)`
+and codes against either.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from kb.index import EntityIndex, IndexShard, faiss, load_pca, merge_topk, prepare_queries, read_checked_manifest
+from kb.index import (EntityIndex, IndexShard, faiss, load_pca, merge_scores, merge_topk, prepare_queries,
+                      read_checked_manifest)
 from kb.manifest import IndexLoadError, Manifest
 
 LOG = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ class ShardActor:
     def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k of prepared queries x (Q, dim) in this shard: D (Q, k), I (Q, k) ids, R (Q, k) global rows."""
         return self.shard.search(x, k)
+
+    def score(self, x: np.ndarray, wanted: list[list[str]]) -> list[dict[str, float]]:
+        """Per prepared query x (Q, dim), {entity id: score} of its `wanted` ids in this shard."""
+        return self.shard.score(x, wanted)
 
 
 class RayIndexClient:
@@ -91,6 +97,12 @@ class RayIndexClient:
         """Top-k entities of each query (Q, input_dim): D (Q, k) float32 scores, I (Q, k) ids (None: no hit)."""
         x = ray.put(prepare_queries(queries, self.manifest, self.pca))  # (Q, dim), shipped once to all shards
         return merge_topk(ray.get([actor.search.remote(x, k) for actor in self.actors]), k)
+
+    def score(self, queries: np.ndarray, wanted: list[list[str]]) -> list[dict[str, float]]:
+        """Per query (Q, input_dim), {entity id: score} of each of its `wanted` ids in the index, from every shard."""
+        x = ray.put(prepare_queries(queries, self.manifest, self.pca))
+        wanted_ref = ray.put(wanted)
+        return merge_scores(ray.get([actor.score.remote(x, wanted_ref) for actor in self.actors]), len(queries))
 
     def close(self) -> None:
         """Stop the shard actors."""

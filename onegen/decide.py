@@ -1,8 +1,9 @@
 """Entity or NIL for one mention, from its retrieved candidates (DESIGN section 3, "decide").
 
 The retrieval score is the cosine between the mention's `[LK]` vector and an entity's `[SE]`
-vector. Two optional priors re-rank the retrieved candidates; neither adds a candidate retrieval
-did not find:
+vector. The candidates are those retrieval found, and, with name candidates (`onegen.linker.add_name_candidates`),
+the entities the alias prior below says the surface refers to, with their cosines too. Two optional priors
+re-rank the candidates; neither adds one:
 - an alias prior p(entity | surface): the counts of a `mention<TAB>entity<TAB>count` table, if one is
   given, and the KB's own names (`onegen.titles.Titles`: the title each id spells, with or without its
   parenthesised qualifier, the KB's aliases of it and the names of redirects to it), each counting as one link of its entity, so
@@ -27,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kb.aliases import AliasTable, normalise_surface, title_names
+from kb.aliases import AliasTable, normalise_surface, ranked_by_count, title_names
 from kb.jsonl import iter_kb
 from onegen.titles import Titles
 
@@ -72,6 +73,14 @@ class AliasPrior:
             count += self.names.names(surface, entity_id)
             total += self.names.count(surface)
         return count / total if total > 0 else 0.0
+
+    def entities(self, surface: str, limit: int) -> list[str]:
+        """Up to `limit` entities the surface refers to (the table's links, the entities it is a name of), the
+        likeliest first (`probability`; ties by id)."""
+        counts = dict(self.table.links(surface)) if self.table else {}
+        for entity_id in self.names.entities(surface) if self.names is not None else ():
+            counts[entity_id] = counts.get(entity_id, 0.0) + 1
+        return ranked_by_count(counts)[:limit]
 
 
 @dataclass

@@ -5,7 +5,9 @@
     docs = linker(["Marie Curie was born in Warsaw."])   # -> [Document(doc_id="0", text, mentions)]
 
 One model pass finds and embeds the mentions, the entity index is searched, and each mention is linked or
-left NIL by `onegen.decide` (DESIGN section 3). A built index folder is loaded as it is; a KB JSONL uses
+left NIL by `onegen.decide` (DESIGN section 3). With `name_candidates`, the entities a mention's surface refers to
+by the alias prior (its table's links and the KB's names) that the search missed are scored against the mention's
+vector and join its candidates (`add_name_candidates`). A built index folder is loaded as it is; a KB JSONL uses
 the index cached for it by the link job when there is one, else a small KB (up to SMALL_KB_ENTITIES) is
 encoded here and searched in memory (`ExactSearch`); a bigger one needs an index built first
 (`python jobs/build_index.py`).
@@ -22,6 +24,7 @@ job's replicas run `Linker.embed`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from itertools import islice
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kb.lookup import VectorsById
 from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
@@ -49,9 +53,16 @@ class ExactSearch:
             raise ValueError(f"number of ids and vectors must be the same, got {len(ids)} and {len(vectors)}")
         self.ids = np.asarray(ids, dtype=object)  # (N,)
         self.vectors = np.asarray(vectors, dtype=np.float32)  # (N, D)
+        self._by_id: VectorsById | None = None  # for `score`, built on first use
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def score(self, queries: np.ndarray, wanted: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Per query (Q, D), {entity id: cosine} of each of its `wanted` ids in the KB (kb.lookup)."""
+        if self._by_id is None:
+            self._by_id = VectorsById(self.ids, self.vectors)
+        return self._by_id.score(queries, wanted)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """D (Q, k) cosine scores, I (Q, k) entity ids, best first (None and -inf past the KB size)."""
@@ -72,6 +83,26 @@ def with_candidates(spans: Sequence, scores: np.ndarray, ids: np.ndarray) -> lis
     return [Mention(s.start, s.end, s.surface, candidates=[Candidate(e, float(c)) for e, c in zip(row_ids, row_scores) if e],
                     source=getattr(s, "source", None))
             for s, row_ids, row_scores in zip(spans, ids, scores)]
+
+
+def add_name_candidates(mentions: list[Mention], queries: np.ndarray, retriever, prior: AliasPrior | None,
+                        limit: int) -> list[Mention]:
+    """The retrieved `mentions` (their vectors: `queries` (M, D)), each with the entities its surface refers to
+    (`prior.entities`: up to `limit`, likeliest first) that retrieval missed, scored by `retriever.score`, among its
+    candidates (best first). Retrieval ranks by the vectors alone; an entity named by the mention can rank lower
+    than top-k yet win once the priors count."""
+    if not limit or prior is None or not mentions:
+        return mentions
+    wanted = []
+    for m in mentions:
+        found = {c.entity_id for c in m.candidates}
+        wanted.append([e for e in prior.entities(m.surface, limit) if e not in found])
+    if not any(wanted):
+        return mentions
+    scores = retriever.score(queries, wanted)
+    return [m if not named else dataclasses.replace(m, candidates=sorted(
+                m.candidates + [Candidate(e, s) for e, s in named.items()], key=lambda c: -c.score))
+            for m, named in zip(mentions, scores)]
 
 
 def search_mentions(mentions: Sequence[EmbeddedMention], retriever, top_k: int) -> list[Mention]:
@@ -163,8 +194,8 @@ class Linker:
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
             overrides: LinkerConfig settings (nil_threshold, given_nil_threshold, short_forms, alias_weight,
-                popularity_weight, name_weight, mention_bias, top_k, aliases, redirects, mentions, ner_model, title_spans,
-                split_spans) that win over the model's linker_config.json; None values are ignored. `mentions`
+                popularity_weight, name_weight, mention_bias, top_k, name_candidates, aliases, redirects, mentions, ner_model,
+                title_spans, split_spans) that win over the model's linker_config.json; None values are ignored. `mentions`
                 ("model", "ner" or "union") is what `link` links by default. With alias_weight above 0, the alias
                 prior counts the KB's names (its ids' titles, and the `redirects` table's names) as one link each.
         """
@@ -304,8 +335,16 @@ class Linker:
         `spans` and `mentions` as `link`'s."""
         if self.search is None:
             raise ValueError("this Linker has no index to search (built for embedding only); load one with Linker.from_pretrained")
-        return [search_mentions(annotated.mentions, self.search, self.config.top_k)
-                for annotated in self.embed(texts, spans, mentions)]
+        return [self.candidates(annotated) for annotated in self.embed(texts, spans, mentions)]
+
+    def candidates(self, annotated: Annotated) -> list[Mention]:
+        """One text's embedded mentions with their candidates (entity_id None): the top-k retrieved, and with
+        `config.name_candidates` the entities their surfaces name that retrieval missed (`add_name_candidates`)."""
+        retrieved = search_mentions(annotated.mentions, self.search, self.config.top_k)
+        if not retrieved:
+            return retrieved
+        queries = np.stack([m.vector for m in annotated.mentions])  # (M, D)
+        return add_name_candidates(retrieved, queries, self.search, self.alias_prior, self.config.name_candidates)
 
     def decide(self, mentions: list[Mention]) -> list[Mention]:
         """One text's retrieved mentions linked with this linker's NIL threshold and priors."""

@@ -32,6 +32,10 @@ class LinkerConfig:
     name_weight: float = 0.0  # evidence added when a mention's surface is a candidate's title (onegen.decide; 0: off)
     mention_bias: float = 0.0  # logits added to opening a mention while decoding (0: the model's own choice)
     top_k: int = 10  # candidates retrieved per mention, re-ranked by the priors
+    # up to this many entities the mention's surface refers to by the alias prior (its table's links, the KB's
+    # names; likeliest first) scored and added to the retrieved ones when retrieval missed them (0: off; none
+    # with alias_weight 0); `onegen.linker.add_name_candidates`
+    name_candidates: int = 0
     kb_fields: list[str] = field(default_factory=lambda: ["popularity"])  # KB JSONL fields the priors read
     # which mentions are linked: the model's own ("model"), an NER's name spans ("ner") or both ("union": the
     # NER's spans that overlap none of the model's); the NER is the spaCy model `ner_model` (onegen.ner)

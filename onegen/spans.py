@@ -30,7 +30,8 @@ class Mention:
     surface: str
     entity_id: str | None = None  # canonical KB id (Wikipedia title in URL form), None for NIL
     score: float | None = None  # cosine of the chosen candidate (of the best one for NIL); None: not linked by a model
-    candidates: list[Candidate] = field(default_factory=list)  # top-k retrieved, best first
+    # top-k retrieved, and the entities its surface names that retrieval missed (onegen.linker.add_name_candidates), best first
+    candidates: list[Candidate] = field(default_factory=list)
     source: str | None = None  # who marked the span: "model" (decoded), "ner" or "given" (teacher-forced); None: gold
 
     def to_dict(self) -> dict:

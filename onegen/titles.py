@@ -1,14 +1,16 @@
 """The names of a KB's entities: the titles their ids spell, and the names redirects and the KB's aliases give them.
 
-Two users ask about them:
+Three users ask about them:
 - An NER span that is a KB title ("Brigham Young University") is a better mention than the pieces the
   model marked inside it ("Brigham", "Young", "University"): `onegen.Linker.embed` (mentions "union",
   `title_spans`) lets such a span replace them (`text in titles`).
 - The alias prior (`onegen.decide.AliasPrior`) counts each name as one link of its entity, so that a
   mention written as an entity's name is evidence for it, shared among the entities of that name
   (`count`, `names`).
-A full Wikipedia KB has millions of names and every model replica holds them, so they are kept as sorted
-64-bit hashes: 8 bytes a name.
+- Name candidates (`onegen.linker.add_name_candidates`): the entities a mention's surface names join the ones
+  retrieval found (`entities`).
+A full Wikipedia KB has millions of names and every linker holds them, so they are kept as sorted 64-bit
+hashes, each with the row of the entity it names (16 bytes a name), and the ids as one UTF-8 buffer.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import hashlib
 import logging
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,28 +36,40 @@ def _hash(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _sorted(hashes: Iterable[int]) -> np.ndarray:
-    return np.sort(np.fromiter(hashes, dtype=np.uint64))
-
-
 def _count(hashes: np.ndarray, key: int) -> int:
+    start, end = _range(hashes, key)
+    return end - start
+
+
+def _range(hashes: np.ndarray, key: int) -> tuple[int, int]:
+    """The slice of the sorted `hashes` equal to `key`."""
     key = np.uint64(key)
-    return int(np.searchsorted(hashes, key, side="right") - np.searchsorted(hashes, key, side="left"))
+    return int(np.searchsorted(hashes, key, side="left")), int(np.searchsorted(hashes, key, side="right"))
+
+
+def _sorted_pairs(hashes: array, rows: array) -> tuple[np.ndarray, np.ndarray]:
+    """(name hash, entity row) pairs, each once, sorted by hash: two parallel arrays."""
+    pairs = np.unique(np.stack([np.frombuffer(hashes, dtype=np.uint64),
+                                np.frombuffer(rows, dtype=np.int64).astype(np.uint64)], axis=1), axis=0)
+    return pairs[:, 0].copy(), pairs[:, 1].astype(np.int64)
 
 
 class Titles:
     """The names of a KB's entities, compared case and spacing aside: the titles of their ids, with and without
     their parenthesised qualifiers (`kb.aliases.title_names`), and their other names: those of redirects to them
-    and the KB's `aliases` of them."""
+    and the KB's `aliases` of them. Each name knows the entities it names (`entities`)."""
 
-    def __init__(self, hashes: np.ndarray, other_names: np.ndarray | None = None,
-                 other_pairs: np.ndarray | None = None):
-        self.hashes = np.sort(np.asarray(hashes, dtype=np.uint64))  # a title name's hash, once per entity it names
-        empty = np.zeros(0, dtype=np.uint64)
-        # an other name's hash, once per entity it names (none of that entity's titles)
-        self.other_names = empty if other_names is None else np.sort(np.asarray(other_names, dtype=np.uint64))
-        # hashes of (other name, entity id) pairs, for `names`
-        self.other_pairs = empty if other_pairs is None else np.sort(np.asarray(other_pairs, dtype=np.uint64))
+    def __init__(self, entity_ids: Sequence[str], titles: tuple[np.ndarray, np.ndarray],
+                 others: tuple[np.ndarray, np.ndarray]):
+        # row -> entity id, as one UTF-8 buffer and each id's end in it (compact for millions of ids; no pyarrow on
+        # the lent GPU machine)
+        encoded = [entity_id.encode("utf-8") for entity_id in entity_ids]
+        self._ids = b"".join(encoded)
+        self._ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        # a title name's hash once per entity it names, sorted, and that entity's row
+        self.hashes, self.title_rows = titles
+        # an other name's hash once per entity it names (none of that entity's titles), sorted, and the entity's row
+        self.other_names, self.other_rows = others
         self._counts: dict[str, int] = {}  # memo of `count`
         self._names: dict[tuple[str, str], bool] = {}  # memo of `names`
 
@@ -66,20 +80,23 @@ class Titles:
         target is one of them (`kb.ids.read_redirects`, streamed: a full Wikipedia's table is never held) and
         the `aliases` (name, entity id) pairs of the KB (`kb.index.stored_aliases`, streamed too)."""
         entity_ids = list(entity_ids)
-        titles = _sorted(_hash(name) for entity_id in entity_ids for name in title_names(entity_id))
-        known = set(entity_ids) if redirects else set()
-        redirected = ((title_names(source), target) for source, target in redirects if target in known)
-        aliased = (((normalise_surface(alias),), entity_id) for alias, entity_id in aliases)
-        names, pairs = array("Q"), array("Q")
+        title_hashes, title_rows = array("Q"), array("q")
+        for row, entity_id in enumerate(entity_ids):
+            for name in title_names(entity_id):
+                title_hashes.append(_hash(name))
+                title_rows.append(row)
+        row_of = {entity_id: row for row, entity_id in enumerate(entity_ids)}
+        redirected = ((title_names(source), target) for source, target in redirects if target in row_of)
+        aliased = (((normalise_surface(alias),), entity_id) for alias, entity_id in aliases if entity_id in row_of)
+        other_hashes, other_rows = array("Q"), array("q")
         for group in (redirected, aliased):
             for found, target in group:
                 own = title_names(target)
                 for name in found:
                     if name and name not in own:
-                        names.append(_hash(name))
-                        pairs.append(_hash(f"{name}\t{target}"))
-        pairs_found, first = np.unique(np.frombuffer(pairs, dtype=np.uint64), return_index=True)
-        return cls(titles, np.frombuffer(names, dtype=np.uint64)[first], pairs_found)  # each (name, entity) once
+                        other_hashes.append(_hash(name))
+                        other_rows.append(row_of[target])
+        return cls(entity_ids, _sorted_pairs(title_hashes, title_rows), _sorted_pairs(other_hashes, other_rows))
 
     def __contains__(self, text: str) -> bool:
         """Whether the text is an entity's title (redirect names aside)."""
@@ -95,15 +112,27 @@ class Titles:
             self._counts[key] = _count(self.hashes, hashed) + _count(self.other_names, hashed)
         return self._counts[key]
 
+    def entities(self, text: str) -> list[str]:
+        """The entities the text names (as `count` counts them): those it is a title of, then the others."""
+        hashed = _hash(normalise_surface(text))
+        rows = [self.title_rows[slice(*_range(self.hashes, hashed))],
+                self.other_rows[slice(*_range(self.other_names, hashed))]]
+        return [self._entity(row) for row in np.concatenate(rows)]
+
     def names(self, text: str, entity_id: str) -> bool:
         """Whether the text is one of the entity's names: a title its id spells, a redirect's to it or an alias."""
         pair = (normalise_surface(text), entity_id)
         if pair not in self._names:
             if len(self._names) >= MEMO_SIZE:
                 self._names.clear()
+            rows = self.other_rows[slice(*_range(self.other_names, _hash(pair[0])))]
             self._names[pair] = (pair[0] in title_names(entity_id)
-                                 or _count(self.other_pairs, _hash(f"{pair[0]}\t{entity_id}")) > 0)
+                                 or any(self._entity(row) == entity_id for row in rows))
         return self._names[pair]
+
+    def _entity(self, row: int) -> str:
+        start = self._ends[row - 1] if row else 0
+        return self._ids[start:self._ends[row]].decode("utf-8")
 
 
 def kb_names(entity_ids: Iterable[str], redirects: str | Path | None = None,

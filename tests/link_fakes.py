@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kb.lookup import VectorsById
 from onegen.indexes import SAMPLE_KB
 from onegen.pipeline.job import Linking
 from onegen.spans import Annotated, EmbeddedMention
@@ -100,6 +101,9 @@ class FakeIndex:
         scores = np.stack([self.vectors @ v for v in vectors]).reshape(len(vectors), -1)  # (Q, N)
         order = np.argsort(-scores, axis=1)[:, :k]  # (Q, k)
         return np.take_along_axis(scores, order, axis=1).astype(np.float32), self.ids[order]
+
+    def score(self, vectors: np.ndarray, wanted: list[list[str]]) -> list[dict[str, float]]:
+        return VectorsById(self.ids, self.vectors).score(vectors, wanted)
 
 
 def fake_linking(**options) -> Linking:

@@ -62,6 +62,17 @@ def test_the_kb_names_count_as_one_link_each_and_share_a_surface_among_its_entit
     assert decide(["New_York_City"], [0.45], "Big Apple", nil_threshold=0.6)[0] is None
 
 
+def test_the_entities_a_surface_refers_to_come_likeliest_first_up_to_a_limit(tmp_path):
+    names = Titles.from_ids(["Paris", "Paris_(band)", "Paris_Hilton", "Rome"], [("Paris_H.", "Paris_Hilton")])
+    both = prior(tmp_path, "Paris\tParis_Hilton\t3\nparis\tNot_in_the_KB\t1\n")
+    both.names = names
+    # Paris_Hilton 3 links, Not_in_the_KB 1 (the table's), Paris 1 and Paris_(band) 1 (names): ties by id
+    assert both.entities("Paris", 10) == ["Paris_Hilton", "Not_in_the_KB", "Paris", "Paris_(band)"]
+    assert both.entities("PARIS", 2) == ["Paris_Hilton", "Not_in_the_KB"] and both.entities("Lyon", 5) == []
+    assert AliasPrior(None, 0.2, names).entities("Paris H.", 5) == ["Paris_Hilton"]  # names alone
+    assert prior(tmp_path, "Paris\tParis\t2\n").entities("Paris", 5) == ["Paris"]  # a table alone
+
+
 def test_alias_prior_load_needs_a_weight_and_a_table_or_names(tmp_path):
     names = Titles.from_ids(["Paris"])
     assert AliasPrior.load(None, names, weight=0.0) is None and AliasPrior.load(None, None, weight=0.2) is None

@@ -74,6 +74,22 @@ def test_index_kinds_find_each_entity_by_its_own_vector(tmp_path, spec, dtype, p
     np.testing.assert_allclose(d, index.search(vectors, k=5)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype,pca", [("float32", None), ("float16", None), ("float32", 8)])
+def test_the_ids_asked_for_score_as_search_scores_them_from_whichever_shard_holds_them(tmp_path, dtype, pca):
+    index = EntityIndex.build(tmp_path / "idx", ids_for(300), unit_vectors(300), fingerprint=FINGERPRINT, num_shards=3,
+                              spec=IndexSpec("hnsw", hnsw_m=8), dtype=dtype, pca_dim=pca)
+    queries = unit_vectors(4, seed=3)
+    d, i = index.search(queries, k=300)  # every entity: the search's own score of each
+    wanted = [["E_0", "E_150", "E_299"], ["E_7", "Not_indexed"], [], ["E_7"]]
+    scores = EntityIndex.load(tmp_path / "idx", FINGERPRINT).score(queries, wanted)
+    assert [sorted(s) for s in scores] == [["E_0", "E_150", "E_299"], ["E_7"], [], ["E_7"]]
+    for q, found in enumerate(scores):
+        for entity_id, score in found.items():
+            assert score == pytest.approx(float(d[q][list(i[q]).index(entity_id)]), abs=2e-3 if dtype == "float16" else 1e-5)
+    index.update(["E_7"], unit_vectors(1, seed=11))  # the replaced vector is the one scored
+    assert index.score(unit_vectors(1, seed=11), [["E_7"]])[0]["E_7"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_k_larger_than_index_pads_with_none(tmp_path):
     index = build(tmp_path, n=3, num_shards=2)
     d, i = index.search(unit_vectors(2, seed=5), k=5)

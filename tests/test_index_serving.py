@@ -37,6 +37,10 @@ def test_ray_actors_match_in_process_index_and_refuse_damage(tmp_path, ray_clust
     d_one, i_one = single.search(queries, k=7)
     np.testing.assert_array_equal(i_ray, i_one)
     np.testing.assert_allclose(d_ray, d_one, atol=1e-6)
+    wanted = [["E_0", "E_399", "Not_indexed"], []] * 16  # E_0 in the first shard, E_399 in the last
+    served, in_process = client.score(queries, wanted), single.score(queries, wanted)
+    assert [sorted(s) for s in served] == [sorted(s) for s in in_process] == [["E_0", "E_399"], []] * 16
+    assert all(s[e] == pytest.approx(p[e], abs=1e-6) for s, p in zip(served, in_process) for e in s)
     client.close()
 
     with pytest.raises(IndexMismatchError):

@@ -139,3 +139,22 @@ def test_link_step_links_a_mention_written_as_an_entitys_title_with_the_name_wei
 
     assert linked() == [("Loire", None), ("Paris", "Paris")]
     assert linked(name_weight=1.0) == [("Loire", "Loire_(river)"), ("Paris", "Paris")]
+
+
+def test_link_step_adds_the_entities_a_mention_names_that_retrieval_missed_as_linker_does():
+    from onegen.titles import Titles
+
+    annotated = AnnotateStage(lambda: fake_annotate)(batch(["Loire flows past Paris.", "no mentions here."]))
+    index = FakeIndex(ENTITIES + ["Loire_(river)"])  # "Loire" names it; their fake vectors are unrelated
+    prior = AliasPrior(None, 2.0, Titles.from_ids(index.ids))
+
+    def linked(**options):
+        out = LinkStep(index, 1, 0.9, "m", "i", prior, **options)(annotated)
+        return out.column("mentions").to_pylist()
+
+    (loire, paris), nothing = linked(name_candidates=3)
+    assert (loire["entity_id"], paris["entity_id"], nothing) == ("Loire_(river)", "Paris", [])
+    cosine = float(index.vectors[-1] @ vector("Loire"))
+    assert {c["entity_id"]: c["score"] for c in loire["candidates"]}["Loire_(river)"] == pytest.approx(cosine, abs=1e-5)
+    assert len(loire["candidates"]) == 2 and len(paris["candidates"]) == 1  # Paris was retrieved already
+    assert [m["entity_id"] for m in linked()[0]] == [None, "Paris"]  # off: only the retrieved top-1

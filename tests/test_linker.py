@@ -186,6 +186,27 @@ def tiny_linker(tiny):  # ranked by the cosine alone: no alias prior
     return Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0, alias_weight=0.0)
 
 
+def test_the_entities_a_mention_names_join_its_candidates_with_their_cosines_when_retrieval_missed_them(tiny):
+    spans = [[(0, 5), (10, 14)]]  # "Paris", "Rome"
+
+    def retrieved(**options):
+        linker = Linker.from_pretrained(str(tiny / "model"), kb=str(tiny / "kb.jsonl"), nil_threshold=-1.0, **options)
+        return linker.retrieve(TEXTS[:1], spans, mentions="given")[0], linker
+
+    every, _ = retrieved(top_k=3)  # the whole KB: each city's cosine with each mention
+    cosine = [{c.entity_id: c.score for c in m.candidates} for m in every]
+    top1, _ = retrieved(top_k=1, name_candidates=0)
+    named, linker = retrieved(top_k=1, name_candidates=2, alias_weight=5.0)
+    for m, plain, scores, city in zip(named, top1, cosine, ["Paris", "Rome"]):
+        assert m.candidates[0] == plain.candidates[0] or m.candidates[0].entity_id == city  # best first
+        assert {c.entity_id for c in m.candidates} == {plain.candidates[0].entity_id, city}
+        assert {c.entity_id: c.score for c in m.candidates}[city] == pytest.approx(scores[city], abs=1e-5)
+        assert [c.score for c in m.candidates] == sorted((c.score for c in m.candidates), reverse=True)
+    # the alias prior then links each to the city it names, wherever retrieval ranked it
+    assert [m.entity_id for m in linker.link(TEXTS[:1], spans, mentions="given")[0]] == ["Paris", "Rome"]
+    assert all(len(m.candidates) == 1 for m in retrieved(top_k=1, name_candidates=2, alias_weight=0.0)[0])  # no prior
+
+
 SPANS = [[(10, 14), (0, 5), (6, 9)], [(0, 6)], []]  # Rome, Paris, "and" (given out of order); Berlin; none
 
 

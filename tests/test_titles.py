@@ -122,3 +122,15 @@ def test_the_link_jobs_replica_gets_the_titles_it_is_given(tmp_path):
     split = onegen_annotator(str(tmp_path / "model"), 2, mentions="union", titles=titles, title_spans=False,
                              split_spans=True).func.__self__.config
     assert (split.title_spans, split.split_spans) == (False, True)
+
+
+def test_a_name_lists_the_entities_it_names_as_many_as_it_counts():
+    aliases = [("Big Apple", "New_York_City"), ("Big Apple", "Big_Apple_(album)")]
+    names = Titles.from_ids(["Paris", "Paris_(band)", "Rome", "New_York_City", "Big_Apple_(album)"],
+                            [("City_of_Light", "Paris"), ("Paris_(France)", "Paris")], aliases)
+    assert names.entities("PARIS") == ["Paris", "Paris_(band)"]  # by its titles; Paris once
+    assert names.entities("city of light") == ["Paris"] and names.entities("Rome") == ["Rome"]
+    assert names.entities("Big Apple") == ["Big_Apple_(album)", "New_York_City"]  # a title then an alias
+    assert names.entities("Narnia") == []
+    for name in ("Paris", "City of Light", "Big Apple", "Rome", "Narnia"):
+        assert len(names.entities(name)) == names.count(name)

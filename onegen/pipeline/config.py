@@ -21,6 +21,7 @@ class JobConfig:
     batch_size: int = 8  # documents per model call
     # Decision settings; None: the model's linker_config.json (onegen.linker_config.model_config)
     top_k: int | None = None  # candidates kept per mention
+    name_candidates: int | None = None  # entities the surface names added to the retrieved ones (onegen.linker)
     nil_threshold: float | None = None  # chosen cosine + alias and name terms below which: NIL
     given_nil_threshold: float | None = None  # the same for the NER's spans (None here and in the model's: nil_threshold)
     short_forms: bool | None = None  # link NIL short forms of linked mentions of the same document (onegen.decide)

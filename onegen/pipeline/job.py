@@ -153,7 +153,7 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
     return {f.uri: {"size": f.size, "sha256": content_hash(inputs.filesystem, f.path)} for f in inputs.files}
 
 
-DECISION_SETTINGS = ("top_k", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "popularity_weight",
+DECISION_SETTINGS = ("top_k", "name_candidates", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "popularity_weight",
                      "name_weight", "mention_bias", "mentions", "ner_model", "title_spans", "split_spans")
 
 
@@ -175,7 +175,7 @@ def result_options(config: JobConfig) -> dict:
     content)."""
     aliases, redirects = (content_hash(pafs.LocalFileSystem(), os.path.abspath(path)) if path else None
                           for path in (config.aliases, config.redirects))
-    return {"top_k": config.top_k, "nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
+    return {"top_k": config.top_k, "name_candidates": config.name_candidates, "nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
             "short_forms": config.short_forms, "popularity_weight": config.popularity_weight, "name_weight": config.name_weight,
             "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
             "aliases_sha256": aliases, "redirects_sha256": redirects, "mentions": config.mentions,
@@ -186,7 +186,7 @@ def result_options(config: JobConfig) -> dict:
 
 # options added since manifests were first written, with what the runs before them did
 UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0, "title_spans": False,
-                      "split_spans": False, "redirects_sha256": None}
+                      "split_spans": False, "redirects_sha256": None, "name_candidates": 0}
 
 
 def option_changes(recorded: dict, options: dict) -> str:
@@ -343,7 +343,8 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
         num_cpus=config.cpus_per_replica,  # small on GPU nodes so reads are not starved
     )
     linker = LinkStep(linking.retriever, config.top_k, config.nil_threshold, linking.model_id, linking.index_id,
-                      alias_prior, linking.popularity, config.given_nil_threshold, config.short_forms, config.name_weight)
+                      alias_prior, linking.popularity, config.given_nil_threshold, config.short_forms, config.name_weight,
+                      config.name_candidates)
     # Retrieval is remote calls to the index-shard actors plus numpy: a quarter CPU per task.
     return dataset.map_batches(linker, batch_format="pyarrow", num_cpus=0.25)
 

@@ -3,7 +3,8 @@
 
 They are `onegen.Linker`'s steps split over Ray: `NerStage` finds an NER's name spans on CPUs, a replica
 runs `Linker.embed` (find + embed mentions, the NER's spans by teacher forcing), `LinkStep` searches the
-index-shard actors and decides with the same `decide_mentions`.
+index-shard actors, has them score the entities each surface names that the search missed (`add_name_candidates`),
+and decides with the same `decide_mentions`.
 
 Batches are Arrow tables with the columns `inputs.rows_to_table` makes. Rows whose
 status is already "error" pass through untouched; a document the model (or the NER) fails on
@@ -21,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from onegen.decide import AliasPrior, PopularityPrior
-from onegen.linker import decide_mentions, with_candidates
+from onegen.linker import add_name_candidates, decide_mentions, with_candidates
 from onegen.ner import MENTION_SOURCES
 from onegen.pipeline.inputs import ERROR, OK
 from onegen.pipeline.outputs import MENTIONS_TYPE, TOKENS_COLUMN
@@ -46,6 +47,9 @@ class Retriever(Protocol):
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """vectors (Q, D) float32 L2-normalised -> scores (Q, k) float32, entity ids (Q, k) str."""
+
+    def score(self, vectors: np.ndarray, wanted: list[list[str]]) -> list[dict[str, float]]:
+        """vectors (Q, D) -> per query, {entity id: score} of each of its wanted ids the index holds."""
 
     def close(self) -> None:
         """Release what serves the index (shard actors)."""
@@ -197,16 +201,19 @@ class LinkStep:
     given_nil_threshold: float | None = None  # NIL threshold of the NER's spans (None: nil_threshold)
     short_forms: bool = False  # link NIL short forms of a document's linked mentions
     name_weight: float = 0.0  # evidence added when a mention's surface is a candidate's title
+    name_candidates: int = 0  # entities the surface names, added when retrieval missed them (add_name_candidates)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         spans = [[Mention(**span) for span in row] for row in batch.column(SPANS).to_pylist()]
         vectors = column_vectors(batch.column(VECTORS))  # (Q, D), one per mention
+        retrieved: list[Mention] = []  # every mention of the batch, in row order
         if len(vectors):
             scores, ids = self.retriever.search(vectors, self.top_k)  # (Q, k), (Q, k)
+            retrieved = add_name_candidates(with_candidates([m for row in spans for m in row], scores, ids), vectors,
+                                            self.retriever, self.alias_prior, self.name_candidates)
         mentions, q = [], 0
         for row in spans:
-            retrieved = with_candidates(row, scores[q:q + len(row)], ids[q:q + len(row)]) if row else []
-            decided = decide_mentions(retrieved, nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
+            decided = decide_mentions(retrieved[q:q + len(row)], nil_threshold=self.nil_threshold, alias_prior=self.alias_prior,
                                       given_nil_threshold=self.given_nil_threshold, short_forms=self.short_forms,
                                       popularity=self.popularity, name_weight=self.name_weight)
             mentions.append([m.to_row() for m in decided])
