@@ -15,10 +15,10 @@ Mentions (`mentions`, by default the model's linker_config.json): the model's ow
 spans of the linker's spaCy NER ("ner", onegen.ner) or both ("union": the NER's spans that overlap none of
 the model's); a caller with spans of its own links exactly those ("given") or adds them to the model's
 ("union" with `spans`); with `title_spans`, a union span that is a KB title replaces the model's mentions
-inside it (onegen.titles), and with `split_spans`, union spans inside a model mention that is no KB title
-replace it. A span the model did not mark gets the model's own [LK] vector by teacher forcing
-(onegen.teacher_forcing): the window is written as the model would write it with the span marked, in
-one forward pass, no decoding.
+inside it (onegen.titles), as does a title two neighbouring spans spell ("Long Beach, California"), and
+with `split_spans`, union spans inside a model mention that is no KB title replace it. A span the model did
+not mark gets the model's own [LK] vector by teacher forcing (onegen.teacher_forcing): the window is written
+as the model would write it with the span marked, in one forward pass, no decoding.
 The functions below are the shared core: training scores a model through `link_texts`, and the link
 job's replicas run `Linker.embed`.
 """
@@ -37,7 +37,7 @@ from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
 from onegen.spans import Annotated, Candidate, Document, EmbeddedMention, Mention
-from onegen.titles import Titles, kb_names
+from onegen.titles import Titles, joined_titles, kb_names
 
 LOG = logging.getLogger(__name__)
 
@@ -282,7 +282,8 @@ class Linker:
         check_spans(texts, spans)
         spans = [sorted(tuple(s) for s in text_spans) for text_spans in spans]
         out = self._decode(texts, batch_size, windows) if mentions == "union" else [Annotated(text) for text in texts]
-        given = [self._given_spans(text_spans, annotated) for text_spans, annotated in zip(spans, out)]
+        given = [self._given_spans(text_spans, annotated, join=mentions != "given")
+                 for text_spans, annotated in zip(spans, out)]
         vectors = embed_spans(self.onegen, texts, given, batch_size=batch_size, windows=windows,
                               also_marked=[[(m.start, m.end) for m in annotated.mentions] for annotated in out])
         for annotated, text_spans, text_vectors in zip(out, given, vectors):
@@ -290,11 +291,13 @@ class Linker:
             annotated.mentions = sorted(annotated.mentions + forced, key=lambda m: m.start)
         return out
 
-    def _given_spans(self, spans: list[tuple[int, int]], annotated: Annotated) -> list[tuple[int, int]]:
+    def _given_spans(self, spans: list[tuple[int, int]], annotated: Annotated, join: bool = False) -> list[tuple[int, int]]:
         """The given spans of one text to embed: those that overlap none of the model's mentions; with
         `config.title_spans`, a KB title that holds model mentions whole and cuts none, which it replaces; with
-        `config.split_spans`, those inside a model mention that is no KB title, which they replace. Replaced
-        mentions are dropped from `annotated.mentions`."""
+        `config.split_spans`, those inside a model mention that is no KB title, which they replace. Then, with
+        `config.title_spans` and `join`, a KB title that two neighbouring mentions so far spell together ("Long Beach"
+        and "California": `onegen.titles.joined_titles`) replaces them. Replaced mentions are dropped from
+        `annotated.mentions`."""
         given, replaced = [], set()
         for start, end in spans:
             overlapping = [m for m in annotated.mentions if start < m.end and m.start < end]
@@ -312,6 +315,14 @@ class Linker:
                     given += held
                     replaced.add(id(m))
         annotated.mentions = [m for m in annotated.mentions if id(m) not in replaced]
+        if join and self.titles is not None and self.config.title_spans:
+            joined = joined_titles(annotated.text, given + [(m.start, m.end) for m in annotated.mentions], self.titles)
+
+            def within(start: int, end: int) -> bool:
+                return any(j <= start and end <= k for j, k in joined)
+
+            given = [(s, e) for s, e in given if not within(s, e)] + joined
+            annotated.mentions = [m for m in annotated.mentions if not within(m.start, m.end)]
         return sorted(given)
 
     def ner(self, texts: list[str]) -> list[list[tuple[int, int]]]:

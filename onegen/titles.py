@@ -3,7 +3,8 @@
 Three users ask about them:
 - An NER span that is a KB title ("Brigham Young University") is a better mention than the pieces the
   model marked inside it ("Brigham", "Young", "University"): `onegen.Linker.embed` (mentions "union",
-  `title_spans`) lets such a span replace them (`text in titles`).
+  `title_spans`) lets such a span replace them (`text in titles`). So is a title that two neighbouring
+  mentions spell together ("Long Beach" and "California", "OFK" and "Kikinda": `joined_titles`).
 - The alias prior (`onegen.decide.AliasPrior`) counts each name as one link of its entity, so that a
   mention written as an entity's name is evidence for it, shared among the entities of that name
   (`count`, `names`).
@@ -133,6 +134,22 @@ class Titles:
     def _entity(self, row: int) -> str:
         start = self._ends[row - 1] if row else 0
         return self._ids[start:self._ends[row]].decode("utf-8")
+
+
+def joined_titles(text: str, spans: Iterable[tuple[int, int]], titles: Titles) -> list[tuple[int, int]]:
+    """The spans that join two neighbouring spans of a text, apart by nothing but spaces and at most a comma (no line
+    break: a table's rows are not one name), and are a KB title as written ("Long Beach, California"; "Long Beach ,
+    California" is none), left to right, none overlapping another. A span that cuts across one (overlaps it without
+    lying inside it) rules it out."""
+    ordered = sorted(set(spans))
+    joined: list[tuple[int, int]] = []
+    for (start, first_end), (second_start, end) in zip(ordered, ordered[1:]):
+        if (first_end > second_start or text[first_end:second_start].replace(" ", "") not in ("", ",")
+                or text[start:end] not in titles or (joined and joined[-1][1] > start)):
+            continue
+        if all(start <= s and e <= end for s, e in ordered if s < end and start < e):
+            joined.append((start, end))
+    return joined
 
 
 def kb_names(entity_ids: Iterable[str], redirects: str | Path | None = None,

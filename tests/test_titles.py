@@ -5,7 +5,7 @@ import pytest
 from onegen.linker import Linker
 from onegen.linker_config import LinkerConfig
 from onegen.spans import Annotated, EmbeddedMention
-from onegen.titles import Titles
+from onegen.titles import Titles, joined_titles
 
 
 def test_titles_are_the_ids_titles_with_and_without_qualifier_case_aside():
@@ -89,6 +89,52 @@ def test_title_spans_and_split_spans_each_do_only_their_own_replacement():
         assert [text[s:e] for s, e in linker._given_spans(spans, found)] == expected
 
 
+def spans_of(text: str, *words: str) -> list[tuple[int, int]]:
+    return [(text.index(w), text.index(w) + len(w)) for w in words]
+
+
+def test_two_neighbouring_spans_that_spell_a_title_as_written_are_joined():
+    titles = Titles.from_ids(["Long_Beach,_California", "Springfield,_Illinois", "Paris,_Texas", "Texas,_USA", "OFK_Kikinda",
+                              "Dallas,_Texas"])
+    text = "Born in Long Beach, California, raised in Springfield , Illinois and Paris, Texas, USA by OFK Kikinda, Texas."
+    pieces = spans_of(text, "Long Beach", "California", "Springfield", "Illinois", "Paris", "Texas", "USA", "OFK",
+                      "Kikinda") + [(text.rindex("Texas"), len(text) - 1)]
+    # "Springfield , Illinois" is no title as written; "Texas, USA" overlaps "Paris, Texas", joined first
+    assert [text[s:e] for s, e in joined_titles(text, pieces, titles)] == [
+        "Long Beach, California", "Paris, Texas", "OFK Kikinda"]
+    assert joined_titles(text, spans_of(text, "Beach", "California"), titles) == []  # no title
+    # a span cutting across the title rules it out; the same span marked twice (the model's and the NER's) does not
+    assert joined_titles(text, spans_of(text, "Long Beach", "California", "Beach, California"), titles) == []
+    assert joined_titles(text, spans_of(text, "Long Beach", "California", "Long Beach"), titles) == spans_of(
+        text, "Long Beach, California")
+    assert joined_titles(text, spans_of(text, "Long Beach", "Illinois"), titles) == []  # words between: no neighbours
+    table = "Long Beach\nCalifornia"  # a line break between: two rows of a table
+    assert joined_titles(table, spans_of(table, "Long Beach", "California"), titles) == []
+
+
+@pytest.mark.parametrize("join", [True, False])
+def test_a_title_spelled_by_a_model_mention_and_a_neighbouring_ner_span_replaces_both(join):
+    text = "He was born in Long Beach, California, and moved to Utah."
+    found = annotated(text, "Long Beach", "Utah")
+    linker = Linker(None, None, LinkerConfig(title_spans=True), titles=Titles.from_ids(["Long_Beach,_California", "Utah"]))
+    given = linker._given_spans(spans_of(text, "California"), found, join=join)
+    if join:
+        assert [text[s:e] for s, e in given] == ["Long Beach, California"]
+        assert [m.surface for m in found.mentions] == ["Utah"]
+    else:  # spans as given: the NER's span is added, the model's kept
+        assert [text[s:e] for s, e in given] == ["California"] and len(found.mentions) == 2
+
+
+def test_pieces_a_title_span_replaced_first_are_joined_as_that_span():
+    """The NER's "Long Beach" replaces the model's "Long" and "Beach" (a title holding them), then joins "California"."""
+    text = "He was born in Long Beach, California, and moved to Utah."
+    found = annotated(text, "Long", "Beach", "California", "Utah")
+    linker = Linker(None, None, LinkerConfig(title_spans=True),
+                    titles=Titles.from_ids(["Long_Beach,_California", "Long_Beach", "Utah"]))
+    given = linker._given_spans(spans_of(text, "Long Beach"), found, join=True)
+    assert [text[s:e] for s, e in given] == ["Long Beach, California"] and [m.surface for m in found.mentions] == ["Utah"]
+
+
 def test_the_linker_embeds_the_title_span_in_place_of_the_pieces(tmp_path):
     """Through `Linker.embed` with the tiny model: the pieces the model marked ("Par", "is") give way to the
     NER span "Paris", a KB title, embedded by teacher forcing and recorded with the span source."""
@@ -105,6 +151,23 @@ def test_the_linker_embeds_the_title_span_in_place_of_the_pieces(tmp_path):
     (out,) = linker.embed([text], [[(0, 5)]], mentions="union", span_source="ner")
     assert [(m.surface, m.source) for m in out.mentions] == [("Paris", "ner"), ("Rome", "model")]
     assert np.linalg.norm(out.mentions[0].vector) == pytest.approx(1.0, abs=1e-4)  # a real [LK] vector
+
+
+def test_only_spans_the_linker_finds_are_joined_not_the_ones_a_caller_gives_to_link_as_they_are():
+    from tiny import tiny_model, tiny_tokenizer
+
+    from onegen.model import OneGen
+
+    tokenizer = tiny_tokenizer()
+    onegen = OneGen(tiny_model(len(tokenizer) + 3), tokenizer)
+    linker = Linker(onegen, None, LinkerConfig(title_spans=True, mentions="union"),
+                    titles=Titles.from_ids(["Long_Beach,_California", "California"]))
+    text = "Long Beach, California."
+    linker._decode = lambda texts, batch_size, windows: [annotated(text, "Long Beach")]
+    (union,) = linker.embed([text], [spans_of(text, "California")], mentions="union")
+    (given,) = linker.embed([text], [spans_of(text, "Long Beach", "California")], mentions="given")
+    assert [m.surface for m in union.mentions] == ["Long Beach, California"]
+    assert [m.surface for m in given.mentions] == ["Long Beach", "California"]
 
 
 def test_the_link_jobs_replica_gets_the_titles_it_is_given(tmp_path):
