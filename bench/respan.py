@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for candidates-main|baseline.jsonl.gz")
     parser.add_argument("--split-spans", action="store_true", help="the new settings split model mentions (split_spans)")
     parser.add_argument("--join", action="store_true", help="the new settings join titles two mentions spell")
+    parser.add_argument("--datasets", help="comma-separated: only these datasets of the file (default: all)")
+    parser.add_argument("--keep-baseline", action="store_true",
+                        help="take the file's candidates as the baseline's instead of relinking it here (half the time; "
+                             "the two then differ by the machine's numerics too, on the relinked documents)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = parser.parse_args(argv)
     linker = Linker.from_pretrained(args.model, index=args.index, redirects=str(args.data_dir / "kb" / "redirects.tsv"),
@@ -65,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                                     mentions="union", device="cpu")
     with gzip.open(args.candidates, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
+    if args.datasets:
+        wanted = set(args.datasets.split(","))
+        rows = [row for row in rows if row["dataset"] in wanted]
     texts = {}
     for name in dict.fromkeys(row["dataset"] for row in rows):
         texts |= {(name, d.doc_id): d.text for d in load_dataset(name, args.data_dir)}
@@ -83,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         if before != after:
             changed += 1
             linker.config.split_spans = False  # the decision's settings are the file's; the spans are given
-            mentions = {"baseline": relink(linker, text, before), "main": relink(linker, text, after)}
+            mentions = {"baseline": row["mentions"] if args.keep_baseline else relink(linker, text, before),
+                        "main": relink(linker, text, after)}
         else:
             mentions = {run: row["mentions"] for run in RUNS}
         for run in RUNS:
@@ -91,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     for run, f in outputs.items():  # whole files only: a run cut off leaves .partial ones
         f.close()
         paths[run].with_suffix(".partial").replace(paths[run])
-    print(f"{len(rows)} documents: {changed} relinked both ways; {unlike_file} whose spans under the file's settings "
+    print(f"{len(rows)} documents: {changed} relinked {'with the new settings' if args.keep_baseline else 'both ways'}; "
+          f"{unlike_file} whose spans under the file's settings "
           f"differ from the file's (NER spans not as the run had them)")
 
 

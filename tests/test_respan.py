@@ -72,3 +72,15 @@ def test_only_the_documents_a_span_setting_changes_are_relinked_both_ways(run, c
                for m in r["mentions"])
     assert main[1] == baseline[1] == rows[1]  # d2: its spans do not change, so the run's candidates stay
     assert "2 documents: 1 relinked both ways; 0 whose spans" in capsys.readouterr().out
+
+
+def test_the_file_can_stand_for_the_baseline_and_datasets_can_be_picked(run, capsys):
+    folder, rows = run
+    common = ["--candidates", str(folder / "candidates-main.jsonl.gz"), "--index", str(folder / "index"),
+              "--model", str(folder / "model"), "--join", "--data-dir", str(folder)]
+    respan.main(common + ["--out", str(folder / "kept"), "--keep-baseline"])
+    assert read(folder / "kept" / "candidates-baseline.jsonl.gz") == rows  # not relinked
+    assert read(folder / "kept" / "candidates-main.jsonl.gz")[0]["mentions"][0]["surface"] == "Long Beach, California"
+    assert "1 relinked with the new settings" in capsys.readouterr().out
+    respan.main(common + ["--out", str(folder / "none"), "--datasets", "aida-testa"])
+    assert read(folder / "none" / "candidates-main.jsonl.gz") == []
