@@ -238,8 +238,8 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                              "inside it (default: the model's linker_config.json)")
     parser.add_argument("--split-spans", action=argparse.BooleanOptionalAction,
                         help="onegen, --mentions union: a model mention that is no KB title is replaced by the NER "
-                             "spans inside it (role words: 'President Boris Yeltsin'; default: the model's "
-                             "linker_config.json)")
+                             "spans inside it (role words: 'President Boris Yeltsin'), and a KB title two neighbouring "
+                             "mentions spell ('Long Beach, California') replaces them (default: the model's linker_config.json)")
     parser.add_argument("--mention-bias", type=float,
                         help="onegen: logits added to opening a mention while decoding; above 0 marks more mentions "
                              "(recall for precision, and slower; 0: the model's own choice; default: the model's linker_config.json)")

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the model's)")
     parser.add_argument("--split-spans", action=argparse.BooleanOptionalAction, default=None,
                         help="with --mentions union: a model mention that is no KB entity's title ('President Boris "
-                             "Yeltsin') is replaced by the NER spans inside it ('Boris Yeltsin') (default: the model's)")
+                             "Yeltsin') is replaced by the NER spans inside it ('Boris Yeltsin'), and a KB title that "
+                             "two neighbouring mentions spell ('Long Beach', 'California') replaces them (default: the model's)")
     parser.add_argument("--ner-model", default=None,
                         help=f"spaCy model (installed package or folder) of --mentions ner|union (default: the model's, {SPACY_MODEL})")
     parser.add_argument("--max-chars", type=int, default=defaults.max_chars, help="longer documents get status=error")

@@ -15,8 +15,8 @@ Mentions (`mentions`, by default the model's linker_config.json): the model's ow
 spans of the linker's spaCy NER ("ner", onegen.ner) or both ("union": the NER's spans that overlap none of
 the model's); a caller with spans of its own links exactly those ("given") or adds them to the model's
 ("union" with `spans`); with `title_spans`, a union span that is a KB title replaces the model's mentions
-inside it (onegen.titles), as does a title two neighbouring spans spell ("Long Beach, California"), and
-with `split_spans`, union spans inside a model mention that is no KB title replace it. A span the model did
+inside it (onegen.titles), and with `split_spans`, union spans inside a model mention that is no KB title
+replace it, and a KB title two neighbouring mentions spell ("Long Beach, California") replaces them. A span the model did
 not mark gets the model's own [LK] vector by teacher forcing (onegen.teacher_forcing): the window is written
 as the model would write it with the span marked, in one forward pass, no decoding.
 The functions below are the shared core: training scores a model through `link_texts`, and the link
@@ -294,10 +294,9 @@ class Linker:
     def _given_spans(self, spans: list[tuple[int, int]], annotated: Annotated, join: bool = False) -> list[tuple[int, int]]:
         """The given spans of one text to embed: those that overlap none of the model's mentions; with
         `config.title_spans`, a KB title that holds model mentions whole and cuts none, which it replaces; with
-        `config.split_spans`, those inside a model mention that is no KB title, which they replace. Then, with
-        `config.title_spans` and `join`, a KB title that two neighbouring mentions so far spell together ("Long Beach"
-        and "California": `onegen.titles.joined_titles`) replaces them. Replaced mentions are dropped from
-        `annotated.mentions`."""
+        `config.split_spans`, those inside a model mention that is no KB title, which they replace, and then, with
+        `join` too, a KB title that two neighbouring mentions so far spell together ("Long Beach" and "California":
+        `onegen.titles.joined_titles`), which replaces them. Replaced mentions are dropped from `annotated.mentions`."""
         given, replaced = [], set()
         for start, end in spans:
             overlapping = [m for m in annotated.mentions if start < m.end and m.start < end]
@@ -315,7 +314,7 @@ class Linker:
                     given += held
                     replaced.add(id(m))
         annotated.mentions = [m for m in annotated.mentions if id(m) not in replaced]
-        if join and self.titles is not None and self.config.title_spans:
+        if join and self.titles is not None and self.config.split_spans:
             joined = joined_titles(annotated.text, given + [(m.start, m.end) for m in annotated.mentions], self.titles)
 
             def within(start: int, end: int) -> bool:

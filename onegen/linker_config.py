@@ -45,7 +45,8 @@ class LinkerConfig:
     # inside it ("Brigham", "Young", "University"), and is embedded by teacher forcing (onegen.titles)
     title_spans: bool = False
     # with "union": a model mention that is no KB title is replaced by the NER spans inside it, embedded by teacher
-    # forcing (role words: "President Boris Yeltsin" gives way to "Boris Yeltsin"; docs/results.md, 2026-12-04)
+    # forcing (role words: "President Boris Yeltsin" gives way to "Boris Yeltsin"; docs/results.md, 2026-12-04), and
+    # a KB title that two neighbouring mentions spell ("Long Beach" and "California") replaces them (2026-12-05)
     split_spans: bool = False
     # What `Linker.save_pretrained` records so that `Linker.from_pretrained(dir)` links against the same entities:
     index: str | None = None  # built index folder

@@ -3,8 +3,8 @@
 Three users ask about them:
 - An NER span that is a KB title ("Brigham Young University") is a better mention than the pieces the
   model marked inside it ("Brigham", "Young", "University"): `onegen.Linker.embed` (mentions "union",
-  `title_spans`) lets such a span replace them (`text in titles`). So is a title that two neighbouring
-  mentions spell together ("Long Beach" and "California", "OFK" and "Kikinda": `joined_titles`).
+  `title_spans`) lets such a span replace them (`text in titles`). With `split_spans`, so does a title that
+  two neighbouring mentions spell together ("Long Beach" and "California", "OFK" and "Kikinda": `joined_titles`).
 - The alias prior (`onegen.decide.AliasPrior`) counts each name as one link of its entity, so that a
   mention written as an entity's name is evidence for it, shared among the entities of that name
   (`count`, `names`).

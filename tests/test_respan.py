@@ -61,7 +61,7 @@ def read(path):
 def test_only_the_documents_a_span_setting_changes_are_relinked_both_ways(run, capsys):
     folder, rows = run
     respan.main(["--candidates", str(folder / "candidates-main.jsonl.gz"), "--index", str(folder / "index"),
-                 "--model", str(folder / "model"), "--out", str(folder / "out"), "--join", "--data-dir", str(folder)])
+                 "--model", str(folder / "model"), "--out", str(folder / "out"), "--split-spans", "--data-dir", str(folder)])
     main, baseline = read(folder / "out" / "candidates-main.jsonl.gz"), read(folder / "out" / "candidates-baseline.jsonl.gz")
     assert sorted(p.name for p in (folder / "out").iterdir()) == ["candidates-baseline.jsonl.gz", "candidates-main.jsonl.gz"]
     # d1: the joined title replaces its pieces; both ways relinked against the index (four candidates, real cosines)
@@ -77,7 +77,7 @@ def test_only_the_documents_a_span_setting_changes_are_relinked_both_ways(run, c
 def test_the_file_can_stand_for_the_baseline_and_datasets_can_be_picked(run, capsys):
     folder, rows = run
     common = ["--candidates", str(folder / "candidates-main.jsonl.gz"), "--index", str(folder / "index"),
-              "--model", str(folder / "model"), "--join", "--data-dir", str(folder)]
+              "--model", str(folder / "model"), "--split-spans", "--data-dir", str(folder)]
     respan.main(common + ["--out", str(folder / "kept"), "--keep-baseline"])
     assert read(folder / "kept" / "candidates-baseline.jsonl.gz") == rows  # not relinked
     assert read(folder / "kept" / "candidates-main.jsonl.gz")[0]["mentions"][0]["surface"] == "Long Beach, California"

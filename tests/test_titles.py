@@ -116,7 +116,8 @@ def test_two_neighbouring_spans_that_spell_a_title_as_written_are_joined():
 def test_a_title_spelled_by_a_model_mention_and_a_neighbouring_ner_span_replaces_both(join):
     text = "He was born in Long Beach, California, and moved to Utah."
     found = annotated(text, "Long Beach", "Utah")
-    linker = Linker(None, None, LinkerConfig(title_spans=True), titles=Titles.from_ids(["Long_Beach,_California", "Utah"]))
+    linker = Linker(None, None, LinkerConfig(title_spans=True, split_spans=True),
+                    titles=Titles.from_ids(["Long_Beach,_California", "Utah"]))
     given = linker._given_spans(spans_of(text, "California"), found, join=join)
     if join:
         assert [text[s:e] for s, e in given] == ["Long Beach, California"]
@@ -129,7 +130,7 @@ def test_pieces_a_title_span_replaced_first_are_joined_as_that_span():
     """The NER's "Long Beach" replaces the model's "Long" and "Beach" (a title holding them), then joins "California"."""
     text = "He was born in Long Beach, California, and moved to Utah."
     found = annotated(text, "Long", "Beach", "California", "Utah")
-    linker = Linker(None, None, LinkerConfig(title_spans=True),
+    linker = Linker(None, None, LinkerConfig(title_spans=True, split_spans=True),
                     titles=Titles.from_ids(["Long_Beach,_California", "Long_Beach", "Utah"]))
     given = linker._given_spans(spans_of(text, "Long Beach"), found, join=True)
     assert [text[s:e] for s, e in given] == ["Long Beach, California"] and [m.surface for m in found.mentions] == ["Utah"]
@@ -160,7 +161,7 @@ def test_only_spans_the_linker_finds_are_joined_not_the_ones_a_caller_gives_to_l
 
     tokenizer = tiny_tokenizer()
     onegen = OneGen(tiny_model(len(tokenizer) + 3), tokenizer)
-    linker = Linker(onegen, None, LinkerConfig(title_spans=True, mentions="union"),
+    linker = Linker(onegen, None, LinkerConfig(title_spans=True, split_spans=True, mentions="union"),
                     titles=Titles.from_ids(["Long_Beach,_California", "California"]))
     text = "Long Beach, California."
     linker._decode = lambda texts, batch_size, windows: [annotated(text, "Long Beach")]

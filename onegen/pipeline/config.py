@@ -34,7 +34,8 @@ class JobConfig:
     mentions: str | None = None  # what is linked: the model's own ("model"), an NER's name spans ("ner") or both ("union")
     ner_model: str | None = None  # spaCy model of the NER (--mentions ner|union)
     title_spans: bool | None = None  # --mentions union: an NER span that is a KB title replaces the model's mentions inside it
-    split_spans: bool | None = None  # --mentions union: the NER spans inside a model mention that is no KB title replace it
+    split_spans: bool | None = None  # --mentions union: the NER spans inside a model mention that is no KB title replace it,
+    # and a KB title two neighbouring mentions spell replaces them
     max_chars: int = 1_000_000  # longer documents get status=error
     resume: bool = False  # keep committed parts, write only the missing rows
     incremental: bool = False  # process only input files new or changed since the last run

@@ -63,7 +63,8 @@ def onegen_annotator(model: str | None, batch_size: int, split_over_gpus: bool =
     linking `mentions` ("model", "ner" or "union": onegen.ner.MENTION_SOURCES); the spans it is given are the
     NER stage's, so their mentions' source is "ner". With the KB's `titles` (onegen.titles.Titles) and
     `title_spans`, an NER span that is a title replaces the model's mentions inside it; with `split_spans`, the
-    NER spans inside a model mention that is no title replace it."""
+    NER spans inside a model mention that is no title replace it, and a title two neighbouring mentions spell
+    replaces them."""
     from onegen.linker import Linker
     from onegen.linker_config import LinkerConfig
     from onegen.model import OneGen
