@@ -134,3 +134,24 @@ def test_without_the_alias_table_the_kbs_names_still_count():
                             [("PSG", "Paris_Saint-Germain_F.C.")])
     chosen = gpu_score.tune([(gold, found)], Redirects.empty(), AliasPrior(AliasTable({}), names=names), PopularityPrior({}))
     assert chosen["dev_f1"] == chosen["dev_f1_without_aliases"] == 1.0 and chosen["prior_weight"] > 0
+
+
+def test_settings_given_are_scored_on_the_dev_sets_as_tune_scores_its_pick():
+    """--settings MODEL_DIR: a model's own settings, scored with and without the alias table, no grid."""
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+
+    text = "Lutece"  # a name only the alias table knows for Paris
+    gold = [Document("d", text, [Mention(0, 6, "Lutece", "Paris")])]
+    found = {"d": [Mention(0, 6, text, candidates=[Candidate("Paris", 0.5)])]}
+    table = AliasPrior(AliasTable({"Lutece": {"Paris": 3}}))
+    dev = [(gold, found)]
+    with_prior = gpu_score.RAW | {"nil_threshold": 0.6, "prior_weight": 0.2}  # 0.5 + 0.2 with the table, 0.5 without
+    assert gpu_score.dev_scores(with_prior, dev, Redirects.empty(), table, PopularityPrior({})) == {
+        "dev_f1": 1.0, "dev_f1_without_aliases": 0.0, "objective": 0.5}
+    no_prior = gpu_score.RAW | {"nil_threshold": 0.4}
+    assert gpu_score.dev_scores(no_prior, dev, Redirects.empty(), table, PopularityPrior({}))["objective"] == 1.0
+    picked = gpu_score.tune(dev, Redirects.empty(), table, PopularityPrior({}))
+    assert gpu_score.dev_scores(picked, dev, Redirects.empty(), table, PopularityPrior({}))["objective"] == picked["objective"]
