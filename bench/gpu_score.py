@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         ablation_rows.append([run, pct(raw), pct(chosen["dev_f1"]), pct(chosen["dev_f1_without_aliases"]),
                               *(chosen[k] for k in SETTING_NAMES)])
     print(f"mean over {', '.join(tune_sets)}: A2KB strong InKB micro-F1 (percent)")
-    print(format_table(["run", "no prior, no NIL", "tuned", "tuned, no alias table", *SETTING_NAMES], ablation_rows))
+    picked = "given" if args.settings else "tuned"
+    print(format_table(["run", "no prior, no NIL", picked, f"{picked}, no alias table", *SETTING_NAMES], ablation_rows))
 
     chosen = report["runs"][args.run]
     rows = []
