@@ -327,7 +327,7 @@ def test_the_default_adapter_ships_its_tuned_settings():
 
     assert model_config(None) == LinkerConfig(nil_threshold=0.8, given_nil_threshold=0.9, short_forms=True, alias_weight=0.1,
                                               popularity_weight=0.1, name_weight=0.0, mentions="union", mention_bias=1.0,
-                                              top_k=10, title_spans=True)
+                                              top_k=10, title_spans=True, split_spans=True)
     assert LinkerConfig().mention_bias == 0.0  # a model nobody tuned decodes with its own choice
 
 
