@@ -9,8 +9,8 @@ same file (it must include the dev sets the settings are picked on).
 Each mention's top-k (entity, cosine) list goes through `onegen.decide.decide`, as
 `eval/run_gerbil.py run --linker onegen` does: an alias prior p(entity | surface) from the AIDA train
 alias table and the KB's names (titles and redirects, one link each) and a popularity prior from the KB's `popularity` field re-rank the candidates, and a
-mention whose chosen cosine (plus the alias term, and the name bonus when the mention is written as the
-entity's title) is under the NIL threshold (given NER spans: their own threshold) is left unlinked; short forms of a document's linked mentions may then be linked (`onegen.decide.short_form_links`).
+mention whose chosen cosine (plus the alias term, weighted for NIL apart where the tune finds it pays, and the name
+bonus when the mention is written as the entity's title) is under the NIL threshold (given NER spans: their own threshold) is left unlinked; short forms of a document's linked mentions may then be linked (`onegen.decide.short_form_links`).
 The settings are picked on the dev sets (best mean InKB micro-F1 over a grid, `tune`; by default AIDA testa
 and OKE15 train, news and encyclopedic text, so that no one genre decides; averaged over linking with the alias
 table and without it, the KB's names alone, as a linker may be given none); every dataset of `--run` is then scored with them
@@ -42,25 +42,30 @@ THRESHOLDS = [-math.inf] + [round(0.05 * i, 2) for i in range(0, 19)]
 PRIOR_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 POPULARITY_WEIGHTS = [0.0, 0.1, 0.2, 0.3, 0.5]
 NAME_WEIGHTS = [0.0, 0.05, 0.1, 0.15, 0.2]
-SETTING_NAMES = ("nil_threshold", "given_nil_threshold", "short_forms", "prior_weight", "popularity_weight", "name_weight")
+NIL_PRIOR_WEIGHTS = [0.0, 0.2, 0.3, 0.5, 1.0]  # the alias prior's weight in the NIL evidence, apart from ranking
+SETTING_NAMES = ("nil_threshold", "given_nil_threshold", "short_forms", "prior_weight", "nil_prior_weight",
+                 "popularity_weight", "name_weight")
 
 
 RAW = {"nil_threshold": -math.inf, "prior_weight": 0.0, "popularity_weight": 0.0, "given_nil_threshold": None,
-       "short_forms": False, "name_weight": 0.0}  # every retrieved mention linked to its best candidate
+       "short_forms": False, "name_weight": 0.0, "nil_prior_weight": None}  # every retrieved mention linked to its best candidate
 
 
 def link(docs: dict[str, list[Mention]], settings: dict, table: AliasPrior, popularity: PopularityPrior) -> dict[str, list[Mention]]:
     """Mentions of every document decided with `settings` (RAW's keys): each one's entity, or None (NIL)."""
-    alias_prior, popularity_prior = priors(table, popularity, settings["prior_weight"], settings["popularity_weight"])
+    alias_prior, popularity_prior = priors(table, popularity, settings["prior_weight"], settings["popularity_weight"],
+                                           settings["nil_prior_weight"])
     return {doc_id: decide_mentions(mentions, nil_threshold=settings["nil_threshold"], alias_prior=alias_prior,
                                     popularity=popularity_prior, given_nil_threshold=settings["given_nil_threshold"],
                                     short_forms=settings["short_forms"], name_weight=settings["name_weight"])
             for doc_id, mentions in docs.items()}
 
 
-def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popularity_weight: float):
-    """(alias prior, popularity prior) with these weights; a weight of 0 gives None."""
-    return (dataclasses.replace(table, weight=weight) if weight else None,
+def priors(table: AliasPrior, popularity: PopularityPrior, weight: float, popularity_weight: float,
+           nil_weight: float | None = None):
+    """(alias prior, popularity prior) with these weights (the alias prior's NIL weight: `nil_weight`, None: `weight`);
+    a weight of 0 gives None."""
+    return (dataclasses.replace(table, weight=weight, nil_weight=nil_weight) if weight else None,
             PopularityPrior(popularity.scores, popularity_weight) if popularity_weight else None)
 
 
@@ -76,7 +81,8 @@ def settings_of(config: LinkerConfig) -> dict:
     """A linker config's decision settings, as RAW's keys (what `write_config` saves)."""
     return {"nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
             "short_forms": config.short_forms, "prior_weight": config.alias_weight,
-            "popularity_weight": config.popularity_weight, "name_weight": config.name_weight}
+            "nil_prior_weight": config.alias_nil_weight, "popularity_weight": config.popularity_weight,
+            "name_weight": config.name_weight}
 
 
 def tune(dev: list[tuple], redirects, table, popularity) -> dict:
@@ -86,7 +92,9 @@ def tune(dev: list[tuple], redirects, table, popularity) -> dict:
     the alias term counts toward NIL, and a linker given no table (onegen-link's default) decides with the same
     thresholds. First
     one NIL threshold and the two prior weights over the grid; then, at those weights, the NIL thresholds of the
-    model's and of given (NER) spans apart, the name weight and short forms on or off, kept only where they gain."""
+    model's and of given (NER) spans apart, the name weight and short forms on or off, kept only where they gain;
+    last, at those, the alias prior's own weight in the NIL evidence (`AliasPrior.nil_weight`) with the two
+    thresholds, kept only where it gains."""
     def objective(settings: dict) -> float:
         return dev_scores(settings, dev, redirects, table, popularity, with_table_only=True)["objective"]
 
@@ -101,6 +109,13 @@ def tune(dev: list[tuple], redirects, table, popularity) -> dict:
                                     "name_weight": name_weight}
         if (found := objective(settings)) > best_score:
             best, best_score = settings, found
+    if best["prior_weight"]:
+        kept = {k: best[k] for k in ("short_forms", "name_weight")}
+        for nil_weight, threshold, given in itertools.product(NIL_PRIOR_WEIGHTS, THRESHOLDS, THRESHOLDS):
+            settings = RAW | weights | kept | {"nil_prior_weight": nil_weight, "nil_threshold": threshold,
+                                               "given_nil_threshold": given}
+            if (found := objective(settings)) > best_score:
+                best, best_score = settings, found
     return best | dev_scores(best, dev, redirects, table, popularity)
 
 
@@ -192,7 +207,8 @@ def write_config(model_dir: Path, chosen: dict) -> Path:
     """Save the chosen settings (RAW's keys) into the model folder's linker_config.json, its others kept."""
     config = dataclasses.replace(model_config(str(model_dir)), nil_threshold=chosen["nil_threshold"],
                                  given_nil_threshold=chosen["given_nil_threshold"], short_forms=chosen["short_forms"],
-                                 alias_weight=chosen["prior_weight"], popularity_weight=chosen["popularity_weight"],
+                                 alias_weight=chosen["prior_weight"], alias_nil_weight=chosen["nil_prior_weight"],
+                                 popularity_weight=chosen["popularity_weight"],
                                  name_weight=chosen["name_weight"])
     path = config.save(model_dir)
     print(f"settings written to {path}")

@@ -79,7 +79,7 @@ def linker_from_args(args: argparse.Namespace) -> TextLinker:
     names = {"redirects": args.redirects} if args.linker == "onegen" else {}
     return get_linker(args.linker, model=args.model, kb=args.kb, aliases=args.aliases, batch_size=args.batch_size, **names,
                       nil_threshold=args.nil_threshold, given_nil_threshold=args.given_nil_threshold,
-                      short_forms=args.short_forms, alias_weight=args.alias_weight,
+                      short_forms=args.short_forms, alias_weight=args.alias_weight, alias_nil_weight=args.alias_nil_weight,
                       popularity_weight=args.popularity_weight, name_weight=args.name_weight,
                       mention_bias=args.mention_bias, mentions=args.mentions, title_spans=args.title_spans,
                       split_spans=args.split_spans, name_candidates=args.name_candidates)
@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json(args.json, {
             "linker": args.linker,
             "options": {k: getattr(args, k) for k in ("model", "kb", "aliases", "batch_size", "nil_threshold",
-                                                           "given_nil_threshold", "short_forms", "alias_weight",
+                                                           "given_nil_threshold", "short_forms", "alias_weight", "alias_nil_weight",
                                                            "popularity_weight", "name_weight", "mention_bias",
                                                            "mentions", "title_spans", "split_spans")},
             "data_dir": str(args.data_dir), "task": "a2kb", "match": args.match, "redirects": args.redirects,
@@ -220,6 +220,9 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alias-weight", type=float,
                         help="onegen: weight of the alias prior, for ranking and NIL: the --aliases counts and the KB's "
                              "names, one link each (default: the model's linker_config.json)")
+    parser.add_argument("--alias-nil-weight", type=float,
+                        help="onegen: weight of the alias prior in the evidence NIL is decided on (default: the model's "
+                             "linker_config.json; unset there: --alias-weight)")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
     parser.add_argument("--name-candidates", type=int, metavar="N",

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "entity (its title, with or without a parenthesised qualifier, the KB's aliases and "
                              "--redirects names) counts "
                              "as one link of it, with the --aliases counts (default: the model's; 0 turns it off)")
+    parser.add_argument("--alias-nil-weight", type=float, default=None,
+                        help="weight of the alias prior in the evidence NIL is decided on, where it differs from its "
+                             "ranking weight: a surface known to name the entity is evidence that the mention is in "
+                             "the KB (default: the model's; unset there: --alias-weight)")
     parser.add_argument("--popularity-weight", type=float, default=None,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "
                              "(default: the model's; 0 turns it off)")

@@ -13,7 +13,9 @@ re-rank the candidates; neither adds one:
   candidates, the better known entity is the likelier referent.
 NIL is decided on the chosen candidate's evidence: its cosine plus two pieces of evidence that the
 mention is that entity, and that the entity is in the KB, which count for the ranking too. One is the
-alias prior's term (a surface that annotated text linked to the entity, or one of its names); the other a
+alias prior's term (a surface that annotated text linked to the entity, or one of its names), weighted for NIL
+apart from ranking where the prior says so (`AliasPrior.nil_weight`: a known name is stronger evidence that the
+mention is in the KB than that it beats a candidate with a closer cosine); the other a
 name bonus, added when the mention's surface is the candidate's own title (`is_title_of`: the Wikipedia
 title its canonical id spells, with or without a parenthesised qualifier, case-insensitively), however many
 entities share it (off in the default: the names in the alias prior do better). Popularity only ranks. Then,
@@ -51,6 +53,7 @@ class AliasPrior:
     table: AliasTable | None = None  # alias counts (None: the names alone)
     weight: float = DEFAULT_PRIOR_WEIGHT  # added to the cosine as weight * p when ranking candidates
     names: Titles | None = None  # the KB's names (None: the table alone)
+    nil_weight: float | None = None  # weight of p in the evidence NIL is decided on (None: `weight`)
 
     @classmethod
     def from_tsv(cls, path: str | Path, *, weight: float = DEFAULT_PRIOR_WEIGHT, names: Titles | None = None) -> AliasPrior:
@@ -58,12 +61,18 @@ class AliasPrior:
         return cls(AliasTable.from_tsv(path), weight, names)
 
     @classmethod
-    def load(cls, aliases: str | Path | None, names: Titles | None, *, weight: float) -> AliasPrior | None:
+    def load(cls, aliases: str | Path | None, names: Titles | None, *, weight: float,
+             nil_weight: float | None = None) -> AliasPrior | None:
         """The prior of an alias table file and the KB's names, either of them None; None when `weight` is 0
         or both are."""
         if not weight or (aliases is None and names is None):
             return None
-        return cls(AliasTable.from_tsv(aliases) if aliases else None, weight, names)
+        return cls(AliasTable.from_tsv(aliases) if aliases else None, weight, names, nil_weight)
+
+    def terms(self, surface: str, entity_id: str) -> tuple[float, float]:
+        """(ranking term, NIL-evidence term) of the pair: p(entity | surface) times `weight` and `nil_weight`."""
+        p = self.probability(surface, entity_id)
+        return self.weight * p, (self.weight if self.nil_weight is None else self.nil_weight) * p
 
     def probability(self, surface: str, entity_id: str) -> float:
         """p(entity | surface); 0 when the surface or the pair is unknown."""
@@ -129,7 +138,7 @@ def decide(
     Candidates are ranked by cosine (+ weight * p(entity | surface) with an alias prior, + weight *
     popularity score with a popularity prior, + `name_weight` when the surface is the candidate's title,
     `is_title_of`); the best one is returned with its cosine, or None with that cosine when its cosine plus
-    its alias and name terms (not popularity) is below `nil_threshold`. Empty ids (padding from a short index) are skipped; no
+    its name term and its alias term (weighted by the prior's `nil_weight`; not popularity) is below `nil_threshold`. Empty ids (padding from a short index) are skipped; no
     candidate -> (None, -inf).
     """
     if len(candidate_ids) != len(candidate_scores):
@@ -138,10 +147,9 @@ def decide(
     for entity_id, cosine in zip(candidate_ids, candidate_scores):
         if not entity_id:
             continue
-        evidence = float(cosine) + (name_weight if name_weight and is_title_of(surface, entity_id) else 0.0)
-        if alias_prior:
-            evidence += alias_prior.weight * alias_prior.probability(surface, entity_id)
-        rank = evidence
+        named = float(cosine) + (name_weight if name_weight and is_title_of(surface, entity_id) else 0.0)
+        alias_rank, alias_evidence = alias_prior.terms(surface, entity_id) if alias_prior else (0.0, 0.0)
+        rank, evidence = named + alias_rank, named + alias_evidence
         if popularity:
             rank += popularity.weight * popularity.score(entity_id)
         if rank > best_rank:

@@ -169,7 +169,8 @@ class Linker:
         self.search = search  # ExactSearch or kb.index.EntityIndex: search(vectors (Q, D), k) -> (D, I); None: embed only
         self.config = config  # decision settings (config.index / .kb / .aliases: what is searched)
         # p(entity | surface) from config.aliases and the KB's names (`titles`), weighted by config.alias_weight
-        self.alias_prior = AliasPrior.load(config.aliases, titles, weight=config.alias_weight)
+        self.alias_prior = AliasPrior.load(config.aliases, titles, weight=config.alias_weight,
+                                           nil_weight=config.alias_nil_weight)
         self.popularity = popularity  # KB-popularity prior, weighted by config.popularity_weight (None: off)
         self.batch_size = batch_size  # texts per model batch
         self.model = model  # the model reference it was loaded from (None: the trained default)
@@ -194,7 +195,7 @@ class Linker:
                 With neither: what the model's linker_config.json records, else the bundled sample KB.
             device: "cpu", "cuda" or None (CUDA when available).
             overrides: LinkerConfig settings (nil_threshold, given_nil_threshold, short_forms, alias_weight,
-                popularity_weight, name_weight, mention_bias, top_k, name_candidates, aliases, redirects, mentions, ner_model,
+                alias_nil_weight, popularity_weight, name_weight, mention_bias, top_k, name_candidates, aliases, redirects, mentions, ner_model,
                 title_spans, split_spans) that win over the model's linker_config.json; None values are ignored. `mentions`
                 ("model", "ner" or "union") is what `link` links by default. With alias_weight above 0, the alias
                 prior counts the KB's names (its ids' titles, and the `redirects` table's names) as one link each.

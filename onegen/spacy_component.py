@@ -6,7 +6,7 @@
     [(e.text, e.kb_id_, e._.onegen_score) for e in nlp("Marie Curie was born in Warsaw.").ents]
 
 Config keys are `Linker.from_pretrained`'s arguments (model, index, kb, device, batch_size) and its
-LinkerConfig overrides (nil_threshold, given_nil_threshold, short_forms, alias_weight, popularity_weight,
+LinkerConfig overrides (nil_threshold, given_nil_threshold, short_forms, alias_weight, alias_nil_weight, popularity_weight,
 name_weight, mention_bias, top_k, name_candidates, aliases, redirects, title_spans, split_spans); None takes the model's linker_config.json. An unknown key is refused by
 spaCy's config validation when the pipe is added. The Linker (the model and its entity index) is loaded
 lazily, on the first doc, so adding the pipe or loading a pipeline config is cheap.
@@ -122,18 +122,18 @@ def set_mentions(doc: Doc, mentions: list[Mention], label: str) -> Doc:
 @Language.factory("onegen_linker", default_config={
     "model": None, "index": None, "kb": None, "device": None, "batch_size": 8, "label": DEFAULT_LABEL,
     "nil_threshold": None, "given_nil_threshold": None, "short_forms": None, "alias_weight": None,
-    "popularity_weight": None, "name_weight": None, "mention_bias": None, "top_k": None, "name_candidates": None, "aliases": None,
+    "alias_nil_weight": None, "popularity_weight": None, "name_weight": None, "mention_bias": None, "top_k": None, "name_candidates": None, "aliases": None,
     "redirects": None, "title_spans": None, "split_spans": None, "mentions": "union"})
 def make_onegen_linker(nlp: Language, name: str, model: str | None, index: str | None, kb: str | None,
                        device: str | None, batch_size: int, label: str, nil_threshold: float | None,
                        given_nil_threshold: float | None, short_forms: bool | None, alias_weight: float | None,
-                       popularity_weight: float | None, name_weight: float | None, mention_bias: float | None,
+                       alias_nil_weight: float | None, popularity_weight: float | None, name_weight: float | None, mention_bias: float | None,
                        top_k: int | None, name_candidates: int | None, aliases: str | None, redirects: str | None, title_spans: bool | None,
                        split_spans: bool | None, mentions: str) -> LinkerPipe:
     """The "onegen_linker" factory (see the module docstring); the Linker loads on the first doc."""
     load_options = {"model": model, "index": index, "kb": kb, "device": device, "batch_size": batch_size,
                     "nil_threshold": nil_threshold, "given_nil_threshold": given_nil_threshold,
-                    "short_forms": short_forms, "alias_weight": alias_weight,
+                    "short_forms": short_forms, "alias_weight": alias_weight, "alias_nil_weight": alias_nil_weight,
                     "popularity_weight": popularity_weight, "name_weight": name_weight,
                     "mention_bias": mention_bias, "top_k": top_k, "name_candidates": name_candidates, "title_spans": title_spans,
                     "split_spans": split_spans, "aliases": aliases, "redirects": redirects}

@@ -62,6 +62,21 @@ def test_the_kb_names_count_as_one_link_each_and_share_a_surface_among_its_entit
     assert decide(["New_York_City"], [0.45], "Big Apple", nil_threshold=0.6)[0] is None
 
 
+def test_the_alias_prior_can_weigh_more_against_nil_than_for_ranking():
+    """nil_weight: a surface known to name the entity lifts it over the NIL threshold without re-ranking anything."""
+    names = Titles.from_ids(["John_C._Kornblum", "Paris", "Paris_Hilton"], [("John_Kornblum", "John_C._Kornblum")])
+    ranking_only = AliasPrior(None, 0.1, names)
+    against_nil = AliasPrior(None, 0.1, names, nil_weight=0.3)
+    # 0.6 + 0.1 * 1.0 = 0.7 is NIL under 0.75; 0.6 + 0.3 * 1.0 = 0.9 is not
+    assert decide(["John_C._Kornblum"], [0.6], "John Kornblum", nil_threshold=0.75, alias_prior=ranking_only)[0] is None
+    assert decide(["John_C._Kornblum"], [0.6], "John Kornblum", nil_threshold=0.75,
+                  alias_prior=against_nil) == ("John_C._Kornblum", pytest.approx(0.6))
+    # ranking keeps the weight 0.1: Paris_Hilton 0.80 beats Paris 0.65 + 0.1, whatever the NIL weight
+    assert decide(["Paris_Hilton", "Paris"], [0.80, 0.65], "Paris", nil_threshold=0.0, alias_prior=against_nil)[0] == "Paris_Hilton"
+    assert decide(["John_C._Kornblum"], [0.6], "Kornblum", nil_threshold=0.75, alias_prior=against_nil)[0] is None  # no name
+    assert AliasPrior.load(None, names, weight=0.1, nil_weight=0.3).nil_weight == 0.3
+
+
 def test_the_entities_a_surface_refers_to_come_likeliest_first_up_to_a_limit(tmp_path):
     names = Titles.from_ids(["Paris", "Paris_(band)", "Paris_Hilton", "Rome"], [("Paris_H.", "Paris_Hilton")])
     both = prior(tmp_path, "Paris\tParis_Hilton\t3\nparis\tNot_in_the_KB\t1\n")

@@ -20,7 +20,7 @@ def test_write_config_saves_the_picked_settings_and_keeps_the_others(tmp_path):
     gpu_score.write_config(tmp_path / "given", gpu_score.RAW | {"nil_threshold": 0.6})  # None: the NER's spans as the model's
     assert model_config(str(tmp_path / "given")).given_nil_threshold is None
     picked = gpu_score.RAW | {"nil_threshold": 0.6, "prior_weight": 0.3, "given_nil_threshold": 0.7, "short_forms": True,
-                              "name_weight": 0.1, "popularity_weight": 0.2}
+                              "name_weight": 0.1, "popularity_weight": 0.2, "nil_prior_weight": 0.5}
     gpu_score.write_config(tmp_path / "again", picked)
     assert gpu_score.settings_of(model_config(str(tmp_path / "again"))) == picked  # what screen.py decides with
 
@@ -91,6 +91,29 @@ def test_a_name_weight_is_picked_where_the_entity_the_surface_names_is_ranked_se
     chosen = gpu_score.tune([(gold, found)], Redirects.empty(), AliasPrior(AliasTable({})), PopularityPrior({}))
     assert chosen["dev_f1"] == 1.0 and chosen["name_weight"] >= 0.05  # 0.02 apart: the smallest weight above that
     assert gpu_score.link(found, gpu_score.RAW, AliasPrior(AliasTable({})), PopularityPrior({}))["d"][0].entity_id == "Paris_Hilton"
+
+
+def test_the_alias_priors_nil_weight_is_picked_where_a_known_name_must_clear_nil_but_not_re_rank():
+    """A weight high enough to lift the named mention over NIL re-ranks another one wrongly; the NIL weight, tuned
+    apart from the ranking weight, links both right."""
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+
+    text = "Lutece Kornblum Rome Lyon"
+    gold = [Document("d", text, [Mention(0, 6, "Lutece", "Paris"), Mention(7, 15, "Kornblum", "John_C._Kornblum"),
+                                 Mention(21, 25, "Lyon", "Lyon")])]
+    found = {"d": [Mention(0, 6, "Lutece", candidates=[Candidate("Paris", 0.9), Candidate("Lutece_(band)", 0.84)], source="model"),
+                   Mention(7, 15, "Kornblum", candidates=[Candidate("John_C._Kornblum", 0.5)], source="model"),
+                   Mention(16, 20, "Rome", candidates=[Candidate("Rome_(band)", 0.7)], source="model"),  # spurious
+                   Mention(21, 25, "Lyon", candidates=[Candidate("Lyon_(band)", 0.80), Candidate("Lyon", 0.79)], source="model")]}
+    table = AliasPrior(AliasTable({"Lutece": {"Lutece_(band)": 1}, "Kornblum": {"John_C._Kornblum": 1}, "Lyon": {"Lyon": 1}}))
+    chosen = gpu_score.tune([(gold, found)], Redirects.empty(), table, PopularityPrior({}))
+    # ranking: 0.05 lifts Lyon over Lyon_(band), 0.1 would lift Lutece_(band) over Paris; NIL: Kornblum (0.5) must
+    # clear a threshold that Rome (0.7) does not, which needs a NIL weight above 0.2
+    assert chosen["prior_weight"] == 0.05 and chosen["nil_prior_weight"] >= 0.3 and chosen["dev_f1"] == 1.0
+    assert gpu_score.link(found, chosen | {"nil_prior_weight": None}, table, PopularityPrior({}))["d"][1].entity_id is None
 
 
 def test_the_settings_suit_linking_with_the_alias_table_and_without_it():

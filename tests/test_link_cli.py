@@ -21,12 +21,15 @@ def test_decision_options_default_to_the_models_settings_and_can_be_changed(tmp_
         1.0, 10, "union")
     assert resolved.name_weight == shipped.name_weight and resolved.title_spans is True
     assert resolved.name_candidates == shipped.name_candidates == 0
+    assert resolved.alias_nil_weight == shipped.alias_nil_weight
     config = link_cli.parse_args(["--input", "in.jsonl", "--output", "out", "--popularity-weight", "0",
                                   "--mention-bias", "1.5", "--nil-threshold", "0.6", "--alias-weight", "0.3",
                                   "--mentions", "model", "--given-nil-threshold", "0.7", "--no-short-forms",
-                                  "--name-weight", "0.2", "--no-title-spans", "--name-candidates", "5"])
+                                  "--name-weight", "0.2", "--no-title-spans", "--name-candidates", "5",
+                                  "--alias-nil-weight", "0.4"])
     resolved = with_model_settings(config)
     assert resolved.name_weight == 0.2 and resolved.title_spans is False and resolved.name_candidates == 5
+    assert resolved.alias_nil_weight == 0.4
     assert (resolved.nil_threshold, resolved.given_nil_threshold, resolved.short_forms, resolved.popularity_weight,
             resolved.alias_weight, resolved.mention_bias, resolved.mentions) == (0.6, 0.7, False, 0.0, 0.3, 1.5, "model")
 

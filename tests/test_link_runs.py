@@ -231,6 +231,16 @@ def test_the_redirects_table_is_a_result_option_by_its_content_and_absent_means_
         "--redirects None (this run: ")
 
 
+def test_the_alias_nil_weight_is_a_result_option_and_absent_means_the_alias_weight():
+    """Manifests from before --alias-nil-weight lack it: their runs weighed the alias prior alike for NIL (None)."""
+    from onegen.pipeline.job import JobConfig, option_changes, result_options
+
+    before = {key: value for key, value in result_options(JobConfig("in", "out")).items() if key != "alias_nil_weight"}
+    assert option_changes(before, result_options(JobConfig("in", "out"))) == ""
+    assert option_changes(before, result_options(JobConfig("in", "out", alias_nil_weight=0.3))) == (
+        "--alias-nil-weight None (this run: 0.3)")
+
+
 @pytest.mark.parametrize("option", ["title_spans", "split_spans"])
 def test_span_options_are_result_options_of_union_runs_and_absent_means_off(option):
     from onegen.pipeline.job import JobConfig, option_changes, result_options

@@ -28,6 +28,7 @@ class JobConfig:
     aliases: str | None = None  # mention<TAB>entity<TAB>count table for the alias prior
     redirects: str | None = None  # from<TAB>to table whose names count as the KB's names in the alias prior
     alias_weight: float | None = None  # weight of the alias prior (alias table and KB names; 0: off)
+    alias_nil_weight: float | None = None  # its weight in the evidence NIL is decided on (unset in the model's: alias_weight)
     popularity_weight: float | None = None  # weight of the KB-popularity prior (0: off)
     name_weight: float | None = None  # evidence added when a mention's surface is a candidate's title (0: off)
     mention_bias: float | None = None  # logits added to opening a mention while decoding (0: the model's own)

@@ -153,8 +153,8 @@ def input_hashes(inputs: InputSet) -> dict[str, dict]:
     return {f.uri: {"size": f.size, "sha256": content_hash(inputs.filesystem, f.path)} for f in inputs.files}
 
 
-DECISION_SETTINGS = ("top_k", "name_candidates", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "popularity_weight",
-                     "name_weight", "mention_bias", "mentions", "ner_model", "title_spans", "split_spans")
+DECISION_SETTINGS = ("top_k", "name_candidates", "nil_threshold", "given_nil_threshold", "short_forms", "alias_weight", "alias_nil_weight",
+                     "popularity_weight", "name_weight", "mention_bias", "mentions", "ner_model", "title_spans", "split_spans")
 
 
 def with_model_settings(config: JobConfig) -> JobConfig:
@@ -177,7 +177,7 @@ def result_options(config: JobConfig) -> dict:
                           for path in (config.aliases, config.redirects))
     return {"top_k": config.top_k, "name_candidates": config.name_candidates, "nil_threshold": config.nil_threshold, "given_nil_threshold": config.given_nil_threshold,
             "short_forms": config.short_forms, "popularity_weight": config.popularity_weight, "name_weight": config.name_weight,
-            "alias_weight": config.alias_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
+            "alias_weight": config.alias_weight, "alias_nil_weight": config.alias_nil_weight, "mention_bias": config.mention_bias, "max_chars": config.max_chars,
             "aliases_sha256": aliases, "redirects_sha256": redirects, "mentions": config.mentions,
             "ner_model": config.ner_model if config.mentions != "model" else None,
             "title_spans": bool(config.title_spans) and config.mentions == "union",
@@ -186,7 +186,8 @@ def result_options(config: JobConfig) -> dict:
 
 # options added since manifests were first written, with what the runs before them did
 UNRECORDED_OPTIONS = {"mentions": "model", "ner_model": None, "name_weight": 0.0, "title_spans": False,
-                      "split_spans": False, "redirects_sha256": None, "name_candidates": 0}
+                      "split_spans": False, "redirects_sha256": None, "name_candidates": 0,
+                      "alias_nil_weight": None}
 
 
 def option_changes(recorded: dict, options: dict) -> str:
@@ -318,7 +319,7 @@ def build_dataset(config: JobConfig, plan: Plan, linking: Linking, scan: Scan) -
     replicas = replica_resources(config)
     if replicas.gpus:
         wait_for_replica_node(config, replicas.gpus)
-    alias_prior = AliasPrior.load(config.aliases, linking.names, weight=config.alias_weight)
+    alias_prior = AliasPrior.load(config.aliases, linking.names, weight=config.alias_weight, nil_weight=config.alias_nil_weight)
     source = DocumentSource(plan.inputs, Limits(config.max_chars), scan, plan.skip)
     # Reads are light (parse + validate): half a CPU each, so they never starve the replicas.
     dataset = ray.data.read_datasource(source, num_cpus=0.5)
