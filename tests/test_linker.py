@@ -322,11 +322,23 @@ def test_an_unknown_setting_is_a_one_line_error(tmp_path):
         LinkerConfig().replace(threshold=0.5)
 
 
+def test_the_linker_weighs_the_alias_prior_for_nil_with_its_alias_nil_weight():
+    from onegen.spans import Candidate
+    from onegen.titles import Titles
+
+    names = Titles.from_ids(["John_C._Kornblum"], [("John_Kornblum", "John_C._Kornblum")])
+    found = [Mention(0, 13, "John Kornblum", candidates=[Candidate("John_C._Kornblum", 0.6)], source="model")]
+    settings = LinkerConfig(nil_threshold=0.75, alias_weight=0.1)
+    assert Linker(None, None, settings, titles=names).decide(found)[0].entity_id is None  # 0.6 + 0.1
+    linker = Linker(None, None, settings.replace(alias_nil_weight=0.3), titles=names)  # 0.6 + 0.3
+    assert linker.decide(found)[0].entity_id == "John_C._Kornblum"
+
+
 def test_the_default_adapter_ships_its_tuned_settings():
     from onegen.linker_config import model_config
 
     assert model_config(None) == LinkerConfig(nil_threshold=0.8, given_nil_threshold=0.9, short_forms=True, alias_weight=0.1,
-                                              popularity_weight=0.1, name_weight=0.0, mentions="union", mention_bias=1.0,
+                                              alias_nil_weight=0.2, popularity_weight=0.1, name_weight=0.0, mentions="union", mention_bias=1.0,
                                               top_k=10, title_spans=True, split_spans=True)
     assert LinkerConfig().mention_bias == 0.0  # a model nobody tuned decodes with its own choice
 
