@@ -222,7 +222,7 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
                              "names, one link each (default: the model's linker_config.json)")
     parser.add_argument("--alias-nil-weight", type=float,
                         help="onegen: weight of the alias prior in the evidence NIL is decided on (default: the model's "
-                             "linker_config.json; unset there: --alias-weight)")
+                             "linker_config.json; unset there: --alias-weight; needs --alias-weight above 0)")
     parser.add_argument("--popularity-weight", type=float,
                         help="onegen: weight of the prior from the KB's popularity field (0: off; default: the model's linker_config.json)")
     parser.add_argument("--name-candidates", type=int, metavar="N",

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alias-nil-weight", type=float, default=None,
                         help="weight of the alias prior in the evidence NIL is decided on, where it differs from its "
                              "ranking weight: a surface known to name the entity is evidence that the mention is in "
-                             "the KB (default: the model's; unset there: --alias-weight)")
+                             "the KB (default: the model's; unset there: --alias-weight; needs --alias-weight above 0)")
     parser.add_argument("--popularity-weight", type=float, default=None,
                         help="weight of the KB-popularity prior, read from the KB JSONL's popularity field "
                              "(default: the model's; 0 turns it off)")

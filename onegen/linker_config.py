@@ -28,7 +28,8 @@ class LinkerConfig:
     given_nil_threshold: float | None = None
     short_forms: bool = False  # link a NIL mention that is part of a longer linked one to its entity (onegen.decide)
     alias_weight: float = DEFAULT_PRIOR_WEIGHT  # weight of p(entity | surface): alias table and KB names (0: off)
-    # its weight in the evidence NIL is decided on (onegen.decide.AliasPrior.nil_weight); None: alias_weight
+    # its weight in the evidence NIL is decided on (onegen.decide.AliasPrior.nil_weight); None: alias_weight; with
+    # alias_weight 0 there is no prior and this does nothing
     alias_nil_weight: float | None = None
     popularity_weight: float = DEFAULT_POPULARITY_WEIGHT  # weight of the KB-popularity prior (0: off)
     name_weight: float = 0.0  # evidence added when a mention's surface is a candidate's title (onegen.decide; 0: off)
