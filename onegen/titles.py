@@ -136,6 +136,11 @@ class Titles:
         return self._ids[start:self._ends[row]].decode("utf-8")
 
 
+# What `split_spans` does, as a link job's manifest records it: since 2026-12-05 it joins titles too, so an output
+# whose manifest says True (split spans without joined titles) is not continued with it
+SPLIT_SPANS_RULE = "with joined titles"
+
+
 def joined_titles(text: str, spans: Iterable[tuple[int, int]], titles: Titles) -> list[tuple[int, int]]:
     """The spans that join two neighbouring spans of a text, apart by nothing but spaces and at most a comma (no line
     break: a table's rows are not one name), and are a KB title as written ("Long Beach, California"; "Long Beach ,

@@ -248,9 +248,19 @@ def test_span_options_are_result_options_of_union_runs_and_absent_means_off(opti
     union = JobConfig("in", "out", mentions="union", **{option: False})
     before = {key: value for key, value in result_options(union).items() if key != option}  # an older manifest
     assert option_changes(before, result_options(union)) == ""
+    on = "with joined titles" if option == "split_spans" else True
     assert option_changes(before, result_options(JobConfig("in", "out", mentions="union", **{option: True}))) == (
-        f"--{option.replace('_', '-')} False (this run: True)")
+        f"--{option.replace('_', '-')} False (this run: {on})")
     assert result_options(JobConfig("in", "out", mentions="ner", **{option: True}))[option] is False  # no model spans
+
+
+def test_an_output_split_before_titles_were_joined_is_not_continued_with_joined_titles():
+    """Manifests of 2026-12-04 record split_spans True: those runs did not join titles, today's do."""
+    from onegen.pipeline.job import JobConfig, option_changes, result_options
+
+    now = result_options(JobConfig("in", "out", mentions="union", split_spans=True))
+    assert option_changes(now, result_options(JobConfig("in", "out", mentions="union", split_spans=True))) == ""
+    assert option_changes(now | {"split_spans": True}, now) == "--split-spans True (this run: with joined titles)"
 
 
 @pytest.mark.ray

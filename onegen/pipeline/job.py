@@ -36,7 +36,7 @@ from onegen.ner import MENTION_SOURCES, check_ner_model
 from onegen.pipeline.stages import Annotate, AnnotateStage, FindSpans, LinkStep, NerStage, Retriever
 from onegen.pipeline.uris import redact_uri
 from onegen.sources import check_model
-from onegen.titles import Titles
+from onegen.titles import SPLIT_SPANS_RULE, Titles
 
 LOG = logging.getLogger(__name__)
 # Documents per replica call = this x --batch-size. A call decodes its windows in length order, so
@@ -181,7 +181,7 @@ def result_options(config: JobConfig) -> dict:
             "aliases_sha256": aliases, "redirects_sha256": redirects, "mentions": config.mentions,
             "ner_model": config.ner_model if config.mentions != "model" else None,
             "title_spans": bool(config.title_spans) and config.mentions == "union",
-            "split_spans": bool(config.split_spans) and config.mentions == "union"}
+            "split_spans": SPLIT_SPANS_RULE if config.split_spans and config.mentions == "union" else False}
 
 
 # options added since manifests were first written, with what the runs before them did
