@@ -17,11 +17,11 @@
 #     here: mkdir -p .gpu/s6 && git archive 8a0a342 onegen/default_adapter | tar x -C .gpu/s6
 #     call: carry .gpu/s6; run: cp -r .gpu/s6/onegen/default_adapter /root/keep/stage-6
 #     call 3: GPU_RUN_ARGS="--stages 7 --init /root/keep/stage-6 --seed 1"  (about 450 s: 350 steps, then linking)
-#   Linker settings alone, no training: the shipped default with split_spans on (main) against it as shipped
-#   (baseline), about 2 x 160 s of linking; call 3 runs:
-#     cp -r onegen/default_adapter /tmp/split && python3 -c 'import json; p = "/tmp/split/linker_config.json";
-#       c = json.load(open(p)); c["split_spans"] = True; json.dump(c, open(p, "w"), indent=2)' &&
-#     CALL_SECONDS=590 DECODE=0 GPU_RUN_ARGS="--link-only --init /tmp/split --baseline onegen/default_adapter" bash bench/gpu_check.sh
+#   Linker settings alone, no training: the shipped default decoded on all ten sets, which measures the README table
+#   in one pass (since 2026-12-05 it is the GPU's candidates with the documents split spans changes relinked on a
+#   CPU), about 160 s of linking; call 3 runs:
+#     CALL_SECONDS=590 DECODE=0 GPU_RUN_ARGS="--link-only --init onegen/default_adapter" bash bench/gpu_check.sh
+#   (with --baseline DIR, another model's candidates beside it, e.g. a linker_config.json changed in a copy)
 #
 # $OUT brings back at most 8 files of at most 16 MiB each, so the results are packed into:
 #   adapter.tgz.part.*  the trained stages (bench/gpu_run.py's stage-N/ folders, checkpoints left out), split under 16 MiB
