@@ -2,6 +2,7 @@
 
     python bench/gpu_score.py --candidates DIR [--run main] [--tune-sets aida-testa,oke-2015-train]
                               [--json results.json] [--write-config MODEL_DIR | --settings MODEL_DIR]
+                              [--predictions DIR]
 
 On a CPU, `eval/run_gerbil.py run --linker onegen --candidates DIR/candidates-main.jsonl.gz` writes the
 same file (it must include the dev sets the settings are picked on).
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from eval.corpora import DEFAULT_DATA_DIR, DEV_SETS, load_dataset
 from eval.mention_errors import read_candidates
+from eval.predictions import write_nif_predictions
 from kb.ids import Redirects
 from eval.run_gerbil import format_table, pct
 from eval.scorer import score
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write-config", type=Path, metavar="MODEL_DIR",
                         help=f"write the chosen settings as MODEL_DIR/{CONFIG_NAME} (its other settings, such as the "
                              "mention bias the candidates were made with, are kept), so the model links with them")
+    parser.add_argument("--predictions", type=Path, metavar="DIR",
+                        help="also write the run's links of each dataset as DIR/NAME.ttl (NIF), for `onegen-gerbil "
+                             "compare` against another system's or other settings'")
     args = parser.parse_args(argv)
     tune_sets = [name.strip() for name in args.tune_sets.split(",") if name.strip()]
     redirects = Redirects.from_tsv(args.data_dir / "kb" / "redirects.tsv")
@@ -190,7 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     chosen = report["runs"][args.run]
     rows = []
     for name, docs in runs[args.run].items():
-        r = score(gold[name], link(docs, chosen, table, popularity), redirects=redirects)
+        linked = link(docs, chosen, table, popularity)
+        r = score(gold[name], linked, redirects=redirects)
+        if args.predictions:
+            write_nif_predictions(args.predictions / f"{name}.ttl", gold[name], linked)
         m = r.inkb.micro
         rows.append([name, len(gold[name]), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1), pct(r.inkb.macro.f1)])
         report["datasets"][name] = r.to_dict()

@@ -5,9 +5,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.nif import read_nif
+from eval.nif import read_nif, to_nif
+from kb.files import atomic_output
 from kb.ids import canonical_id
-from onegen.spans import Mention
+from onegen.spans import Document, Mention
 
 PARQUET_MAGIC = b"PAR1"
 REQUIRED_COLUMNS = ("doc_id", "mentions", "status")  # a link-job output row; `error` is read when present
@@ -47,6 +48,14 @@ def read_predictions(path: str | Path) -> Predictions:
     if is_parquet(path):
         return read_parquet_predictions(path)
     return Predictions({doc.doc_id: doc.mentions for doc in read_nif(path)})
+
+
+def write_nif_predictions(path: str | Path, gold: list[Document], pred: Mapping[str, list[Mention]]) -> Path:
+    """Write predictions as a NIF file, each gold document's text with its predicted mentions (none where `pred` has
+    no entry), all at once or not at all; `read_predictions` reads it back for `score` and `compare`."""
+    with atomic_output(path) as f:
+        f.write(to_nif([Document(doc.doc_id, doc.text, list(pred.get(doc.doc_id, []))) for doc in gold]))
+    return Path(path)
 
 
 def _parquet_files(path: Path) -> list[Path]:

@@ -1,6 +1,8 @@
-"""GERBIL-style evaluation from the command line: score predictions, run a linker over datasets, serve a linker.
+"""GERBIL-style evaluation from the command line: score predictions, compare two systems' predictions, run a linker
+over datasets, serve a linker.
 
     python eval/run_gerbil.py score --gold ../shared/data/gerbil/msnbc.ttl --pred out/msnbc.parquet
+    python eval/run_gerbil.py compare --gold ../shared/data/gerbil/msnbc.ttl --pred out/a.parquet --pred out/b.parquet
     python eval/run_gerbil.py run --datasets aida-testb,reuters-128 --linker baseline
     python eval/run_gerbil.py serve --port 8080 --linker baseline
 """
@@ -15,8 +17,9 @@ from pathlib import Path
 
 from eval.corpora import DEFAULT_DATA_DIR, dataset_names, load_dataset, load_dataset_file
 from eval.linkers import LINKER_NAMES, TextLinker, get_linker
-from eval.predictions import read_predictions
-from eval.scorer import score
+from eval.predictions import read_predictions, write_nif_predictions
+from eval.scorer import INKB, document_counts, score
+from eval.significance import CONFIDENCE, RESAMPLES, compare, f1_interval
 from eval.serve import ServiceLimits, serve
 from kb.ids import Redirects
 from onegen.cli_logging import add_log_level, setup_logging
@@ -71,6 +74,54 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, report.to_dict() | {"prediction_errors": len(pred.errors)})
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Score two prediction files against one gold file and say whether the second's InKB micro-F1 differs from the
+    first's by more than chance (`eval.significance`)."""
+    if len(args.pred) != 2:
+        raise ValueError(f"compare needs --pred twice (system A, then system B), got {len(args.pred)}")
+    gold = load_dataset_file(args.gold, args.split)
+    redirects = load_redirects(args.redirects)
+    counts, described = [], []
+    for path in args.pred:
+        pred = read_predictions(path)
+        if missing := len({d.doc_id for d in gold} - set(pred)):
+            print(f"warning: {path}: {missing} gold document(s) have no prediction and score as empty", file=sys.stderr)
+        counts.append([c[INKB] for c in document_counts(gold, pred, match=args.match, task=args.task,
+                                                         redirects=redirects)])
+        described.append(f"{path} ({len(pred)} documents, {len(pred.errors)} with status=error)")
+    options = {"confidence": args.confidence, "resamples": args.resamples, "seed": args.seed}
+    result = compare(*counts, **options)
+    intervals = [f1_interval(c, **options) for c in counts]
+    level = f"{args.confidence:.0%}"
+    print(f"gold: {args.gold} ({len(gold)} documents); A: {described[0]}; B: {described[1]}")
+    print(f"{args.task.upper()}, {args.match} match, InKB micro-F1 (percent); {level} intervals by the bootstrap over "
+          f"the {len(gold)} documents ({args.resamples} resamples, paired for B - A); p: paired permutation test, "
+          "two-sided")
+    rows = [["A", pct(result.f1_a), interval_text(*intervals[0]), ""],
+            ["B", pct(result.f1_b), interval_text(*intervals[1]), ""],
+            ["B - A", signed_pct(result.difference), interval_text(result.low, result.high, signed=True),
+             f"{result.p_value:.4f}"]]
+    print(format_table(["system", "micro-F1", f"{level} interval", "p"], rows))
+    if args.json:
+        write_json(args.json, {"gold": str(args.gold), "a": str(args.pred[0]), "b": str(args.pred[1]),
+                               "f1_a": result.f1_a, "f1_b": result.f1_b, "interval_a": intervals[0],
+                               "interval_b": intervals[1], "difference": result.difference,
+                               "difference_interval": [result.low, result.high], "p_value": result.p_value,
+                               "documents": result.documents, "match": args.match, "task": args.task} | options)
+    return 0
+
+
+def signed_pct(x: float) -> str:
+    """A difference of fractions as signed percentage points with two decimals."""
+    return f"{100 * x:+.2f}"
+
+
+def interval_text(low: float, high: float, signed: bool = False) -> str:
+    """An interval of fractions in percent, "low to high"."""
+    as_text = signed_pct if signed else pct
+    return f"{as_text(low)} to {as_text(high)}"
 
 
 def linker_from_args(args: argparse.Namespace) -> TextLinker:
@@ -168,6 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             pred = link_documents(linker, docs, chunk, desc=name, candidates=candidates)
             seconds = time.perf_counter() - t0
             report = score(docs, pred, match=args.match, task="a2kb", redirects=redirects)
+            if args.predictions:
+                write_nif_predictions(Path(args.predictions) / f"{name}.ttl", docs, pred)
             m = report.inkb.micro
             rate = len(docs) / seconds if seconds > 0 else float("inf")
             rows.append([name, len(docs), m.tp + m.fn, pct(m.precision), pct(m.recall), pct(m.f1),
@@ -249,7 +302,7 @@ def add_linker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its three subcommands."""
+    """The argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(
         description="GERBIL-style entity-linking evaluation (A2KB/D2KB, strong/weak match, InKB and EE scores).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -276,6 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
+        "compare", help="whether system B's InKB micro-F1 differs from system A's by more than chance",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score two systems' predictions against the same gold and compare their InKB micro-F1 document by\n"
+                    "document: each system's bootstrap interval, the paired bootstrap interval of B - A and the p-value\n"
+                    "of a paired permutation test (approximate randomisation). An interval of B - A that holds 0, or a\n"
+                    "large p, says the two could differ by chance alone on documents like these.\n\n"
+                    "example:\n  python eval/run_gerbil.py compare --gold ../shared/data/aida/AIDA-YAGO2-dataset.tsv "
+                    "--split testb \\\n      --pred out/a/ --pred out/b/ --redirects ../shared/data/kb/redirects.tsv")
+    p.add_argument("--gold", required=True, help="gold NIF file (.ttl) or AIDA TSV file")
+    p.add_argument("--pred", required=True, action="append",
+                   help="predictions as for `score`, given twice: system A, then system B")
+    p.add_argument("--split", choices=("train", "testa", "testb"), help="AIDA split of --gold (default: all documents)")
+    p.add_argument("--match", choices=("strong", "weak"), default="strong", help="annotation match (default: strong)")
+    p.add_argument("--task", choices=("a2kb", "d2kb"), default="a2kb", help="GERBIL task (default: a2kb)")
+    p.add_argument("--redirects", help="from<TAB>to redirects applied to gold and predicted ids (default: none)")
+    p.add_argument("--confidence", type=float, default=CONFIDENCE, help="interval level (default: %(default)s)")
+    p.add_argument("--resamples", type=int, default=RESAMPLES,
+                   help="bootstrap and permutation resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default: %(default)s)")
+    p.add_argument("--json", help="write the scores, intervals and p-value as JSON to this file")
+    add_log_level(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
         "run", help="link every document of named datasets and print a GERBIL-style table",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Link every document of each dataset with a linker, score A2KB InKB and print one row per dataset\n"
@@ -293,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onegen: also write every mention's top-k candidates here, for picking the NIL threshold and "
                         "prior weight offline (name it DIR/candidates-main.jsonl.gz, then: "
                         "python bench/gpu_score.py --candidates DIR)")
+    p.add_argument("--predictions", metavar="DIR",
+                   help="also write each dataset's links as DIR/NAME.ttl (NIF), for `compare` against another system's")
     add_linker_options(p)
     add_log_level(p)
     p.set_defaults(func=cmd_run)

@@ -159,25 +159,30 @@ def count_document(gold: list[tuple], pred: list[tuple], match: str = "strong") 
     return counts
 
 
-def score(gold: list[Document], pred: Mapping[str, list[Mention]], *, match: str = "strong",
-          task: str = "a2kb", redirects: Redirects | None = None) -> Report:
-    """Score predictions (doc id -> annotations) against gold documents, GERBIL style (module docstring)."""
+def document_counts(gold: list[Document], pred: Mapping[str, list[Mention]], *, match: str = "strong",
+                    task: str = "a2kb", redirects: Redirects | None = None) -> list[dict[str, Counts]]:
+    """Counts per class (INKB, EE) of every gold document, in the gold's order: what `score` sums and averages,
+    and what `eval.significance` resamples. Predicted documents that are not in the gold are not counted."""
     if match not in MATCHES:
         raise ValueError(f"unknown match {match!r}; choose one of {', '.join(MATCHES)}")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     redirects = redirects or Redirects.empty()
+    out = []
+    for doc in gold:
+        g = _normalise(doc.mentions, redirects)
+        p = _normalise(pred.get(doc.doc_id, []), redirects)
+        out.append(count_document(g, _d2kb_predictions(g, p) if task == "d2kb" else p, match))
+    return out
+
+
+def score(gold: list[Document], pred: Mapping[str, list[Mention]], *, match: str = "strong",
+          task: str = "a2kb", redirects: Redirects | None = None) -> Report:
+    """Score predictions (doc id -> annotations) against gold documents, GERBIL style (module docstring)."""
+    per_doc = document_counts(gold, pred, match=match, task=task, redirects=redirects)
     gold_ids = {d.doc_id for d in gold}
     ignored = sorted(k for k in pred if k not in gold_ids)
     if ignored:
         LOG.warning("ignoring predictions for %d documents that are not in the gold, e.g. %r", len(ignored), ignored[0])
-    per_doc: dict[str, list[Counts]] = {INKB: [], EE: []}
-    for doc in gold:
-        g = _normalise(doc.mentions, redirects)
-        p = _normalise(pred.get(doc.doc_id, []), redirects)
-        if task == "d2kb":
-            p = _d2kb_predictions(g, p)
-        for cls, counts in count_document(g, p, match).items():
-            per_doc[cls].append(counts)
-    return Report(ClassScores.from_documents(per_doc[INKB]), ClassScores.from_documents(per_doc[EE]),
-                  len(gold), match, task, ignored)
+    return Report(ClassScores.from_documents([c[INKB] for c in per_doc]),
+                  ClassScores.from_documents([c[EE] for c in per_doc]), len(gold), match, task, ignored)

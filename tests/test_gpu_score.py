@@ -178,3 +178,49 @@ def test_settings_given_are_scored_on_the_dev_sets_as_tune_scores_its_pick():
     assert gpu_score.dev_scores(no_prior, dev, Redirects.empty(), table, PopularityPrior({}))["objective"] == 1.0
     picked = gpu_score.tune(dev, Redirects.empty(), table, PopularityPrior({}))
     assert gpu_score.dev_scores(picked, dev, Redirects.empty(), table, PopularityPrior({}))["objective"] == picked["objective"]
+
+
+def test_predictions_are_the_links_the_table_scores(tmp_path):
+    """--predictions DIR: each dataset's decided links as DIR/NAME.ttl, which `onegen-gerbil score` scores as the
+    table does (and `compare` compares)."""
+    import gzip
+    import json
+
+    from eval.nif import to_nif
+    from eval.predictions import read_predictions
+    from eval.scorer import score
+    from onegen.spans import Candidate, Document, Mention
+
+    text = "Paris met Lutece in Springfield."
+    gold = [Document("d1", text, [Mention(0, 5, "Paris", "Paris"), Mention(10, 16, "Lutece", "Paris"),
+                                  Mention(20, 31, "Springfield", "Springfield,_Illinois")]),
+            Document("d2", "Nothing here.", [])]
+    data = tmp_path / "data"
+    (data / "gerbil").mkdir(parents=True)
+    (data / "gerbil" / "tiny.ttl").write_text(to_nif(gold), encoding="utf-8")
+    (data / "kb").mkdir()
+    (data / "kb" / "redirects.tsv").write_text("", encoding="utf-8")
+    (data / "kb" / "aida_train_aliases.tsv").write_text("Lutece\tParis\t3\n", encoding="utf-8")
+    (data / "kb" / "entities.jsonl").write_text("".join(
+        json.dumps({"id": i, "title": i.replace("_", " "), "popularity": p}) + "\n"
+        for i, p in (("Paris", 100), ("Springfield,_Illinois", 5), ("Springfield,_Massachusetts", 50))), encoding="utf-8")
+    found = {"d1": [Mention(0, 5, "Paris", candidates=[Candidate("Paris", 0.9)]),
+                    Mention(10, 16, "Lutece", candidates=[Candidate("Paris", 0.55)]),
+                    Mention(20, 31, "Springfield", candidates=[Candidate("Springfield,_Illinois", 0.85),
+                                                               Candidate("Springfield,_Massachusetts", 0.84)])],
+             "d2": [Mention(0, 7, "Nothing", candidates=[Candidate("Paris", 0.3)])]}
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with gzip.open(runs / "candidates-main.jsonl.gz", "wt", encoding="utf-8") as f:
+        for doc_id, mentions in found.items():
+            f.write(json.dumps({"dataset": "tiny", "doc_id": doc_id, "mentions": [m.to_dict() for m in mentions]}) + "\n")
+    LinkerConfig(nil_threshold=0.6, alias_weight=0.1, popularity_weight=0.1).save(tmp_path / "model")
+    gpu_score.main(["--candidates", str(runs), "--data-dir", str(data), "--tune-sets", "tiny", "--settings",
+                    str(tmp_path / "model"), "--json", str(tmp_path / "r.json"), "--predictions", str(tmp_path / "links")])
+    links = read_predictions(tmp_path / "links" / "tiny.ttl")
+    # Paris; Lutece by the alias table (0.55 + 0.1); Springfield, Massachusetts by popularity; "Nothing" NIL
+    assert [(m.surface, m.entity_id) for m in links["d1"]] == [
+        ("Paris", "Paris"), ("Lutece", "Paris"), ("Springfield", "Springfield,_Massachusetts")]
+    assert [(m.surface, m.entity_id) for m in links["d2"]] == [("Nothing", None)]  # NIL, written as NIL
+    table = json.loads((tmp_path / "r.json").read_text())["datasets"]["tiny"]
+    assert score(gold, links).to_dict() == table and table["inkb"]["micro"]["tp"] == 2

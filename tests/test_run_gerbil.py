@@ -1,4 +1,4 @@
-"""The command line `python eval/run_gerbil.py score|run|serve`, end to end."""
+"""The command line `python eval/run_gerbil.py score|compare|run|serve`, end to end."""
 import gzip
 import json
 import select
@@ -108,6 +108,28 @@ def test_score_aida_gold_with_split(tmp_path):
     assert report["documents"] == 1 and micro(report, "inkb")[:3] == (1, 0, 0)
 
 
+def test_compare_two_systems(files, tmp_path, capsys):
+    gold, worse = files
+    better_rows = [dict(row, status="ok", error=None) for row in PRED_ROWS]  # the failed document linked right
+    better_rows[1]["mentions"] = [m(0, 13, "Angela Merkel", "Angela_Merkel"), m(22, 27, "Paris", "Paris")]
+    better = tmp_path / "better.parquet"
+    pq.write_table(pa.Table.from_pylist(better_rows, schema=SCHEMA), better)
+    args = ["compare", "--gold", str(gold), "--pred", str(worse), "--pred", str(better), "--resamples", "999"]
+    assert main([*args, "--json", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    # A: InKB TP 1, FP 2, FN 4 (test_score_strong); B: TP 3, FP 2, FN 2 -> F1 6/10
+    assert (result["f1_a"], result["f1_b"], result["difference"]) == pytest.approx((0.25, 0.6, 0.35))
+    low, high = result["difference_interval"]
+    assert low <= 0.35 <= high and 0 <= result["p_value"] <= 1 and result["documents"] == 3
+    out = capsys.readouterr().out
+    assert "1 with status=error" in out and "0 with status=error" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:2] in (["A", "25.00"], ["B", "60.00"])}
+    assert set(rows) == {"A", "B"}
+    assert any(line.startswith("B - A") and "+35.00" in line for line in out.splitlines())
+    assert main([*args, "--json", str(tmp_path / "again.json")]) == 0  # seeded: the same intervals again
+    assert json.loads((tmp_path / "again.json").read_text()) == result
+
+
 def kb_files(folder: Path) -> list[str]:
     """Options pointing the baseline at a tiny alias table and KB (nothing from the data bundle)."""
     (folder / "aliases.tsv").write_text("German\tGermany\t3\nHelmut Kohl\tHelmut_Kohl\t2\nParis\tParis\t1\n", encoding="utf-8")
@@ -125,7 +147,7 @@ def test_run_baseline_on_a_dataset_file(tmp_path, capsys):
     ]
     (tmp_path / "tiny.ttl").write_text(to_nif(gold), encoding="utf-8")
     code = main(["run", "--data-dir", str(tmp_path), "--dataset-file", str(tmp_path / "tiny.ttl"), "--linker", "baseline",
-                 "--json", str(tmp_path / "run.json"), *kb_files(tmp_path)])
+                 "--json", str(tmp_path / "run.json"), "--predictions", str(tmp_path / "links"), *kb_files(tmp_path)])
     assert code == 0
     # baseline: German, Helmut Kohl (aliases), Brussels, London (KB titles), Paris (alias) right;
     # Bill Clinton and Angela Merkel found but NIL -> InKB TP 5, FP 0, FN 2
@@ -139,6 +161,10 @@ def test_run_baseline_on_a_dataset_file(tmp_path, capsys):
     assert dataset["dataset"] == "tiny" and dataset["docs"] == 2 and dataset["gold_inkb"] == 7
     assert micro(dataset["report"], "inkb")[:3] == (5, 0, 2)
     assert dataset["docs_per_second"] > 0 and result["redirects"] is None  # no kb/redirects.tsv in this data dir
+    # the links, written as NIF, score as the run scored them
+    assert main(["score", "--gold", str(tmp_path / "tiny.ttl"), "--pred", str(tmp_path / "links" / "tiny.ttl"),
+                 "--json", str(tmp_path / "again.json")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["inkb"] == dataset["report"]["inkb"]
 
 
 @pytest.mark.slow
@@ -161,6 +187,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["run", "--datasets", "aida-testb,nope", "--linker", "baseline"], "unknown dataset(s) nope"),
     (["run", "--dataset-file", "missing.ttl", "--linker", "baseline"], "dataset file not found"),
     (["serve", "--linker", "gpt"], "unknown linker 'gpt'; choose one of: baseline, onegen"),
+    (["compare", "--gold", "../shared/data/gerbil/msnbc.ttl", "--pred", "a.ttl"], "compare needs --pred twice"),
 ])
 def test_user_errors_exit_2_with_one_line(args, message, shared_data):
     proc = run_cli(*args)
@@ -171,8 +198,8 @@ def test_user_errors_exit_2_with_one_line(args, message, shared_data):
 
 def test_help_runs_as_script_and_module():
     proc = run_cli("--help")
-    assert proc.returncode == 0 and all(c in proc.stdout for c in ("score", "run", "serve"))
-    for command in ("score", "run", "serve"):
+    assert proc.returncode == 0 and all(c in proc.stdout for c in ("score", "compare", "run", "serve"))
+    for command in ("score", "compare", "run", "serve"):
         proc = subprocess.run([sys.executable, "-m", "eval.run_gerbil", command, "--help"], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and f"python eval/run_gerbil.py {command}" in proc.stdout  # the example
