@@ -77,39 +77,54 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Score two prediction files against one gold file and say whether the second's InKB micro-F1 differs from the
-    first's by more than chance (`eval.significance`)."""
+    """Score two systems' predictions against the same gold, one dataset or several, and say whether B's InKB
+    micro-F1 differs from A's by more than chance (`eval.significance`)."""
     if len(args.pred) != 2:
         raise ValueError(f"compare needs --pred twice (system A, then system B), got {len(args.pred)}")
-    gold = load_dataset_file(args.gold, args.split)
+    if bool(args.gold) == bool(args.datasets):
+        raise ValueError("compare needs either --gold FILE (with prediction files) or --datasets NAMES (with "
+                         "prediction folders holding NAME.ttl, as `run --predictions` writes them)")
+    if args.datasets:
+        resolve_redirects(args)
+        sets = [(name, docs, [Path(folder) / f"{name}.ttl" for folder in args.pred])
+                for name, docs in load_datasets(args)]
+    else:
+        sets = [(Path(args.gold).stem, load_dataset_file(args.gold, args.split), [Path(p) for p in args.pred])]
+    if missing := [str(path) for _, _, paths in sets for path in paths if not path.exists()]:
+        raise FileNotFoundError(f"predictions not found: {', '.join(missing)}")
     redirects = load_redirects(args.redirects)
-    counts, described = [], []
-    for path in args.pred:
-        pred = read_predictions(path)
-        if missing := len({d.doc_id for d in gold} - set(pred)):
-            print(f"warning: {path}: {missing} gold document(s) have no prediction and score as empty", file=sys.stderr)
-        counts.append([c[INKB] for c in document_counts(gold, pred, match=args.match, task=args.task,
-                                                         redirects=redirects)])
-        described.append(f"{path} ({len(pred)} documents, {len(pred.errors)} with status=error)")
     options = {"confidence": args.confidence, "resamples": args.resamples, "seed": args.seed}
-    result = compare(*counts, **options)
-    intervals = [f1_interval(c, **options) for c in counts]
+    rows, results = [], []
+    for name, gold, paths in sets:
+        counts = []
+        for path in paths:
+            pred = read_predictions(path)
+            if missing := len({d.doc_id for d in gold} - set(pred)):
+                print(f"warning: {path}: {missing} gold document(s) have no prediction and score as empty",
+                      file=sys.stderr)
+            if pred.errors:
+                print(f"warning: {path}: {len(pred.errors)} document(s) with status=error, scored as no annotations",
+                      file=sys.stderr)
+            counts.append([c[INKB] for c in document_counts(gold, pred, match=args.match, task=args.task,
+                                                             redirects=redirects)])
+        result = compare(*counts, **options)
+        intervals = [f1_interval(c, **options) for c in counts]
+        rows.append([name, len(gold), pct(result.f1_a), interval_text(*intervals[0]), pct(result.f1_b),
+                     interval_text(*intervals[1]), signed_pct(result.difference),
+                     interval_text(result.low, result.high, signed=True), f"{result.p_value:.4f}"])
+        results.append({"dataset": name, "a": str(paths[0]), "b": str(paths[1]), "documents": result.documents,
+                        "f1_a": result.f1_a, "f1_b": result.f1_b, "interval_a": intervals[0], "interval_b": intervals[1],
+                        "difference": result.difference, "difference_interval": [result.low, result.high],
+                        "p_value": result.p_value})
     level = f"{args.confidence:.0%}"
-    print(f"gold: {args.gold} ({len(gold)} documents); A: {described[0]}; B: {described[1]}")
+    print(f"A: {args.pred[0]}; B: {args.pred[1]}; redirects: {args.redirects or 'none'}")
     print(f"{args.task.upper()}, {args.match} match, InKB micro-F1 (percent); {level} intervals by the bootstrap over "
-          f"the {len(gold)} documents ({args.resamples} resamples, paired for B - A); p: paired permutation test, "
+          f"each dataset's documents ({args.resamples} resamples, paired for B - A); p: paired permutation test, "
           "two-sided")
-    rows = [["A", pct(result.f1_a), interval_text(*intervals[0]), ""],
-            ["B", pct(result.f1_b), interval_text(*intervals[1]), ""],
-            ["B - A", signed_pct(result.difference), interval_text(result.low, result.high, signed=True),
-             f"{result.p_value:.4f}"]]
-    print(format_table(["system", "micro-F1", f"{level} interval", "p"], rows))
+    print(format_table(["dataset", "docs", "A", f"A {level}", "B", f"B {level}", "B - A", f"B - A {level}", "p"], rows))
     if args.json:
-        write_json(args.json, {"gold": str(args.gold), "a": str(args.pred[0]), "b": str(args.pred[1]),
-                               "f1_a": result.f1_a, "f1_b": result.f1_b, "interval_a": intervals[0],
-                               "interval_b": intervals[1], "difference": result.difference,
-                               "difference_interval": [result.low, result.high], "p_value": result.p_value,
-                               "documents": result.documents, "match": args.match, "task": args.task} | options)
+        write_json(args.json, {"match": args.match, "task": args.task, "redirects": args.redirects, **options,
+                               "datasets": results})
     return 0
 
 
@@ -141,8 +156,13 @@ def resolve_linker_paths(args: argparse.Namespace) -> None:
     kb_dir = Path(args.data_dir) / "kb"
     args.kb = args.kb or str(kb_dir / "entities.jsonl")
     args.aliases = args.aliases or str(kb_dir / "aida_train_aliases.tsv")
-    if args.redirects is None and (kb_dir / "redirects.tsv").is_file():
-        args.redirects = str(kb_dir / "redirects.tsv")
+    resolve_redirects(args)
+
+
+def resolve_redirects(args: argparse.Namespace) -> None:
+    """Default --redirects to DATA_DIR/kb/redirects.tsv when that file is there."""
+    if args.redirects is None and (Path(args.data_dir) / "kb" / "redirects.tsv").is_file():
+        args.redirects = str(Path(args.data_dir) / "kb" / "redirects.tsv")
 
 
 def load_datasets(args: argparse.Namespace) -> list[tuple[str, list[Document]]]:
@@ -335,22 +355,30 @@ def build_parser() -> argparse.ArgumentParser:
                     "document: each system's bootstrap interval, the paired bootstrap interval of B - A and the p-value\n"
                     "of a paired permutation test (approximate randomisation). An interval of B - A that holds 0, or a\n"
                     "large p, says the two could differ by chance alone on documents like these.\n\n"
-                    "example:\n  python eval/run_gerbil.py compare --gold ../shared/data/aida/AIDA-YAGO2-dataset.tsv "
-                    "--split testb \\\n      --pred out/a/ --pred out/b/ --redirects ../shared/data/kb/redirects.tsv")
-    p.add_argument("--gold", required=True, help="gold NIF file (.ttl) or AIDA TSV file")
-    p.add_argument("--pred", required=True, action="append",
-                   help="predictions as for `score`, given twice: system A, then system B")
+                    "examples:\n  python eval/run_gerbil.py compare --gold ../shared/data/aida/AIDA-YAGO2-dataset.tsv "
+                    "--split testb \\\n      --pred out/a/ --pred out/b/ --redirects ../shared/data/kb/redirects.tsv\n"
+                    "  python eval/run_gerbil.py compare --datasets aida-testb,msnbc --pred out/baseline --pred out/onegen"
+                    "\n      (folders of NAME.ttl, as `run --predictions` writes them)")
+    p.add_argument("--gold", help="gold NIF file (.ttl) or AIDA TSV file; --pred are then files")
     p.add_argument("--split", choices=("train", "testa", "testb"), help="AIDA split of --gold (default: all documents)")
+    p.add_argument("--datasets", action="append", metavar="NAMES",
+                   help="instead of --gold: comma-separated dataset names of --data-dir (as `run`'s); --pred are then "
+                        "folders holding NAME.ttl for each")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data bundle of --datasets (default: %(default)s)")
+    p.add_argument("--pred", required=True, action="append",
+                   help="predictions as for `score` (with --datasets: a folder of NAME.ttl), given twice: system A, "
+                        "then system B")
     p.add_argument("--match", choices=("strong", "weak"), default="strong", help="annotation match (default: strong)")
     p.add_argument("--task", choices=("a2kb", "d2kb"), default="a2kb", help="GERBIL task (default: a2kb)")
-    p.add_argument("--redirects", help="from<TAB>to redirects applied to gold and predicted ids (default: none)")
+    p.add_argument("--redirects", help="from<TAB>to redirects applied to gold and predicted ids (default: with "
+                                       "--datasets DATA_DIR/kb/redirects.tsv when present, else none)")
     p.add_argument("--confidence", type=float, default=CONFIDENCE, help="interval level (default: %(default)s)")
     p.add_argument("--resamples", type=int, default=RESAMPLES,
                    help="bootstrap and permutation resamples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default: %(default)s)")
     p.add_argument("--json", help="write the scores, intervals and p-value as JSON to this file")
     add_log_level(p)
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=cmd_compare, dataset_file=None)  # load_datasets reads it; compare takes names only
 
     p = sub.add_parser(
         "run", help="link every document of named datasets and print a GERBIL-style table",

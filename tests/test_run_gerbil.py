@@ -116,18 +116,43 @@ def test_compare_two_systems(files, tmp_path, capsys):
     pq.write_table(pa.Table.from_pylist(better_rows, schema=SCHEMA), better)
     args = ["compare", "--gold", str(gold), "--pred", str(worse), "--pred", str(better), "--resamples", "999"]
     assert main([*args, "--json", str(tmp_path / "c.json")]) == 0
-    result = json.loads((tmp_path / "c.json").read_text())
+    [result] = json.loads((tmp_path / "c.json").read_text())["datasets"]
     # A: InKB TP 1, FP 2, FN 4 (test_score_strong); B: TP 3, FP 2, FN 2 -> F1 6/10
     assert (result["f1_a"], result["f1_b"], result["difference"]) == pytest.approx((0.25, 0.6, 0.35))
     low, high = result["difference_interval"]
     assert low <= 0.35 <= high and 0 <= result["p_value"] <= 1 and result["documents"] == 3
-    out = capsys.readouterr().out
-    assert "1 with status=error" in out and "0 with status=error" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:2] in (["A", "25.00"], ["B", "60.00"])}
-    assert set(rows) == {"A", "B"}
-    assert any(line.startswith("B - A") and "+35.00" in line for line in out.splitlines())
+    captured = capsys.readouterr()
+    assert "1 document(s) with status=error" in captured.err  # system A's failed document, said
+    [row] = [line.split() for line in captured.out.splitlines() if line.startswith("gold ")]
+    assert row[:3] == ["gold", "3", "25.00"] and row[6] == "60.00" and row[10] == "+35.00"
     assert main([*args, "--json", str(tmp_path / "again.json")]) == 0  # seeded: the same intervals again
-    assert json.loads((tmp_path / "again.json").read_text()) == result
+    assert json.loads((tmp_path / "again.json").read_text()) == json.loads((tmp_path / "c.json").read_text())
+
+
+def test_compare_named_datasets_from_the_folders_run_writes(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "gerbil").mkdir(parents=True)
+    (data / "kb").mkdir()
+    (data / "kb" / "redirects.tsv").write_text("Helmut_Schmidt\tHelmut_Kohl\n", encoding="utf-8")
+    for name in ("one", "two"):
+        (data / "gerbil" / f"{name}.ttl").write_text(to_nif(GOLD), encoding="utf-8")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, entity in ((a, "Helmut_Schmidt"), (b, "Angela_Merkel")):
+        linked = [Document(D1, TEXT1, [Mention(18, 29, "Helmut Kohl", entity)]), Document(D2, TEXT2, [])]
+        folder.mkdir()
+        for name in ("one", "two"):
+            (folder / f"{name}.ttl").write_text(to_nif(linked), encoding="utf-8")
+    assert main(["compare", "--datasets", "one,two", "--data-dir", str(data), "--pred", str(a), "--pred", str(b),
+                 "--resamples", "99", "--json", str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    # the data dir's redirects count by default: A's Helmut_Schmidt is Helmut_Kohl, right; B's Angela_Merkel wrong
+    assert report["redirects"] == str(data / "kb" / "redirects.tsv")
+    assert [(r["dataset"], r["f1_a"] > 0, r["f1_b"]) for r in report["datasets"]] == [("one", True, 0), ("two", True, 0)]
+    (b / "two.ttl").unlink()
+    capsys.readouterr()
+    assert main(["compare", "--datasets", "one,two", "--data-dir", str(data), "--pred", str(a), "--pred", str(b)]) == 2
+    captured = capsys.readouterr()  # said before any work, in one line
+    assert captured.err == f"error: predictions not found: {b / 'two.ttl'}\n" and captured.out == ""
 
 
 def kb_files(folder: Path) -> list[str]:
@@ -188,6 +213,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["run", "--dataset-file", "missing.ttl", "--linker", "baseline"], "dataset file not found"),
     (["serve", "--linker", "gpt"], "unknown linker 'gpt'; choose one of: baseline, onegen"),
     (["compare", "--gold", "../shared/data/gerbil/msnbc.ttl", "--pred", "a.ttl"], "compare needs --pred twice"),
+    (["compare", "--pred", "a", "--pred", "b"], "compare needs either --gold FILE"),
+    (["compare", "--datasets", "msnbc,nope", "--pred", "a", "--pred", "b"], "unknown dataset(s) nope"),
 ])
 def test_user_errors_exit_2_with_one_line(args, message, shared_data):
     proc = run_cli(*args)
