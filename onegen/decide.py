@@ -123,23 +123,22 @@ def is_title_of(surface: str, entity_id: str) -> bool:
     return normalise_surface(surface) in title_names(entity_id)
 
 
-def decide(
+def choose(
     candidate_ids: Sequence[str | None],
     candidate_scores: Sequence[float],
     surface: str,
     *,
-    nil_threshold: float,
     alias_prior: AliasPrior | None = None,
     popularity: PopularityPrior | None = None,
     name_weight: float = 0.0,
-) -> tuple[str | None, float]:
-    """Pick the linked entity of one mention, or None (NIL).
+) -> tuple[str | None, float, float]:
+    """The best-ranked candidate of one mention: (its id, its cosine, its evidence against NIL), before any threshold.
 
     Candidates are ranked by cosine (+ weight * p(entity | surface) with an alias prior, + weight *
     popularity score with a popularity prior, + `name_weight` when the surface is the candidate's title,
-    `is_title_of`); the best one is returned with its cosine, or None with that cosine when its cosine plus
-    its name term and its alias term (weighted by the prior's `nil_weight`; not popularity) is below `nil_threshold`. Empty ids (padding from a short index) are skipped; no
-    candidate -> (None, -inf).
+    `is_title_of`). The evidence is the best one's cosine plus its name term and its alias term (weighted by the
+    prior's `nil_weight`; not popularity). Empty ids (padding from a short index) are skipped; no candidate ->
+    (None, -inf, -inf).
     """
     if len(candidate_ids) != len(candidate_scores):
         raise ValueError(f"candidate_ids and candidate_scores differ in length: {len(candidate_ids)} != {len(candidate_scores)}")
@@ -154,9 +153,24 @@ def decide(
             rank += popularity.weight * popularity.score(entity_id)
         if rank > best_rank:
             best_id, best_cosine, best_evidence, best_rank = entity_id, float(cosine), evidence, rank
-    if best_id is None or best_evidence < nil_threshold:
-        return None, best_cosine
-    return best_id, best_cosine
+    return best_id, best_cosine, best_evidence
+
+
+def decide(
+    candidate_ids: Sequence[str | None],
+    candidate_scores: Sequence[float],
+    surface: str,
+    *,
+    nil_threshold: float,
+    alias_prior: AliasPrior | None = None,
+    popularity: PopularityPrior | None = None,
+    name_weight: float = 0.0,
+) -> tuple[str | None, float]:
+    """Pick the linked entity of one mention, or None (NIL): the best-ranked candidate (`choose`) with its cosine,
+    or None with that cosine when its evidence is below `nil_threshold`; no candidate -> (None, -inf)."""
+    best_id, cosine, evidence = choose(candidate_ids, candidate_scores, surface, alias_prior=alias_prior,
+                                       popularity=popularity, name_weight=name_weight)
+    return (best_id, cosine) if best_id is not None and evidence >= nil_threshold else (None, cosine)
 
 
 def short_form_links(surfaces: Sequence[str], entity_ids: Sequence[str | None],

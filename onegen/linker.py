@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from kb.lookup import VectorsById
-from onegen.decide import AliasPrior, PopularityPrior, decide, short_form_links
+from onegen.decide import AliasPrior, PopularityPrior, choose, short_form_links
 from onegen.indexes import SAMPLE_KB, cached_index_dir, ensure_index, popularity_prior, require_kb
 from onegen.linker_config import LinkerConfig, model_config
 from onegen.spans import Annotated, Candidate, Document, EmbeddedMention, Mention
@@ -126,21 +126,36 @@ def decide_mentions(mentions: list[Mention], *, nil_threshold: float, alias_prio
     the chosen (for NIL, the best) candidate as its score; candidates kept. A span the model was given
     (source "ner" or "given") is NIL under `given_nil_threshold` (None: `nil_threshold`); a surface that is a
     candidate's title adds `name_weight` to its evidence (`onegen.decide.decide`); with `short_forms`, NIL
-    short forms of linked mentions are linked (`onegen.decide.short_form_links`)."""
-    decided = []
-    for m in mentions:
+    short forms of linked mentions are linked (`onegen.decide.short_form_links`). The same as `settle_mentions`
+    of `choose_mentions`."""
+    return settle_mentions(mentions, choose_mentions(mentions, alias_prior=alias_prior, popularity=popularity,
+                                                     name_weight=name_weight),
+                           nil_threshold=nil_threshold, given_nil_threshold=given_nil_threshold, short_forms=short_forms)
+
+
+def choose_mentions(mentions: list[Mention], *, alias_prior: AliasPrior | None = None,
+                    popularity: PopularityPrior | None = None, name_weight: float = 0.0) -> list[tuple]:
+    """Each mention's best-ranked candidate with its cosine and its evidence against NIL (`onegen.decide.choose`):
+    what the priors decide, before any NIL threshold."""
+    return [choose([c.entity_id for c in m.candidates], [c.score for c in m.candidates], m.surface,
+                   alias_prior=alias_prior, popularity=popularity, name_weight=name_weight) for m in mentions]
+
+
+def settle_mentions(mentions: list[Mention], choices: list[tuple], *, nil_threshold: float,
+                    given_nil_threshold: float | None = None, short_forms: bool = False) -> list[Mention]:
+    """`decide_mentions` from the mentions' choices (`choose_mentions`): each linked to its choice where the evidence
+    reaches the threshold of its source, else NIL; then the short forms."""
+    entity_ids = []
+    for m, (best_id, _, evidence) in zip(mentions, choices, strict=True):
         given = given_nil_threshold is not None and m.source in ("ner", "given")
-        threshold = given_nil_threshold if given else nil_threshold
-        decided.append(decide([c.entity_id for c in m.candidates], [c.score for c in m.candidates], m.surface,
-                              nil_threshold=threshold, alias_prior=alias_prior, popularity=popularity,
-                              name_weight=name_weight))
-    entity_ids = [entity_id for entity_id, _ in decided]
+        entity_ids.append(best_id if evidence >= (given_nil_threshold if given else nil_threshold) else None)
+    own = list(entity_ids)
     if short_forms:
         entity_ids = short_form_links([m.surface for m in mentions], entity_ids,
                                       [[c.entity_id for c in m.candidates] for m in mentions])
     out = []
-    for m, entity_id, (own, cosine) in zip(mentions, entity_ids, decided):
-        if entity_id != own:  # linked as a short form: the score is that candidate's cosine
+    for m, entity_id, mine, (_, cosine, _) in zip(mentions, entity_ids, own, choices):
+        if entity_id != mine:  # linked as a short form: the score is that candidate's cosine
             cosine = next(c.score for c in m.candidates if c.entity_id == entity_id)
         out.append(Mention(m.start, m.end, m.surface, entity_id, cosine if np.isfinite(cosine) else None, m.candidates,
                            m.source))

@@ -224,3 +224,39 @@ def test_predictions_are_the_links_the_table_scores(tmp_path):
     assert [(m.surface, m.entity_id) for m in links["d2"]] == [("Nothing", None)]  # NIL, written as NIL
     table = json.loads((tmp_path / "r.json").read_text())["datasets"]["tiny"]
     assert score(gold, links).to_dict() == table and table["inkb"]["micro"]["tp"] == 2
+
+
+def test_choices_reused_across_the_grid_decide_as_a_fresh_decision_does():
+    """DevSets ranks each mention once per prior setting (RANKING_SETTINGS) and reuses that across thresholds and
+    short forms: every setting of a grid that varies them all scores as deciding from scratch does."""
+    import itertools
+
+    from kb.aliases import AliasTable
+    from kb.ids import Redirects
+    from onegen.decide import AliasPrior, PopularityPrior
+    from onegen.spans import Candidate, Document, Mention
+
+    text = "Lutece Kornblum Rome Lyon, Paris Kornblum"
+    gold = [Document("d", text, [Mention(0, 6, "Lutece", "Paris"), Mention(7, 15, "Kornblum", "John_C._Kornblum"),
+                                 Mention(21, 25, "Lyon", "Lyon"), Mention(27, 32, "Paris", "Paris"),
+                                 Mention(33, 41, "Kornblum", "John_C._Kornblum")])]
+    found = {"d": [Mention(0, 6, "Lutece", candidates=[Candidate("Paris", 0.9), Candidate("Lutece_(band)", 0.84)], source="model"),
+                   Mention(7, 15, "Kornblum", candidates=[Candidate("John_C._Kornblum", 0.5)], source="ner"),
+                   Mention(16, 20, "Rome", candidates=[Candidate("Rome_(band)", 0.7)], source="model"),
+                   Mention(21, 25, "Lyon", candidates=[Candidate("Lyon_(band)", 0.80), Candidate("Lyon", 0.79)], source="model"),
+                   Mention(27, 32, "Paris", candidates=[Candidate("Paris_(band)", 0.81), Candidate("Paris", 0.8)], source="model"),
+                   Mention(33, 41, "Kornblum", candidates=[Candidate("John_C._Kornblum", 0.4)], source="model")]}
+    table = AliasPrior(AliasTable({"Lutece": {"Lutece_(band)": 1}, "Kornblum": {"John_C._Kornblum": 1}, "Lyon": {"Lyon": 1}}))
+    popularity = PopularityPrior({"Paris": 1.0, "Lyon_(band)": 0.3})
+    dev = [(gold, found)]
+    reused = gpu_score.DevSets(dev, Redirects.empty(), table, popularity)
+    seen = set()
+    for weight, nil_weight, popularity_weight, name_weight, threshold, given, short in itertools.product(
+            (0.0, 0.1, 0.5), (None, 0.0, 0.5), (0.0, 0.3), (0.0, 0.1), (0.5, 0.75, 0.85), (None, 0.45), (False, True)):
+        settings = gpu_score.RAW | {"prior_weight": weight, "nil_prior_weight": nil_weight, "popularity_weight": popularity_weight,
+                                    "name_weight": name_weight, "nil_threshold": threshold, "given_nil_threshold": given,
+                                    "short_forms": short}
+        fresh = gpu_score.DevSets(dev, Redirects.empty(), table, popularity).scores(settings)
+        assert reused.scores(settings) == fresh, settings
+        seen.add(fresh["dev_f1"])
+    assert len(seen) >= 4  # the grid moves the score, so a choice reused under the wrong setting would show
