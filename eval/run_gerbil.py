@@ -96,17 +96,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     options = {"confidence": args.confidence, "resamples": args.resamples, "seed": args.seed}
     rows, results = [], []
     for name, gold, paths in sets:
-        counts = []
-        for path in paths:
-            pred = read_predictions(path)
-            if missing := len({d.doc_id for d in gold} - set(pred)):
-                print(f"warning: {path}: {missing} gold document(s) have no prediction and score as empty",
-                      file=sys.stderr)
-            if pred.errors:
-                print(f"warning: {path}: {len(pred.errors)} document(s) with status=error, scored as no annotations",
-                      file=sys.stderr)
-            counts.append([c[INKB] for c in document_counts(gold, pred, match=args.match, task=args.task,
-                                                             redirects=redirects)])
+        counts = [inkb_counts(gold, path, args, redirects) for path in paths]
         result = compare(*counts, **options)
         intervals = [f1_interval(c, **options) for c in counts]
         rows.append([name, len(gold), pct(result.f1_a), interval_text(*intervals[0]), pct(result.f1_b),
@@ -126,6 +116,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         write_json(args.json, {"match": args.match, "task": args.task, "redirects": args.redirects, **options,
                                "datasets": results})
     return 0
+
+
+def inkb_counts(gold: list[Document], path: Path, args: argparse.Namespace, redirects: Redirects) -> list:
+    """The InKB counts of each gold document for the predictions at `path`, saying what is missing or failed."""
+    pred = read_predictions(path)
+    if missing := len({d.doc_id for d in gold} - set(pred)):
+        print(f"warning: {path}: {missing} gold document(s) have no prediction and score as empty", file=sys.stderr)
+    if pred.errors:
+        print(f"warning: {path}: {len(pred.errors)} document(s) with status=error, scored as no annotations",
+              file=sys.stderr)
+    return [c[INKB] for c in document_counts(gold, pred, match=args.match, task=args.task, redirects=redirects)]
 
 
 def signed_pct(x: float) -> str:
