@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", action="append", metavar="NAMES",
                    help="instead of --gold: comma-separated dataset names of --data-dir (as `run`'s); --pred are then "
                         "folders holding NAME.ttl for each")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data bundle of --datasets (default: %(default)s)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="data bundle of --datasets (default: %(default)s)")
     p.add_argument("--pred", required=True, action="append",
                    help="predictions as for `score` (with --datasets: a folder of NAME.ttl), given twice: system A, "
                         "then system B")
