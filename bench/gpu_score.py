@@ -2,7 +2,7 @@
 
     python bench/gpu_score.py --candidates DIR [--run main] [--tune-sets aida-testa,oke-2015-train]
                               [--json results.json] [--write-config MODEL_DIR | --settings MODEL_DIR]
-                              [--predictions DIR]
+                              [--predictions DIR] [--against MODEL_DIR]
 
 On a CPU, `eval/run_gerbil.py run --linker onegen --candidates DIR/candidates-main.jsonl.gz` writes the
 same file (it must include the dev sets the settings are picked on).
@@ -32,8 +32,9 @@ from eval.corpora import DEFAULT_DATA_DIR, DEV_SETS, load_dataset
 from eval.mention_errors import read_candidates
 from eval.predictions import write_nif_predictions
 from kb.ids import Redirects
-from eval.run_gerbil import format_table, pct
-from eval.scorer import score
+from eval.run_gerbil import format_table, interval_text, pct, signed_pct
+from eval.scorer import INKB, document_counts, score
+from eval.significance import compare
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.linker import choose_mentions, settle_mentions
 from onegen.linker_config import CONFIG_NAME, LinkerConfig, model_config
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write-config", type=Path, metavar="MODEL_DIR",
                         help=f"write the chosen settings as MODEL_DIR/{CONFIG_NAME} (its other settings, such as the "
                              "mention bias the candidates were made with, are kept), so the model links with them")
+    parser.add_argument("--against", type=Path, metavar="MODEL_DIR",
+                        help=f"also compare, on each dev set, MODEL_DIR/{CONFIG_NAME}'s settings with the run's (tuned or "
+                             "--settings), document by document: is the change more than chance?")
     parser.add_argument("--predictions", type=Path, metavar="DIR",
                         help="also write the run's links of each dataset as DIR/NAME.ttl (NIF), for `onegen-gerbil "
                              "compare` against another system's or other settings'")
@@ -224,6 +228,17 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(["run", "no prior, no NIL", picked, f"{picked}, no alias table", *SETTING_NAMES], ablation_rows))
 
     chosen = report["runs"][args.run]
+    if args.against:
+        against = settings_of(model_config(str(args.against)))
+        report["against"] = dev_comparisons(chosen, against, [(name, gold[name], runs[args.run][name]) for name in tune_sets],
+                                            redirects, table, popularity)
+        print(f"\nrun {args.run} on the dev sets: the settings of {args.against} (A) against "
+              f"{'those of ' + str(args.settings) if args.settings else 'the tuned ones'} (B); 95% intervals by the "
+              "paired bootstrap over documents, p: paired permutation test (onegen-gerbil compare)")
+        print(format_table(["dev set", "alias prior", "A", "B", "B - A", "B - A 95%", "p"],
+                           [[c["dataset"], c["alias_prior"], pct(c["f1_a"]), pct(c["f1_b"]), signed_pct(c["difference"]),
+                             interval_text(c["low"], c["high"], signed=True), f"{c['p_value']:.4f}"]
+                            for c in report["against"]]))
     rows = []
     for name, docs in runs[args.run].items():
         linked = link(docs, chosen, table, popularity)
@@ -240,6 +255,22 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     if args.write_config:
         write_config(args.write_config, chosen)
+
+
+def dev_comparisons(chosen: dict, against: dict, dev: list[tuple], redirects, table: AliasPrior,
+                    popularity: PopularityPrior) -> list[dict]:
+    """Each dev set's paired comparison (`eval.significance.compare`) of `against`'s decisions (A) with `chosen`'s (B),
+    with the alias table and with the KB's names alone, as the tune's objective counts both; dev holds (name, gold
+    documents, candidates by doc id)."""
+    out = []
+    for name, gold, docs in dev:
+        for label, prior in (("table", table), ("names only", dataclasses.replace(table, table=None))):
+            a, b = ([c[INKB] for c in document_counts(gold, link(docs, settings, prior, popularity), redirects=redirects)]
+                    for settings in (against, chosen))
+            result = compare(a, b)
+            out.append({"dataset": name, "alias_prior": label} | dataclasses.asdict(result)
+                       | {"difference": result.difference})
+    return out
 
 
 def write_config(model_dir: Path, chosen: dict) -> Path:

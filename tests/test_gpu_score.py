@@ -2,6 +2,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from onegen.linker_config import LinkerConfig, model_config
 
 SPEC = importlib.util.spec_from_file_location("gpu_score", Path(__file__).resolve().parents[1] / "bench" / "gpu_score.py")
@@ -215,15 +217,25 @@ def test_predictions_are_the_links_the_table_scores(tmp_path):
         for doc_id, mentions in found.items():
             f.write(json.dumps({"dataset": "tiny", "doc_id": doc_id, "mentions": [m.to_dict() for m in mentions]}) + "\n")
     LinkerConfig(nil_threshold=0.6, alias_weight=0.1, popularity_weight=0.1).save(tmp_path / "model")
+    LinkerConfig(nil_threshold=0.6, alias_weight=0.0, popularity_weight=0.0).save(tmp_path / "plain")  # no priors
     gpu_score.main(["--candidates", str(runs), "--data-dir", str(data), "--tune-sets", "tiny", "--settings",
-                    str(tmp_path / "model"), "--json", str(tmp_path / "r.json"), "--predictions", str(tmp_path / "links")])
+                    str(tmp_path / "model"), "--json", str(tmp_path / "r.json"), "--predictions", str(tmp_path / "links"),
+                    "--against", str(tmp_path / "plain")])
     links = read_predictions(tmp_path / "links" / "tiny.ttl")
     # Paris; Lutece by the alias table (0.55 + 0.1); Springfield, Massachusetts by popularity; "Nothing" NIL
     assert [(m.surface, m.entity_id) for m in links["d1"]] == [
         ("Paris", "Paris"), ("Lutece", "Paris"), ("Springfield", "Springfield,_Massachusetts")]
     assert [(m.surface, m.entity_id) for m in links["d2"]] == [("Nothing", None)]  # NIL, written as NIL
-    table = json.loads((tmp_path / "r.json").read_text())["datasets"]["tiny"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    table = report["datasets"]["tiny"]
     assert score(gold, links).to_dict() == table and table["inkb"]["micro"]["tp"] == 2
+    # --against, no priors (A): Lutece NIL (0.55), Springfield takes Illinois (gold): TP 2, FN 1 -> F1 0.8, with the
+    # table or without; the model's settings (B): TP 2, FP 1, FN 1 with the table, and without it Lutece is NIL too
+    against = {(c["dataset"], c["alias_prior"]): c for c in report["against"]}
+    assert set(against) == {("tiny", "table"), ("tiny", "names only")}
+    assert [against["tiny", "table"][k] for k in ("f1_a", "f1_b", "documents")] == pytest.approx([0.8, 2 / 3, 2])
+    assert [against["tiny", "names only"][k] for k in ("f1_b", "difference")] == pytest.approx([0.4, -0.4])
+    assert 0 <= against["tiny", "names only"]["p_value"] <= 1
 
 
 def test_choices_reused_across_the_grid_decide_as_a_fresh_decision_does():
