@@ -17,7 +17,9 @@ and OKE15 train, news and encyclopedic text, so that no one genre decides; avera
 table and without it, the KB's names alone, as a linker may be given none); every dataset of `--run` is then scored with them
 (A2KB, strong match, InKB, redirects applied), and every run with candidates for the dev sets (the
 ablations) gets its dev F1, tuned the same way, and its F1 with no prior and no NIL. With `--settings`, a model's
-own settings take the tune's place (no grid: seconds instead of about 12 minutes on a 2-core CPU).
+own settings take the tune's place (no grid: seconds instead of about 12 minutes on a 2-core CPU). With `--against`,
+another model's settings are compared with the run's on each dev set, document by document (`eval.significance`), so a
+settings change can be judged by more than its mean.
 """
 from __future__ import annotations
 
