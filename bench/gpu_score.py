@@ -19,7 +19,11 @@ table and without it, the KB's names alone, as a linker may be given none); ever
 ablations) gets its dev F1, tuned the same way, and its F1 with no prior and no NIL. With `--settings`, a model's
 own settings take the tune's place (no grid: seconds instead of about 12 minutes on a 2-core CPU). With `--against`,
 another model's settings are compared with the run's on each dev set, document by document (`eval.significance`), so a
-settings change can be judged by more than its mean.
+settings change can be judged by more than its mean; with `--against-run`, another run of the folder (the model the
+run should replace, decoded in the same call: `candidates-baseline`) under its own settings, tuned or given. Either
+ends with the shipping rule's verdict (`eval.significance.shipping_verdict`): the run replaces the other only where
+the dev objective rises, no dev figure falls beyond chance and each dev set rises beyond chance with the alias table
+or with the KB's names alone.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from eval.predictions import write_nif_predictions
 from kb.ids import Redirects
 from eval.run_gerbil import format_table, interval_text, pct, signed_pct
 from eval.scorer import INKB, document_counts, score
-from eval.significance import compare
+from eval.significance import Comparison, compare, shipping_verdict
 from onegen.decide import AliasPrior, PopularityPrior
 from onegen.linker import choose_mentions, settle_mentions
 from onegen.linker_config import CONFIG_NAME, LinkerConfig, model_config
@@ -191,9 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write-config", type=Path, metavar="MODEL_DIR",
                         help=f"write the chosen settings as MODEL_DIR/{CONFIG_NAME} (its other settings, such as the "
                              "mention bias the candidates were made with, are kept), so the model links with them")
-    parser.add_argument("--against", type=Path, metavar="MODEL_DIR",
-                        help=f"also compare, on each dev set, MODEL_DIR/{CONFIG_NAME}'s settings with the run's (tuned or "
-                             "--settings), document by document: is the change more than chance?")
+    against = parser.add_mutually_exclusive_group()
+    against.add_argument("--against", type=Path, metavar="MODEL_DIR",
+                         help=f"also compare, on each dev set, MODEL_DIR/{CONFIG_NAME}'s settings with the run's (tuned or "
+                              "--settings), document by document, and say whether the run's may replace them")
+    against.add_argument("--against-run", metavar="RUN",
+                         help="also compare, on each dev set, another run of the folder under its own settings (tuned, "
+                              "or --settings) with --run, document by document, and say whether --run may replace it")
     parser.add_argument("--predictions", type=Path, metavar="DIR",
                         help="also write the run's links of each dataset as DIR/NAME.ttl (NIF), for `onegen-gerbil "
                              "compare` against another system's or other settings'")
@@ -203,11 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     table, popularity = data_priors(args.data_dir, args.kb or args.data_dir / "kb" / "entities.jsonl")
     runs = {p.name[len("candidates-"):-len(".jsonl.gz")]: read_candidates(p)
             for p in sorted(args.candidates.glob("candidates-*.jsonl.gz"))}
-    if args.run not in runs:
-        raise SystemExit(f"no candidates-{args.run}.jsonl.gz in {args.candidates}; found runs {sorted(runs)}")
-    if missing := [name for name in tune_sets if name not in runs[args.run]]:
-        raise SystemExit(f"candidates-{args.run}.jsonl.gz has no documents of the dev set(s) {', '.join(missing)} "
-                         f"(--tune-sets); it holds {', '.join(runs[args.run])}")
+    for run in filter(None, (args.run, args.against_run)):
+        if run not in runs:
+            raise SystemExit(f"no candidates-{run}.jsonl.gz in {args.candidates}; found runs {sorted(runs)}")
+        if missing := [name for name in tune_sets if name not in runs[run]]:
+            raise SystemExit(f"candidates-{run}.jsonl.gz has no documents of the dev set(s) {', '.join(missing)} "
+                             f"(--tune-sets); it holds {', '.join(runs[run])}")
     gold = {name: load_dataset(name, args.data_dir) for name in runs[args.run]}
     report = {"runs": {}, "datasets": {}}
 
@@ -230,17 +239,28 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(["run", "no prior, no NIL", picked, f"{picked}, no alias table", *SETTING_NAMES], ablation_rows))
 
     chosen = report["runs"][args.run]
-    if args.against:
-        against = settings_of(model_config(str(args.against)))
-        report["against"] = dev_comparisons(chosen, against, [(name, gold[name], runs[args.run][name]) for name in tune_sets],
-                                            redirects, table, popularity)
-        print(f"\nrun {args.run} on the dev sets: the settings of {args.against} (A) against "
-              f"{'those of ' + str(args.settings) if args.settings else 'the tuned ones'} (B); 95% intervals by the "
-              "paired bootstrap over documents, p: paired permutation test (onegen-gerbil compare)")
+    if args.against or args.against_run:
+        mine = "those of " + str(args.settings) if args.settings else "its tuned ones"
+        if args.against:
+            other = settings_of(model_config(str(args.against)))
+            other |= dev_scores(other, [(gold[name], runs[args.run][name]) for name in tune_sets], redirects, table, popularity)
+            other_run, title = args.run, f"run {args.run}: the settings of {args.against} (A) against {mine} (B)"
+        else:
+            other, other_run = report["runs"][args.against_run], args.against_run
+            title = (f"run {args.against_run} (A) against run {args.run} (B), each under "
+                     f"{'the settings of ' + str(args.settings) if args.settings else 'its tuned settings'}")
+        dev = [(name, gold[name], runs[other_run][name], runs[args.run][name]) for name in tune_sets]
+        report["against"] = dev_comparisons(dev, other, chosen, redirects, table, popularity)
+        print(f"\n{title}, on the dev sets; 95% intervals by the paired bootstrap over documents, p: paired permutation "
+              "test (onegen-gerbil compare)")
         print(format_table(["dev set", "alias prior", "A", "B", "B - A", "B - A 95%", "p"],
                            [[c["dataset"], c["alias_prior"], pct(c["f1_a"]), pct(c["f1_b"]), signed_pct(c["difference"]),
                              interval_text(c["low"], c["high"], signed=True), f"{c['p_value']:.4f}"]
                             for c in report["against"]]))
+        reasons = verdict(report["against"], other["objective"], chosen["objective"])
+        report["verdict"] = {"ships": not reasons, "reasons": reasons}
+        print(f"dev objective {pct(other['objective'])} (A) -> {pct(chosen['objective'])} (B): "
+              + ("B may replace A by the shipping rule" if not reasons else "B may not replace A: " + "; ".join(reasons)))
     rows = []
     for name, docs in runs[args.run].items():
         linked = link(docs, chosen, table, popularity)
@@ -259,20 +279,29 @@ def main(argv: list[str] | None = None) -> None:
         write_config(args.write_config, chosen)
 
 
-def dev_comparisons(chosen: dict, against: dict, dev: list[tuple], redirects, table: AliasPrior,
+def dev_comparisons(dev: list[tuple], settings_a: dict, settings_b: dict, redirects, table: AliasPrior,
                     popularity: PopularityPrior) -> list[dict]:
-    """Each dev set's paired comparison (`eval.significance.compare`) of `against`'s decisions (A) with `chosen`'s (B),
-    with the alias table and with the KB's names alone, as the tune's objective counts both; dev holds (name, gold
-    documents, candidates by doc id)."""
+    """Each dev set's paired comparison (`eval.significance.compare`) of A's decisions with B's, with the alias table
+    and with the KB's names alone, as the tune's objective counts both; dev holds (name, gold documents, A's candidates
+    by doc id, B's), A's decided with `settings_a` and B's with `settings_b`."""
     out = []
-    for name, gold, docs in dev:
+    for name, gold, docs_a, docs_b in dev:
         for label, prior in (("table", table), ("names only", dataclasses.replace(table, table=None))):
             a, b = ([c[INKB] for c in document_counts(gold, link(docs, settings, prior, popularity), redirects=redirects)]
-                    for settings in (against, chosen))
+                    for docs, settings in ((docs_a, settings_a), (docs_b, settings_b)))
             result = compare(a, b)
             out.append({"dataset": name, "alias_prior": label} | dataclasses.asdict(result)
                        | {"difference": result.difference})
     return out
+
+
+def verdict(comparisons: list[dict], objective_a: float, objective_b: float) -> list[str]:
+    """The shipping rule's reasons against B (`eval.significance.shipping_verdict`) from `dev_comparisons`' rows."""
+    ways: dict[str, dict] = {}
+    for row in comparisons:
+        fields = {f.name: row[f.name] for f in dataclasses.fields(Comparison)}
+        ways.setdefault(row["dataset"], {})[row["alias_prior"]] = Comparison(**fields)
+    return shipping_verdict(objective_a, objective_b, ways)
 
 
 def write_config(model_dir: Path, chosen: dict) -> Path:

@@ -9,12 +9,14 @@ as entity-linking evaluations do (neleval's `significance`; Koehn 2004 for the b
   side as the one measured.
 One system's own interval (`f1_interval`) is the bootstrap of its F1 alone.
 
+`shipping_verdict` applies the project's rule for replacing a default (a model, a stage or a setting) on the dev sets.
+
 Micro-F1 is not a mean of per-document values: the statistic sums the drawn documents' TP, FP and FN first. So what
 scipy resamples are document indices into a table of counts, and each document's counts move together.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,7 @@ from eval.scorer import Counts
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
+ALPHA = 0.05  # a difference is beyond chance under this p-value (and with an interval that excludes 0)
 BATCH = 1000  # resamples per statistic call: memory is BATCH x documents x 3 counts
 
 
@@ -43,6 +46,13 @@ class Comparison:
     @property
     def difference(self) -> float:
         return self.f1_b - self.f1_a
+
+    def beyond_chance(self, alpha: float = ALPHA) -> int:
+        """+1 where b is above a beyond chance, -1 where below, else 0: both the interval and the permutation
+        test must say so (the interval excludes 0 and p < alpha), as they can disagree near the edge."""
+        if self.p_value >= alpha:
+            return 0
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
 
 def micro_f1(counts: np.ndarray) -> np.ndarray:
@@ -107,3 +117,23 @@ def check(documents: int, confidence: float, resamples: int) -> None:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
+
+
+def shipping_verdict(objective_a: float, objective_b: float,
+                     comparisons: Mapping[str, Mapping[str, Comparison]]) -> list[str]:
+    """Why B may not replace A on the dev sets; empty: it may. `comparisons`: dev set -> way of scoring (e.g. with
+    the alias table, with the KB's names alone) -> B against A. The rule asks three things, so that a gain on one dev
+    set, or a gain of the mean that no set shows beyond chance, is not taken for one that will hold elsewhere:
+    1. B's dev objective (the tune's) is above A's;
+    2. no dev figure is lower beyond chance;
+    3. every dev set is higher beyond chance in at least one way of scoring it."""
+    reasons = []
+    if objective_b <= objective_a:
+        reasons.append(f"the dev objective does not rise ({100 * objective_a:.2f} -> {100 * objective_b:.2f})")
+    for name, ways in comparisons.items():
+        reasons += [f"{name} ({way}) is lower beyond chance ({100 * c.difference:+.2f}, p {c.p_value:.4f})"
+                    for way, c in ways.items() if c.beyond_chance() < 0]
+        if not any(c.beyond_chance() > 0 for c in ways.values()):
+            reasons.append(f"{name} is higher beyond chance in no way of scoring it ("
+                           + ", ".join(f"{way} {100 * c.difference:+.2f}, p {c.p_value:.4f}" for way, c in ways.items()) + ")")
+    return reasons

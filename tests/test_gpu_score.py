@@ -182,19 +182,18 @@ def test_settings_given_are_scored_on_the_dev_sets_as_tune_scores_its_pick():
     assert gpu_score.dev_scores(picked, dev, Redirects.empty(), table, PopularityPrior({}))["objective"] == picked["objective"]
 
 
-def test_predictions_are_the_links_the_table_scores(tmp_path):
-    """--predictions DIR: each dataset's decided links as DIR/NAME.ttl, which `onegen-gerbil score` scores as the
-    table does (and `compare` compares)."""
-    import gzip
+TEXT = "Paris met Lutece in Springfield."
+
+
+def tiny_runs(tmp_path, runs: dict[str, dict]) -> tuple[Path, Path, list]:
+    """A data folder with one NIF set "tiny" (gold: Paris, Lutece -> Paris, Springfield -> Illinois; and an empty
+    document), its KB and alias table, and a folder of candidates-RUN.jsonl.gz files (doc id -> mentions per run)."""
     import json
 
     from eval.nif import to_nif
-    from eval.predictions import read_predictions
-    from eval.scorer import score
-    from onegen.spans import Candidate, Document, Mention
+    from onegen.spans import Document, Mention
 
-    text = "Paris met Lutece in Springfield."
-    gold = [Document("d1", text, [Mention(0, 5, "Paris", "Paris"), Mention(10, 16, "Lutece", "Paris"),
+    gold = [Document("d1", TEXT, [Mention(0, 5, "Paris", "Paris"), Mention(10, 16, "Lutece", "Paris"),
                                   Mention(20, 31, "Springfield", "Springfield,_Illinois")]),
             Document("d2", "Nothing here.", [])]
     data = tmp_path / "data"
@@ -206,16 +205,42 @@ def test_predictions_are_the_links_the_table_scores(tmp_path):
     (data / "kb" / "entities.jsonl").write_text("".join(
         json.dumps({"id": i, "title": i.replace("_", " "), "popularity": p}) + "\n"
         for i, p in (("Paris", 100), ("Springfield,_Illinois", 5), ("Springfield,_Massachusetts", 50))), encoding="utf-8")
-    found = {"d1": [Mention(0, 5, "Paris", candidates=[Candidate("Paris", 0.9)]),
-                    Mention(10, 16, "Lutece", candidates=[Candidate("Paris", 0.55)]),
-                    Mention(20, 31, "Springfield", candidates=[Candidate("Springfield,_Illinois", 0.85),
-                                                               Candidate("Springfield,_Massachusetts", 0.84)])],
-             "d2": [Mention(0, 7, "Nothing", candidates=[Candidate("Paris", 0.3)])]}
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    with gzip.open(runs / "candidates-main.jsonl.gz", "wt", encoding="utf-8") as f:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for run, found in runs.items():
+        write_candidates(folder / f"candidates-{run}.jsonl.gz", "tiny", found)
+    return data, folder, gold
+
+
+def write_candidates(path: Path, dataset: str, found: dict) -> None:
+    import gzip
+    import json
+
+    with gzip.open(path, "wt", encoding="utf-8") as f:
         for doc_id, mentions in found.items():
-            f.write(json.dumps({"dataset": "tiny", "doc_id": doc_id, "mentions": [m.to_dict() for m in mentions]}) + "\n")
+            f.write(json.dumps({"dataset": dataset, "doc_id": doc_id, "mentions": [m.to_dict() for m in mentions]}) + "\n")
+
+
+def found_links(paris: float = 0.9, lutece: float = 0.55, illinois: float = 0.85) -> dict:
+    """doc id -> retrieved mentions of TEXT, with these cosines for the gold entities."""
+    from onegen.spans import Candidate, Mention
+
+    return {"d1": [Mention(0, 5, "Paris", candidates=[Candidate("Paris", paris)]),
+                   Mention(10, 16, "Lutece", candidates=[Candidate("Paris", lutece)]),
+                   Mention(20, 31, "Springfield", candidates=[Candidate("Springfield,_Illinois", illinois),
+                                                              Candidate("Springfield,_Massachusetts", 0.84)])],
+            "d2": [Mention(0, 7, "Nothing", candidates=[Candidate("Paris", 0.3)])]}
+
+
+def test_predictions_are_the_links_the_table_scores(tmp_path):
+    """--predictions DIR: each dataset's decided links as DIR/NAME.ttl, which `onegen-gerbil score` scores as the
+    table does (and `compare` compares)."""
+    import json
+
+    from eval.predictions import read_predictions
+    from eval.scorer import score
+
+    data, runs, gold = tiny_runs(tmp_path, {"main": found_links()})
     LinkerConfig(nil_threshold=0.6, alias_weight=0.1, popularity_weight=0.1).save(tmp_path / "model")
     LinkerConfig(nil_threshold=0.6, alias_weight=0.0, popularity_weight=0.0).save(tmp_path / "plain")  # no priors
     gpu_score.main(["--candidates", str(runs), "--data-dir", str(data), "--tune-sets", "tiny", "--settings",
@@ -236,6 +261,31 @@ def test_predictions_are_the_links_the_table_scores(tmp_path):
     assert [against["tiny", "table"][k] for k in ("f1_a", "f1_b", "documents")] == pytest.approx([0.8, 2 / 3, 2])
     assert [against["tiny", "names only"][k] for k in ("f1_b", "difference")] == pytest.approx([0.4, -0.4])
     assert 0 <= against["tiny", "names only"]["p_value"] <= 1
+    # the model's settings lose on the dev objective: they may not replace the plain ones
+    assert not report["verdict"]["ships"] and "the dev objective does not rise" in report["verdict"]["reasons"][0]
+
+
+def test_against_run_compares_two_runs_each_decided_under_its_settings(tmp_path, capsys):
+    """--against-run RUN: the run that should replace RUN (a new model's candidates against the old one's, decoded in
+    the same call) is compared with it on each dev set, and the shipping rule's verdict is printed."""
+    import json
+
+    # the old model ranks Springfield, Massachusetts first and finds Lutece less like Paris
+    data, runs, _ = tiny_runs(tmp_path, {"main": found_links(), "baseline": found_links(lutece=0.4, illinois=0.8)})
+    LinkerConfig(nil_threshold=0.5, alias_weight=0.0, popularity_weight=0.0).save(tmp_path / "plain")
+    gpu_score.main(["--candidates", str(runs), "--data-dir", str(data), "--tune-sets", "tiny", "--settings",
+                    str(tmp_path / "plain"), "--json", str(tmp_path / "r.json"), "--against-run", "baseline"])
+    report = json.loads((tmp_path / "r.json").read_text())
+    against = {(c["dataset"], c["alias_prior"]): c for c in report["against"]}
+    # baseline (A): Paris right, Lutece NIL (0.4), Springfield wrong: TP 1, FP 1, FN 2 -> 0.4; main (B): all three right
+    assert [against["tiny", "table"][k] for k in ("f1_a", "f1_b")] == pytest.approx([0.4, 1.0])
+    assert report["runs"]["baseline"]["objective"] == pytest.approx(0.4)
+    # one document cannot show a gain beyond chance, so the rule keeps the old model
+    assert report["verdict"] == {"ships": False, "reasons": [
+        "tiny is higher beyond chance in no way of scoring it (table +60.00, p 1.0000, names only +60.00, p 1.0000)"]}
+    assert "B may not replace A" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no candidates-old.jsonl.gz"):
+        gpu_score.main(["--candidates", str(runs), "--data-dir", str(data), "--tune-sets", "tiny", "--against-run", "old"])
 
 
 def test_choices_reused_across_the_grid_decide_as_a_fresh_decision_does():

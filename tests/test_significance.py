@@ -1,11 +1,12 @@
 """eval.significance: intervals and a p-value for a difference in InKB micro-F1, resampled over documents."""
+import dataclasses
 import random
 
 import numpy as np
 import pytest
 
 from eval.scorer import ClassScores, Counts
-from eval.significance import compare, count_table, f1_interval, micro_f1
+from eval.significance import Comparison, compare, count_table, f1_interval, micro_f1, shipping_verdict
 
 
 def random_counts(n: int, seed: int) -> list[Counts]:
@@ -79,3 +80,38 @@ def test_interval_of_one_system_holds_its_f1_and_narrows_with_more_documents():
 def test_what_resampling_cannot_do_is_refused(a, b, options, message):
     with pytest.raises(ValueError, match=message):
         compare(a, b, **options)
+
+
+def test_beyond_chance_needs_the_test_and_the_interval_to_agree():
+    a = random_counts(40, seed=3)
+    b = [Counts(c.tp + 1, c.fp, max(c.fn - 1, 0)) for c in a]
+    assert compare(a, b, resamples=999).beyond_chance() == 1
+    assert compare(b, a, resamples=999).beyond_chance() == -1
+    assert compare(a, a, resamples=999).beyond_chance() == 0
+    edge = Comparison(documents=40, f1_a=0.70, f1_b=0.71, low=-0.001, high=0.02, p_value=0.04, confidence=0.95,
+                      resamples=999)  # p under 0.05 but the interval holds 0
+    assert edge.beyond_chance() == 0
+    assert dataclasses.replace(edge, low=0.001).beyond_chance() == 1
+    assert dataclasses.replace(edge, low=0.001, p_value=0.06).beyond_chance() == 0
+
+
+def comparison(difference: float, p_value: float) -> Comparison:
+    """B - A = `difference`, with an interval around it that excludes 0 exactly when p < 0.05."""
+    half = abs(difference) * (0.5 if p_value < 0.05 else 2)
+    return Comparison(documents=100, f1_a=0.7, f1_b=0.7 + difference, low=difference - half, high=difference + half,
+                      p_value=p_value, confidence=0.95, resamples=999)
+
+
+def test_the_shipping_rule_asks_every_dev_set_to_gain_and_none_to_lose():
+    gains = {"testa": {"table": comparison(0.01, 0.001), "names only": comparison(0.002, 0.4)},
+             "oke": {"table": comparison(0.003, 0.3), "names only": comparison(0.01, 0.01)}}
+    assert shipping_verdict(0.750, 0.756, gains) == []
+    # the objective must rise
+    assert shipping_verdict(0.756, 0.756, gains) == ["the dev objective does not rise (75.60 -> 75.60)"]
+    # a loss beyond chance on any figure refuses it, even with a gain on the same set the other way
+    lost = gains | {"oke": {"table": comparison(0.02, 0.001), "names only": comparison(-0.01, 0.02)}}
+    assert shipping_verdict(0.750, 0.756, lost) == ["oke (names only) is lower beyond chance (-1.00, p 0.0200)"]
+    # a gain of the mean carried by one dev set alone is not enough
+    one_set = gains | {"oke": {"table": comparison(0.001, 0.99), "names only": comparison(0.0096, 0.12)}}
+    assert shipping_verdict(0.750, 0.756, one_set) == [
+        "oke is higher beyond chance in no way of scoring it (table +0.10, p 0.9900, names only +0.96, p 0.1200)"]
